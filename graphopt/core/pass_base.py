@@ -1,0 +1,156 @@
+"""The pass base every graphopt pass derives from.
+
+A graphopt pass is an onnx_ir in-place pass plus what a pipeline of lossy and lossless passes
+needs: a registered name, typed options, a declared tolerance the runner verifies against,
+counters of what it did, provenance on the nodes it creates, and idempotence (``run`` reports
+whether it changed anything, so a second run reports ``modified=False``).
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+import onnx_ir as ir
+
+PROVENANCE_KEY = "pkg.graphopt.pass"
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    """How far a pass may move the model's outputs, checked by verify-each.
+
+    An output passes when every element satisfies |got - want| <= max_abs + max_rel * |want|
+    (numpy's allclose) and the cosine similarity of the flattened outputs is at least
+    ``min_cosine``. Integer and boolean outputs must match exactly unless ``exact_ints`` is off.
+    """
+
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    min_cosine: float = 1.0
+    exact_ints: bool = True
+
+    @classmethod
+    def exact(cls) -> Tolerance:
+        """For rewrites that keep every arithmetic operation (dead code, identities, sort)."""
+        return cls(max_abs=0.0, max_rel=0.0, min_cosine=1.0 - 1e-12)
+
+    @classmethod
+    def reassociation(cls) -> Tolerance:
+        """For rewrites that reorder float arithmetic (constant folding, BatchNorm folding)."""
+        return cls(max_abs=1e-5, max_rel=1e-4, min_cosine=0.99999)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def check(self, got: np.ndarray, want: np.ndarray) -> tuple[bool, dict[str, float]]:
+        """Compare one output; returns (passed, metrics)."""
+        m = compare_arrays(got, want)
+        if got.shape != want.shape or got.dtype != want.dtype:
+            return False, m
+        if not np.issubdtype(want.dtype, np.floating) and want.dtype != object and self.exact_ints:
+            return bool(np.array_equal(got, want)), m
+        if want.dtype == object:
+            return bool(np.array_equal(got, want)), m
+        g = got.astype(np.float64)
+        w = want.astype(np.float64)
+        close = np.isclose(g, w, atol=self.max_abs, rtol=self.max_rel, equal_nan=True)
+        ok = bool(close.all()) and (math.isnan(m["cosine"]) or m["cosine"] >= self.min_cosine)
+        return ok, m
+
+
+def compare_arrays(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
+    """max_abs, max_rel (to the largest reference magnitude) and cosine of two outputs."""
+    if got.shape != want.shape:
+        return {"max_abs": math.inf, "max_rel": math.inf, "cosine": math.nan, "shape_ok": False}
+    if want.dtype == object or got.dtype == object:
+        same = bool(np.array_equal(got, want))
+        return {"max_abs": 0.0 if same else math.inf, "max_rel": 0.0 if same else math.inf,
+                "cosine": 1.0 if same else 0.0}
+    g = got.astype(np.float64).ravel()
+    w = want.astype(np.float64).ravel()
+    both_nan = np.isnan(g) & np.isnan(w)
+    g = np.where(both_nan, 0.0, g)
+    w = np.where(both_nan, 0.0, w)
+    if g.size == 0:
+        return {"max_abs": 0.0, "max_rel": 0.0, "cosine": 1.0}
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(g - w)
+        both_inf = np.isinf(g) & np.isinf(w) & (np.sign(g) == np.sign(w))
+        diff = np.where(both_inf, 0.0, diff)
+        max_abs = float(np.nanmax(diff)) if diff.size else 0.0
+        if np.isnan(diff).any():
+            max_abs = math.inf
+        finite = np.isfinite(w)
+        scale = float(np.max(np.abs(w[finite]))) if finite.any() else 0.0
+        max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
+        gf, wf = g[finite & np.isfinite(g)], w[finite & np.isfinite(g)]
+        ng, nw = float(np.linalg.norm(gf)), float(np.linalg.norm(wf))
+        if ng == 0 and nw == 0:
+            cosine = 1.0
+        elif ng == 0 or nw == 0:
+            cosine = 0.0
+        else:
+            cosine = float(np.dot(gf, wf) / (ng * nw))
+    return {"max_abs": max_abs, "max_rel": max_rel, "cosine": cosine}
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    """This pass takes no options."""
+
+
+@dataclasses.dataclass
+class PassContext:
+    """What passes may need from outside the model: the target, data, and run settings.
+
+    Passes declare what they need (``needs``); the runner fills it in or fails early.
+    """
+
+    target: str = "cpu"
+    data: Any = None  # graphopt.data.Samples when the user gave DATA
+    seed: int = 0
+
+
+class GraphoptPass(ir.passes.InPlacePass, abc.ABC):
+    """Base of every graphopt pass.
+
+    Subclasses set ``name`` (kebab-case), ``Options`` (a frozen dataclass whose fields each
+    carry a one-line doc in ``metadata['doc']``), ``tolerance``, and implement :meth:`run`.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type] = NoOptions
+    tolerance: ClassVar[Tolerance] = Tolerance.exact()
+    needs: ClassVar[frozenset[str]] = frozenset()  # e.g. {"data"}
+    summary: ClassVar[str] = ""
+
+    def __init__(self, options: Any = None, context: PassContext | None = None) -> None:
+        self.options = options if options is not None else self.Options()
+        self.context = context if context is not None else PassContext()
+        self.stats: collections.Counter[str] = collections.Counter()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.options})"
+
+    @abc.abstractmethod
+    def run(self, model: ir.Model) -> bool:
+        """Transform ``model`` in place; return whether anything changed."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.stats = collections.Counter()
+        modified = bool(self.run(model))
+        return ir.passes.PassResult(model, modified)
+
+    def mark(self, node: ir.Node) -> ir.Node:
+        """Record that this pass created ``node`` (provenance in its metadata)."""
+        node.metadata_props[PROVENANCE_KEY] = self.name
+        return node
+
+    def count(self, key: str, n: int = 1) -> None:
+        if n:
+            self.stats[key] += n

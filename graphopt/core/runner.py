@@ -1,0 +1,313 @@
+"""The runner: runs a pipeline pass by pass with instruments between the passes.
+
+It owns the loop (instead of onnx_ir's PassManager) so that after every pass it can time it,
+count ops, bytes and dtypes, serialize the model once, check it still loads and computes the
+same outputs within the pass's tolerance, keep a dump, and on failure leave a reproducer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from graphopt import ir as gir
+from graphopt import verify
+from graphopt.core.pass_base import GraphoptPass, PassContext
+from graphopt.core.pipeline import PassStep, Pipeline, RepeatGroup
+from graphopt.data import Samples
+from graphopt.errors import (
+    GraphoptError,
+    PassFailure,
+    PipelineError,
+    RuntimeFailure,
+    VerificationError,
+)
+from graphopt.runtime import Snapshot
+
+REPORT_SCHEMA = "graphopt.report/1"
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+def _delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    ops = {}
+    for op in sorted(set(before["ops"]) | set(after["ops"])):
+        d = after["ops"].get(op, 0) - before["ops"].get(op, 0)
+        if d:
+            ops[op] = d
+    return {
+        "nodes": after["nodes"] - before["nodes"],
+        "initializers": after["initializers"] - before["initializers"],
+        "initializer_bytes": after["initializer_bytes"] - before["initializer_bytes"],
+        "serialized_bytes": after.get("serialized_bytes", 0) - before.get("serialized_bytes", 0),
+        "ops": ops,
+    }
+
+
+@dataclasses.dataclass
+class RunResult:
+    model: ir.Model
+    report: dict[str, Any]
+
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        return self.report["passes"]
+
+
+class Runner:
+    """Runs a :class:`Pipeline` on a model, in place, with verify-each and dumps."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        context: PassContext | None = None,
+        samples: Samples | None = None,
+        verify_each: bool = True,
+        dump_dir: str | os.PathLike[str] | None = None,
+        listener: Listener | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.context = context or PassContext()
+        self.samples = samples
+        self.verify_each = verify_each and samples is not None
+        self.dump_dir = Path(dump_dir) if dump_dir is not None else None
+        self.listener = listener or (lambda event, info: None)
+        self._records: list[dict[str, Any]] = []
+        self._index = 0
+
+    # ------------------------------------------------------------------ entry point
+    def run(self, model: ir.Model, *, source: str | None = None) -> RunResult:
+        self._check_needs()
+        self._model = model  # every pass mutates this one object in place
+        if self.dump_dir is not None:
+            self.dump_dir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        self._snapshot = Snapshot.of(model)
+        before = gir.summarize(model, sparsity=True)
+        before["serialized_bytes"] = self._snapshot.size
+        self._summary = before
+        self._reference: verify.Outputs | None = None
+        if self.verify_each:
+            assert self.samples is not None
+            try:
+                self._reference = verify.run_reference(self._snapshot, self.samples.feeds)
+            except RuntimeFailure as exc:
+                raise RuntimeFailure(
+                    f"the input model does not run on ONNX Runtime CPU, so it cannot be "
+                    f"verified: {exc.message}",
+                    hint="fix the model, or use --no-verify",
+                ) from exc
+        self._previous = self._reference
+        if self.dump_dir is not None:
+            self._snapshot.write(self.dump_dir / "00-input.onnx")
+        self._run_items(self.pipeline.items, round_info=None)
+        after = gir.summarize(model, sparsity=True)
+        after["serialized_bytes"] = self._snapshot.size
+        self._snapshot.close()
+        report = {
+            "schema": REPORT_SCHEMA,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "source": source,
+            "pipeline": str(self.pipeline),
+            "target": self.context.target,
+            "verify": {
+                "enabled": self.verify_each,
+                "inputs": self.samples.source if self.samples is not None else None,
+                "feeds": len(self.samples) if self.samples is not None else 0,
+                "reference": "onnxruntime CPUExecutionProvider, graph optimizations disabled",
+            },
+            "seconds": time.perf_counter() - started,
+            "before": before,
+            "after": after,
+            "passes": self._records,
+        }
+        if self._reference is not None and self._records:
+            last = next((r for r in reversed(self._records) if "vs_reference" in r), None)
+            report["verify"]["final_vs_reference"] = last["vs_reference"] if last else None
+        return RunResult(model, report)
+
+    def _check_needs(self) -> None:
+        for step in self.pipeline.steps():
+            needs = step.pass_class.needs
+            if "data" in needs and self.context.data is None:
+                raise PipelineError(
+                    f"pass '{step.name}' needs calibration data: give --data DATA"
+                )
+
+    # ------------------------------------------------------------------ the loop
+    def _run_items(self, items: tuple[Any, ...], round_info: str | None) -> bool:
+        changed = False
+        for item in items:
+            if isinstance(item, RepeatGroup):
+                changed |= self._run_group(item, round_info)
+            else:
+                changed |= self._run_step(item, round_info)
+        return changed
+
+    def _run_group(self, group: RepeatGroup, outer: str | None) -> bool:
+        changed_any = False
+        for k in range(1, group.times + 1):
+            label = f"repeat<{group.times}> round {k}"
+            if outer:
+                label = f"{outer} / {label}"
+            changed = self._run_items(group.items, label)
+            changed_any |= changed
+            if not changed:
+                break
+        return changed_any
+
+    def _run_step(self, step: PassStep, round_info: str | None) -> bool:
+        self._index += 1
+        index = self._index
+        pass_ = step.build(self.context)
+        self.listener("start", {"index": index, "pass": step.name, "step": str(step)})
+        model_before = self._model
+        t0 = time.perf_counter()
+        try:
+            result = pass_(model_before)
+        except GraphoptError:
+            raise
+        except Exception as exc:  # a pass bug: name the pass and keep its input
+            repro = self._write_reproducer(index, step, f"{type(exc).__name__}: {exc}",
+                                           traceback.format_exc())
+            raise PassFailure(
+                f"pass '{step.name}' failed: {type(exc).__name__}: {exc}"
+                f" (reproducer: {repro})",
+                pass_name=step.name,
+                reproducer=str(repro),
+            ) from exc
+        seconds = time.perf_counter() - t0
+        record: dict[str, Any] = {
+            "index": index,
+            "pass": step.name,
+            "step": str(step),
+            "round": round_info,
+            "modified": bool(result.modified),
+            "seconds": seconds,
+            "stats": dict(pass_.stats),
+            "tolerance": pass_.tolerance.to_dict(),
+        }
+        if result.modified:
+            self._after_modified(index, step, pass_, record)
+        else:
+            record["summary"] = self._summary
+            record["delta"] = _delta(self._summary, self._summary)
+        self._records.append(record)
+        self.listener("end", record)
+        return bool(result.modified)
+
+    def _after_modified(
+        self, index: int, step: PassStep, pass_: GraphoptPass, record: dict[str, Any]
+    ) -> None:
+        model = self._model
+        try:
+            snap = Snapshot.of(model)
+        except Exception as exc:
+            repro = self._write_reproducer(index, step, f"cannot serialize: {exc}", None)
+            raise PassFailure(
+                f"pass '{step.name}' produced a model that cannot be serialized: {exc}"
+                f" (reproducer: {repro})",
+                pass_name=step.name,
+                reproducer=str(repro),
+            ) from exc
+        summary = gir.summarize(model)
+        summary["serialized_bytes"] = snap.size
+        record["summary"] = summary
+        record["delta"] = _delta(self._summary, summary)
+        if self.verify_each:
+            assert self.samples is not None and self._previous is not None
+            try:
+                outputs = verify.run_reference(snap, self.samples.feeds)
+            except RuntimeFailure as exc:
+                repro = self._write_reproducer(index, step, exc.message, None)
+                raise VerificationError(
+                    f"after pass '{step.name}' the model no longer runs on ONNX Runtime: "
+                    f"{exc.message} (reproducer: {repro})",
+                    pass_name=step.name,
+                    reproducer=str(repro),
+                ) from exc
+            vs_prev = verify.compare(outputs, self._previous, pass_.tolerance)
+            assert self._reference is not None
+            record["verify"] = vs_prev
+            record["vs_reference"] = verify.worst(verify.compare(outputs, self._reference))
+            if not vs_prev["passed"]:
+                bad = [n for n, m in vs_prev["outputs"].items() if not m.get("passed")]
+                worst = verify.worst(vs_prev)
+                detail = vs_prev.get("error") or (
+                    f"output{'s' if len(bad) > 1 else ''} {', '.join(bad)}: "
+                    f"max_abs={_fmt(worst['max_abs'])} max_rel={_fmt(worst['max_rel'])} "
+                    f"cosine={_fmt(worst['cosine'])}"
+                )
+                repro = self._write_reproducer(index, step, detail, None)
+                raise VerificationError(
+                    f"pass '{step.name}' changed the outputs beyond its tolerance: {detail}"
+                    f" (tolerance {pass_.tolerance.to_dict()}; reproducer: {repro})",
+                    pass_name=step.name,
+                    reproducer=str(repro),
+                )
+            self._previous = outputs
+        if self.dump_dir is not None:
+            path = snap.write(self.dump_dir / f"{index:02d}-{step.name}.onnx")
+            record["dump"] = str(path)
+        self._snapshot.close()
+        self._snapshot = snap
+        self._summary = summary
+
+    def _write_reproducer(
+        self, index: int, step: PassStep, reason: str, trace: str | None
+    ) -> Path:
+        """The failing pass's input model, its pipeline string, inputs and how to rerun."""
+        base = self.dump_dir or Path(tempfile.mkdtemp(prefix="graphopt-repro-"))
+        folder = base / f"reproducer-{index:02d}-{step.name}"
+        folder.mkdir(parents=True, exist_ok=True)
+        model_path = self._snapshot.write(folder / "input.onnx")
+        (folder / "pipeline.txt").write_text(str(step) + "\n")
+        (folder / "full-pipeline.txt").write_text(str(self.pipeline) + "\n")
+        data_arg = ""
+        if self.samples is not None:
+            try:
+                arrays = {
+                    name: np.stack([f[name] for f in self.samples.feeds])
+                    for name in self.samples.feeds[0]
+                }
+                np.savez(folder / "inputs.npz", **arrays)
+                data_arg = " --data inputs.npz"
+            except ValueError:
+                pass
+        info = {"pass": step.name, "step": str(step), "reason": reason, "traceback": trace}
+        (folder / "failure.json").write_text(json.dumps(info, indent=2) + "\n")
+        (folder / "README.txt").write_text(
+            f"Pass '{step.name}' failed: {reason}\n\nRerun it alone:\n"
+            f"  graphopt optimize {model_path.name} -o out.onnx -p '{step}'{data_arg}\n"
+        )
+        return folder
+
+
+def _fmt(v: float) -> str:
+    return str(v) if math.isinf(v) or math.isnan(v) else f"{v:.3g}"
+
+
+def run_pipeline(
+    model: ir.Model,
+    pipeline: Pipeline | str,
+    **kwargs: Any,
+) -> RunResult:
+    """Convenience: parse if needed and run; see :class:`Runner` for the keyword arguments."""
+    if isinstance(pipeline, str):
+        from graphopt.core.pipeline import parse
+
+        pipeline = parse(pipeline)
+    source = kwargs.pop("source", None)
+    return Runner(pipeline, **kwargs).run(model, source=source)

@@ -1,0 +1,268 @@
+"""The DATA contract: model inputs from a .npz file or ONNX test-data folders, or seeded random.
+
+Every feature that needs inputs (verification, calibration, benchmarks) reads them here, so a
+mismatch between the data and the model is reported once, clearly, naming the input.
+
+* ``.npz``: keys are the model's input names (other keys, e.g. ``label``, are kept as extras).
+  Each array has a leading sample axis: either ``[samples, *input_shape]``, or, for an input
+  whose first dimension is the batch, ``[samples, *rest]`` is cut into batches.
+* a folder of ``test_data_set_*/input_*.pb`` (or one such set): each set is one feed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import onnx_ir as ir
+
+from graphopt.errors import DataError, UsageError
+
+Feed = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """What the model expects for one input: dtype and dims (int, symbolic name, or None)."""
+
+    name: str
+    dtype: np.dtype
+    dims: tuple[int | str | None, ...] | None
+
+    def describe(self) -> str:
+        dims = "?" if self.dims is None else ",".join("?" if d is None else str(d) for d in self.dims)
+        return f"{self.name}: {self.dtype}[{dims}]"
+
+
+def input_specs(model: ir.Model) -> list[InputSpec]:
+    specs = []
+    for v in model.graph.inputs:
+        if v.is_initializer():
+            continue
+        if v.dtype is None:
+            raise DataError(f"input '{v.name}' has no element type; cannot build data for it")
+        dims = None
+        if v.shape is not None:
+            dims = tuple(d if isinstance(d, int) else (d.value if d.value else None) for d in v.shape)
+        specs.append(InputSpec(v.name or "", v.dtype.numpy(), dims))
+    return specs
+
+
+@dataclasses.dataclass
+class Samples:
+    """Feeds ready for ONNX Runtime, plus where they came from and any extra arrays."""
+
+    feeds: list[Feed]
+    source: str
+    extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+    def head(self, n: int) -> Samples:
+        return Samples(self.feeds[:n], self.source, self.extras)
+
+
+def parse_dims(items: list[str] | tuple[str, ...]) -> dict[str, int]:
+    """``["batch=8", "sequence=128"]`` -> dict; errors name the bad item."""
+    out = {}
+    for item in items:
+        m = re.fullmatch(r"\s*([^=\s]+)\s*=\s*(\d+)\s*", item)
+        if not m or int(m.group(2)) < 1:
+            raise UsageError(f"--dim expects NAME=POSITIVE_INT, got '{item}'")
+        out[m.group(1)] = int(m.group(2))
+    return out
+
+
+def _check_dims(spec: InputSpec, shape: tuple[int, ...], what: str) -> None:
+    if spec.dims is None:
+        return
+    if len(shape) != len(spec.dims):
+        raise DataError(
+            f"input '{spec.name}': {what} has rank {len(shape)}, the model expects "
+            f"rank {len(spec.dims)} ({spec.describe()})"
+        )
+    for axis, (got, want) in enumerate(zip(shape, spec.dims, strict=True)):
+        if isinstance(want, int) and got != want:
+            raise DataError(
+                f"input '{spec.name}': {what} has size {got} on axis {axis}, the model "
+                f"expects {want} ({spec.describe()})"
+            )
+
+
+def _check_dtype(spec: InputSpec, arr: np.ndarray) -> None:
+    if arr.dtype != spec.dtype:
+        raise DataError(
+            f"input '{spec.name}': data has dtype {arr.dtype}, the model expects {spec.dtype}",
+            hint=f"convert it, e.g. arr.astype(np.{spec.dtype})",
+        )
+
+
+def _split_array(spec: InputSpec, arr: np.ndarray, batch: int) -> list[np.ndarray]:
+    """Cut one input's array into per-feed arrays following the leading sample axis."""
+    _check_dtype(spec, arr)
+    if spec.dims is None:
+        return [arr[i] for i in range(arr.shape[0])]
+    rank = len(spec.dims)
+    if arr.ndim == rank + 1:
+        parts = [arr[i] for i in range(arr.shape[0])]
+        for p in parts[:1]:
+            _check_dims(spec, p.shape, "each sample")
+        return parts
+    if arr.ndim == rank and rank > 0:
+        first = spec.dims[0]
+        size = first if isinstance(first, int) else batch
+        if arr.shape[0] % size:
+            raise DataError(
+                f"input '{spec.name}': {arr.shape[0]} samples do not split into batches of "
+                f"{size} (the model's first dimension)"
+            )
+        parts = [arr[i : i + size] for i in range(0, arr.shape[0], size)]
+        _check_dims(spec, parts[0].shape, "each batch")
+        return parts
+    raise DataError(
+        f"input '{spec.name}': data has rank {arr.ndim}, expected {rank + 1} "
+        f"(samples x {spec.describe()}) or {rank} (samples on the batch axis)"
+    )
+
+
+def from_arrays(
+    model: ir.Model, arrays: Mapping[str, np.ndarray], *, source: str, batch: int = 1
+) -> Samples:
+    """Feeds from named arrays that follow the DATA contract."""
+    specs = input_specs(model)
+    missing = [s.name for s in specs if s.name not in arrays]
+    if missing:
+        raise DataError(
+            f"{source}: missing model input{'s' if len(missing) > 1 else ''} "
+            + ", ".join(f"'{m}'" for m in missing)
+            + f" (found keys: {', '.join(sorted(arrays)) or 'none'})"
+        )
+    per_input = {s.name: _split_array(s, np.asarray(arrays[s.name]), batch) for s in specs}
+    counts = {name: len(parts) for name, parts in per_input.items()}
+    if len(set(counts.values())) > 1:
+        raise DataError(
+            f"{source}: inputs have different sample counts: "
+            + ", ".join(f"{k}={v}" for k, v in counts.items())
+        )
+    n = next(iter(counts.values()), 0)
+    if n == 0:
+        raise DataError(f"{source}: no samples")
+    feeds = [{name: parts[i] for name, parts in per_input.items()} for i in range(n)]
+    extras = {k: np.asarray(v) for k, v in arrays.items() if k not in per_input}
+    return Samples(feeds, source, extras)
+
+
+def _tensor_files(folder: Path) -> list[Path]:
+    def key(p: Path) -> int:
+        m = re.search(r"(\d+)", p.stem)
+        return int(m.group(1)) if m else 0
+
+    return sorted(folder.glob("input_*.pb"), key=key)
+
+
+def _read_tensor(path: Path) -> onnx.TensorProto:
+    tensor = onnx.TensorProto()
+    try:
+        tensor.ParseFromString(path.read_bytes())
+    except Exception as exc:
+        raise DataError(f"{path} is not a serialized ONNX TensorProto: {exc}") from exc
+    return tensor
+
+
+def from_test_data_dir(model: ir.Model, folder: Path) -> Samples:
+    """Feeds from ONNX ``test_data_set_*`` folders (each set is one feed)."""
+    sets = sorted(p for p in folder.glob("test_data_set_*") if p.is_dir())
+    if not sets and _tensor_files(folder):
+        sets = [folder]
+    if not sets:
+        raise DataError(f"{folder}: no test_data_set_* folders and no input_*.pb files")
+    specs = input_specs(model)
+    feeds = []
+    for s in sets:
+        files = _tensor_files(s)
+        if len(files) != len(specs):
+            raise DataError(f"{s}: {len(files)} input files, the model has {len(specs)} inputs")
+        feed: Feed = {}
+        by_name = {spec.name: spec for spec in specs}
+        for i, f in enumerate(files):
+            t = _read_tensor(f)
+            spec = by_name.get(t.name) or specs[i]
+            arr = onnx.numpy_helper.to_array(t)
+            _check_dtype(spec, arr)
+            _check_dims(spec, arr.shape, f"{f.name}")
+            feed[spec.name] = arr
+        feeds.append(feed)
+    return Samples(feeds, str(folder))
+
+
+def load_data(model: ir.Model, path: str | os.PathLike[str], *, batch: int = 1) -> Samples:
+    """Read DATA for ``model`` from a .npz file or a test-data folder."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"data not found: {p}")
+    if p.is_dir():
+        return from_test_data_dir(model, p)
+    try:
+        with np.load(p, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{p} is not a readable .npz file: {exc}") from exc
+    if isinstance(arrays, np.ndarray):
+        raise DataError(f"{p} holds a single array; DATA needs an .npz keyed by input names")
+    return from_arrays(model, arrays, source=str(p), batch=batch)
+
+
+def random_feeds(
+    model: ir.Model,
+    *,
+    count: int = 2,
+    seed: int = 0,
+    dims: Mapping[str, int] | None = None,
+    int_high: int = 2,
+) -> Samples:
+    """Seeded random feeds from the input shapes; symbolic dims come from ``dims`` (else 1).
+
+    Floats are standard normal; integers are drawn from [0, int_high) so they are valid
+    indices and masks for most models; booleans are fair coin flips.
+    """
+    dims = dict(dims or {})
+    rng = np.random.default_rng(seed)
+    specs = input_specs(model)
+    feeds = []
+    for _ in range(count):
+        feed: Feed = {}
+        for spec in specs:
+            if spec.dims is None:
+                raise DataError(
+                    f"input '{spec.name}' has no shape; pass --data to give real inputs"
+                )
+            shape = tuple(
+                d if isinstance(d, int) else dims.get(d or "", dims.get("*", 1)) for d in spec.dims
+            )
+            feed[spec.name] = _random_array(rng, spec.dtype, shape, int_high)
+        feeds.append(feed)
+    desc = ",".join(f"{k}={v}" for k, v in sorted(dims.items()))
+    return Samples(feeds, f"random(seed={seed}{', ' + desc if desc else ''})")
+
+
+def _random_array(rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, ...], high: int) -> np.ndarray:
+    if dtype == np.bool_:
+        return rng.random(shape) < 0.5
+    if np.issubdtype(dtype, np.integer):
+        return rng.integers(0, high, size=shape).astype(dtype)
+    if np.issubdtype(dtype, np.floating) or dtype.kind == "V":
+        return rng.standard_normal(shape).astype(np.float32).astype(dtype)
+    if dtype.kind in "SUO":
+        return np.array(rng.choice(["a", "b"], size=shape), dtype=object)
+    raise DataError(f"cannot make random data of dtype {dtype}")
+
+
+def iter_batches(samples: Samples) -> Iterator[Feed]:
+    yield from samples.feeds

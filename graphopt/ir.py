@@ -1,0 +1,333 @@
+"""Loading, saving and summarising models, with the checks a user's file deserves.
+
+onnx_ir is the in-memory graph. This module adds what a command-line tool needs around it:
+clear errors for missing, truncated or non-ONNX files, external data that stays inside the
+model's folder, opsets the runtime accepts, atomic writes, and a summary of what is inside.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+from onnx.external_data_helper import ExternalDataInfo
+
+from graphopt.errors import ExternalDataError, ModelError, UnsupportedModelError, UsageError
+
+# ONNX Runtime guarantees ai.onnx opsets 7..26 (1.31 warns above that and refuses IR > 13).
+MIN_OPSET = 7
+MAX_OPSET = 26
+MAX_IR_VERSION = 13
+# Above this many bytes of tensor data a model is saved with external data (protobuf's 2 GB cap).
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+
+
+def _iter_tensor_protos(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto in the model: initializers and tensor attributes, subgraphs included."""
+
+    def from_graph(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+        yield from graph.initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                if attr.HasField("g"):
+                    yield from from_graph(attr.g)
+                for g in attr.graphs:
+                    yield from from_graph(g)
+
+    yield from from_graph(proto.graph)
+
+
+def _check_external_data(proto: onnx.ModelProto, model_path: Path) -> None:
+    """Refuse external data that is missing, out of bounds or outside the model's folder."""
+    base = model_path.parent.resolve()
+    for tensor in _iter_tensor_protos(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = ExternalDataInfo(tensor)
+        location = info.location
+        target = (base / location).resolve()
+        if os.path.isabs(location) or not target.is_relative_to(base):
+            raise ExternalDataError(
+                f"external data of tensor '{tensor.name}' points outside the model's folder: "
+                f"'{location}'",
+                hint="graphopt only reads external data stored beside the model",
+            )
+        if not target.is_file():
+            raise ExternalDataError(
+                f"external data file '{location}' of tensor '{tensor.name}' is missing "
+                f"(looked in {base})"
+            )
+        if info.length:
+            end = (info.offset or 0) + info.length
+            if end > target.stat().st_size:
+                raise ExternalDataError(
+                    f"external data file '{location}' is truncated: tensor '{tensor.name}' "
+                    f"needs bytes up to {end}, the file has {target.stat().st_size}"
+                )
+
+
+def _check_opset(proto: onnx.ModelProto, path: Path) -> None:
+    for opset in proto.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            if not MIN_OPSET <= opset.version <= MAX_OPSET:
+                raise UnsupportedModelError(
+                    f"{path}: ai.onnx opset {opset.version} is not supported "
+                    f"(ONNX Runtime runs opsets {MIN_OPSET} to {MAX_OPSET})",
+                    hint="convert it with onnx.version_converter.convert_version",
+                )
+
+
+def read_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Read and sanity-check a model file without loading its external data."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"model file not found: {p}")
+    if p.is_dir():
+        raise ModelError(f"expected an ONNX model file, got a directory: {p}")
+    if not os.access(p, os.R_OK):
+        raise ModelError(f"model file is not readable (permission denied): {p}")
+    size = p.stat().st_size
+    if size == 0:
+        raise ModelError(f"model file is empty: {p}")
+    try:
+        proto = onnx.load_model(str(p), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ModelError(
+            f"{p} is not a valid ONNX model (truncated or not ONNX): {_short(exc)}"
+        ) from exc
+    except OSError as exc:
+        raise ModelError(f"cannot read {p}: {exc.strerror or exc}") from exc
+    # protobuf accepts many non-ONNX byte strings as an almost empty message.
+    if proto.ir_version <= 0 or not proto.graph.output or not proto.opset_import:
+        raise ModelError(
+            f"{p} is not a valid ONNX model (truncated or not ONNX): "
+            "no IR version, graph outputs or opset imports"
+        )
+    _check_opset(proto, p)
+    _check_external_data(proto, p)
+    return proto
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def load_model(path: str | os.PathLike[str]) -> ir.Model:
+    """Load a model into onnx_ir after checking it; external data stays memory-mapped."""
+    p = Path(path)
+    proto = read_proto(p)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as exc:  # onnx_ir raises assorted errors on malformed graphs
+        raise ModelError(f"{p} could not be read as an ONNX graph: {_short(exc)}") from exc
+    ir.external_data.set_base_dir(model.graph, str(p.parent))
+    return model
+
+
+def tensor_bytes(model: ir.Model) -> int:
+    """Bytes of all initializer data in the main graph and subgraphs."""
+    return sum(t.nbytes for t in iter_initializer_tensors(model))
+
+
+def iter_initializer_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
+    for graph in iter_graphs(model):
+        for value in graph.initializers.values():
+            if value.const_value is not None:
+                yield value.const_value
+
+
+def iter_graphs(model: ir.Model) -> Iterator[ir.Graph]:
+    """The main graph and every subgraph (If/Loop/Scan bodies)."""
+    yield model.graph
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                yield attr.value
+            elif attr.type == ir.AttributeType.GRAPHS:
+                yield from attr.value
+
+
+def iter_nodes(model: ir.Model) -> Iterator[ir.Node]:
+    """Every node, including those inside subgraphs."""
+    yield from ir.traversal.RecursiveGraphIterator(model.graph)
+
+
+def has_external_tensors(model: ir.Model) -> bool:
+    return any(isinstance(t, ir.ExternalTensor) for t in iter_initializer_tensors(model))
+
+
+def save_model(
+    model: ir.Model,
+    path: str | os.PathLike[str],
+    *,
+    external_data: bool | None = None,
+    source: str | os.PathLike[str] | None = None,
+) -> list[Path]:
+    """Write atomically: into a temp folder beside the target, then rename into place.
+
+    External data is used when asked, when the model already had it, or when its tensors
+    pass protobuf's 2 GB limit. ``source`` is the input model's path: writing over it is
+    refused so an input is never modified. Returns the files written.
+    """
+    out = Path(path)
+    if source is not None and out.resolve() == Path(source).resolve():
+        raise UsageError(
+            f"output path is the input model ({out}); graphopt never modifies its input",
+            hint="choose another -o path",
+        )
+    if out.is_dir():
+        raise UsageError(f"output path is a directory: {out}")
+    if not out.parent.exists():
+        raise UsageError(f"output folder does not exist: {out.parent}")
+    if external_data is None:
+        external_data = (
+            has_external_tensors(model) or tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
+        )
+    data_name = out.name + ".data"
+    previous_ir = model.ir_version
+    model.ir_version = min(model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
+    tmp = Path(tempfile.mkdtemp(prefix=".graphopt-", dir=out.parent))
+    try:
+        tmp_model = tmp / out.name
+        if external_data:
+            ir.save(model, tmp_model, external_data=data_name, size_threshold_bytes=1024)
+        else:
+            ir.save(model, tmp_model)
+        written = []
+        if (tmp / data_name).exists():
+            os.replace(tmp / data_name, out.parent / data_name)
+            written.append(out.parent / data_name)
+        os.replace(tmp_model, out)
+        written.insert(0, out)
+        return written
+    except OSError as exc:
+        raise ModelError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    finally:
+        model.ir_version = previous_ir
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def serialize(model: ir.Model) -> bytes:
+    """The model as bytes for ONNX Runtime (only for models without external data)."""
+    proto = ir.to_proto(model)
+    proto.ir_version = min(proto.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
+    return proto.SerializeToString()
+
+
+def fingerprint(model: ir.Model) -> str:
+    """A cheap structural hash: nodes, attributes, types, shapes and tensor identities.
+
+    Tensor contents are identified by object identity, not hashed, so large models stay
+    cheap; a pass that swaps a tensor for an equal one counts as a change.
+    """
+    h = hashlib.blake2b(digest_size=16)
+
+    def put(*parts: Any) -> None:
+        h.update(repr(parts).encode())
+
+    def value_key(v: ir.Value | None) -> Any:
+        return None if v is None else (v.name, id(v))
+
+    for graph in iter_graphs(model):
+        put("graph", graph.name)
+        for v in graph.inputs:
+            put("in", value_key(v), str(v.type), str(v.shape))
+        for v in graph.outputs:
+            put("out", value_key(v), str(v.type), str(v.shape))
+        for name, v in graph.initializers.items():
+            put("init", name, id(v.const_value), value_key(v))
+        for node in graph:
+            put(node.domain, node.op_type, node.overload, [value_key(v) for v in node.inputs])
+            put([(value_key(v), str(v.type), str(v.shape)) for v in node.outputs])
+            for key, attr in node.attributes.items():
+                if attr.is_ref():
+                    put(key, "ref", attr.ref_attr_name)
+                elif attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
+                    put(key, "graph")
+                elif attr.type in (ir.AttributeType.TENSOR, ir.AttributeType.TENSORS):
+                    put(key, id(attr.value))
+                else:
+                    put(key, attr.value)
+    put("opsets", sorted(model.opset_imports.items()))
+    return h.hexdigest()
+
+
+def _dtype_name(dtype: ir.DataType | None) -> str:
+    return dtype.name.lower() if dtype is not None else "unknown"
+
+
+def value_info(v: ir.Value) -> dict[str, Any]:
+    dims = [] if v.shape is None else [d if isinstance(d, int) else str(d) for d in v.shape]
+    return {
+        "name": v.name,
+        "dtype": _dtype_name(v.dtype),
+        "shape": dims if v.shape is not None else None,
+    }
+
+
+def summarize(model: ir.Model, *, sparsity: bool = False) -> dict[str, Any]:
+    """What is inside a model: ops, parameters, bytes and value counts by dtype, Q/DQ count.
+
+    ``sparsity`` reads every float initializer, so it is off for per-pass instruments.
+    """
+    ops = collections.Counter(
+        n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
+        for n in iter_nodes(model)
+    )
+    init_bytes: collections.Counter[str] = collections.Counter()
+    init_count: collections.Counter[str] = collections.Counter()
+    params = 0
+    zeros = 0
+    float_params = 0
+    external_files: collections.Counter[str] = collections.Counter()
+    for t in iter_initializer_tensors(model):
+        name = _dtype_name(t.dtype)
+        init_bytes[name] += t.nbytes
+        init_count[name] += 1
+        params += t.size
+        if isinstance(t, ir.ExternalTensor):
+            external_files[str(t.location)] += t.nbytes
+        if sparsity and t.dtype is not None and t.dtype.is_floating_point() and t.size:
+            arr = t.numpy()
+            zeros += int(np.count_nonzero(arr == 0))
+            float_params += arr.size
+    value_dtypes: collections.Counter[str] = collections.Counter()
+    for graph in iter_graphs(model):
+        for node in graph:
+            for v in node.outputs:
+                value_dtypes[_dtype_name(v.dtype)] += 1
+    summary: dict[str, Any] = {
+        "ir_version": model.ir_version,
+        "opsets": {d or "ai.onnx": v for d, v in sorted(model.opset_imports.items())},
+        "producer": " ".join(x for x in (model.producer_name, model.producer_version) if x),
+        "inputs": [value_info(v) for v in model.graph.inputs if not v.is_initializer()],
+        "outputs": [value_info(v) for v in model.graph.outputs],
+        "nodes": sum(ops.values()),
+        "ops": dict(ops.most_common()),
+        "initializers": sum(init_count.values()),
+        "parameters": params,
+        "initializer_bytes": sum(init_bytes.values()),
+        "initializer_bytes_by_dtype": dict(init_bytes.most_common()),
+        "value_dtypes": dict(value_dtypes.most_common()),
+        "qdq_nodes": sum(ops.get(op, 0) for op in QDQ_OPS),
+        "external_data": dict(external_files),
+    }
+    if sparsity:
+        summary["sparsity"] = zeros / float_params if float_params else 0.0
+    return summary

@@ -1,0 +1,203 @@
+"""ONNX Runtime sessions on the CPU and GPU execution providers.
+
+onnxruntime-gpu lists the CUDA and TensorRT providers even where no GPU is usable and then
+falls back to CPU with a warning, so what ran is always read back from the session's
+``get_providers()`` and reported, never assumed from what was asked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from graphopt import ir as gir
+from graphopt.errors import RuntimeFailure, UsageError
+
+EP_NAMES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+_SMALL_MODEL_BYTES = 1_500_000_000
+
+
+def ort() -> Any:
+    """Import onnxruntime quietly (its default logger prints colour warnings to stderr)."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)
+    return onnxruntime
+
+
+def providers_for(ep: str) -> list[str]:
+    """The provider list for a target; GPU targets keep CPU as the fallback for other ops."""
+    if ep not in EP_NAMES:
+        raise UsageError(f"unknown execution provider '{ep}' (choose from {', '.join(EP_NAMES)})")
+    names = [EP_NAMES[ep]]
+    if ep == "tensorrt":
+        names.append(EP_NAMES["cuda"])
+    if ep != "cpu":
+        names.append(EP_NAMES["cpu"])
+    return names
+
+
+@dataclasses.dataclass
+class Snapshot:
+    """A model frozen for ONNX Runtime: bytes when small, a saved file when large."""
+
+    data: bytes | None = None
+    path: Path | None = None
+    _tmpdir: Path | None = None
+
+    @classmethod
+    def of(cls, model: ir.Model) -> Snapshot:
+        if not gir.has_external_tensors(model) and gir.tensor_bytes(model) < _SMALL_MODEL_BYTES:
+            return cls(data=gir.serialize(model))
+        tmp = Path(tempfile.mkdtemp(prefix="graphopt-snap-"))
+        path = tmp / "model.onnx"
+        gir.save_model(model, path, external_data=True)
+        return cls(path=path, _tmpdir=tmp)
+
+    @property
+    def size(self) -> int:
+        """Serialized size in bytes (model file plus its external data)."""
+        if self.data is not None:
+            return len(self.data)
+        assert self.path is not None
+        return sum(p.stat().st_size for p in self.path.parent.iterdir())
+
+    def write(self, dest: Path) -> Path:
+        """Copy to ``dest``; a large snapshot becomes a folder ``dest`` minus suffix."""
+        if self.data is not None:
+            tmp = dest.with_name(dest.name + ".tmp")
+            tmp.write_bytes(self.data)
+            os.replace(tmp, dest)
+            return dest
+        assert self.path is not None
+        folder = dest.with_suffix("")
+        shutil.copytree(self.path.parent, folder, dirs_exist_ok=True)
+        return folder / self.path.name
+
+    def close(self) -> None:
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+def session_options(*, optimize: bool = True, threads: int | None = None, **configs: str) -> Any:
+    rt = ort()
+    so = rt.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = (
+        rt.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else rt.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    for key, value in configs.items():
+        so.add_session_config_entry(key, value)
+    return so
+
+
+def make_session(
+    model: ir.Model | Snapshot | str | os.PathLike[str],
+    *,
+    ep: str = "cpu",
+    optimize: bool = True,
+    threads: int | None = None,
+    strict_ep: bool = False,
+) -> Any:
+    """Build an InferenceSession; ``strict_ep`` makes a silent CPU fallback an error."""
+    rt = ort()
+    providers = providers_for(ep)
+    available = rt.get_available_providers()
+    if EP_NAMES[ep] not in available:
+        raise RuntimeFailure(
+            f"execution provider {EP_NAMES[ep]} is not available in this onnxruntime "
+            f"({', '.join(available)})",
+            hint="install onnxruntime-gpu on a machine with a GPU" if ep != "cpu" else None,
+        )
+    snap = model if isinstance(model, Snapshot) else None
+    if isinstance(model, ir.Model):
+        snap = Snapshot.of(model)
+    source: Any
+    if snap is not None:
+        source = snap.data if snap.data is not None else str(snap.path)
+    else:
+        source = str(model)
+    so = session_options(optimize=optimize, threads=threads)
+    try:
+        sess = rt.InferenceSession(source, sess_options=so, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise RuntimeFailure(f"ONNX Runtime could not load the model: {_first_line(exc)}") from exc
+    if strict_ep and EP_NAMES[ep] not in sess.get_providers():
+        raise RuntimeFailure(
+            f"{EP_NAMES[ep]} was requested but ONNX Runtime fell back to "
+            f"{', '.join(sess.get_providers())} (no usable device?)"
+        )
+    return sess
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:400] if text else type(exc).__name__
+
+
+def run_feeds(sess: Any, feeds: Sequence[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    """Run every feed; returns outputs per feed in the session's output order."""
+    names = [o.name for o in sess.get_outputs()]
+    out = []
+    for feed in feeds:
+        try:
+            out.append([np.asarray(x) for x in sess.run(names, feed)])
+        except Exception as exc:
+            raise RuntimeFailure(f"ONNX Runtime failed to run the model: {_first_line(exc)}") from exc
+    return out
+
+
+def iter_outputs(sess: Any, feeds: Sequence[dict[str, np.ndarray]]) -> Iterator[list[np.ndarray]]:
+    yield from run_feeds(sess, feeds)
+
+
+def environment() -> dict[str, Any]:
+    """Versions and machine facts recorded in every report."""
+    import platform
+
+    import onnx
+    import onnxscript
+
+    import graphopt
+
+    rt = ort()
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "graphopt": graphopt.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "onnx": onnx.__version__,
+        "onnx_ir": ir.__version__,
+        "onnxscript": onnxscript.__version__,
+        "onnxruntime": rt.__version__,
+        "available_providers": rt.get_available_providers(),
+        "numpy": np.__version__,
+    }

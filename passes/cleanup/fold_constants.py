@@ -1,0 +1,40 @@
+"""fold-constants: subgraphs computed only from constants are evaluated once, at compile time."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx_ir as ir
+from onnxscript.optimizer import _constant_folding
+
+from graphopt.core.adapter import IrPassAdapter
+from graphopt.core.pass_base import Tolerance
+from graphopt.core.registry import option, register_pass
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldConstantsOptions:
+    input_size_limit: int = option(1 << 20, "largest input tensor (elements) a folded node may read")
+    output_size_limit: int = option(1 << 22, "largest tensor (elements) a fold may create")
+    shape_inference: bool = option(True, "run ONNX shape inference on each node while folding")
+
+    def __post_init__(self) -> None:
+        if self.input_size_limit < 0 or self.output_size_limit < 0:
+            raise ValueError("size limits must be >= 0")
+
+
+@register_pass
+class FoldConstantsPass(IrPassAdapter):
+    """Wraps onnxscript's constant folder (which also folds Shape of known shapes)."""
+
+    name = "fold-constants"
+    Options = FoldConstantsOptions
+    tolerance = Tolerance.reassociation()
+    summary = "evaluate constant subgraphs"
+
+    def make_inner(self) -> ir.passes.PassBase:
+        return _constant_folding.FoldConstantsPass(
+            shape_inference=self.options.shape_inference,
+            input_size_limit=self.options.input_size_limit,
+            output_size_limit=self.options.output_size_limit,
+        )

@@ -1,0 +1,36 @@
+"""lift-constants: Constant nodes become initializers, so later passes see one kind of constant."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx_ir as ir
+
+from graphopt.core.adapter import IrPassAdapter
+from graphopt.core.pass_base import Tolerance
+from graphopt.core.registry import option, register_pass
+
+
+@dataclasses.dataclass(frozen=True)
+class LiftConstantsOptions:
+    lift_all: bool = option(True, "lift every Constant, not only those above size_limit elements")
+    size_limit: int = option(16, "with lift_all=false, lift only tensors with more elements")
+
+    def __post_init__(self) -> None:
+        if self.size_limit < 0:
+            raise ValueError("size_limit must be >= 0")
+
+
+@register_pass
+class LiftConstantsPass(IrPassAdapter):
+    """Wraps onnx_ir's LiftConstantsToInitializersPass."""
+
+    name = "lift-constants"
+    Options = LiftConstantsOptions
+    tolerance = Tolerance.exact()
+    summary = "turn Constant nodes into initializers"
+
+    def make_inner(self) -> ir.passes.PassBase:
+        return ir.passes.common.LiftConstantsToInitializersPass(
+            lift_all_constants=self.options.lift_all, size_limit=self.options.size_limit
+        )
