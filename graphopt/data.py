@@ -36,7 +36,9 @@ class InputSpec:
     dims: tuple[int | str | None, ...] | None
 
     def describe(self) -> str:
-        dims = "?" if self.dims is None else ",".join("?" if d is None else str(d) for d in self.dims)
+        dims = (
+            "?" if self.dims is None else ",".join("?" if d is None else str(d) for d in self.dims)
+        )
         return f"{self.name}: {self.dtype}[{dims}]"
 
 
@@ -49,7 +51,9 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
             raise DataError(f"input '{v.name}' has no element type; cannot build data for it")
         dims = None
         if v.shape is not None:
-            dims = tuple(d if isinstance(d, int) else (d.value if d.value else None) for d in v.shape)
+            dims = tuple(
+                d if isinstance(d, int) else (d.value if d.value else None) for d in v.shape
+            )
         specs.append(InputSpec(v.name or "", v.dtype.numpy(), dims))
     return specs
 
@@ -252,7 +256,9 @@ def random_feeds(
     return Samples(feeds, f"random(seed={seed}{', ' + desc if desc else ''})")
 
 
-def _random_array(rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, ...], high: int) -> np.ndarray:
+def _random_array(
+    rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, ...], high: int
+) -> np.ndarray:
     if dtype == np.bool_:
         return rng.random(shape) < 0.5
     if np.issubdtype(dtype, np.integer):

@@ -71,7 +71,12 @@ class VerificationError(GraphoptError):
     exit_code = EXIT_VERIFY
 
     def __init__(
-        self, message: str, *, pass_name: str, reproducer: str | None = None, hint: str | None = None
+        self,
+        message: str,
+        *,
+        pass_name: str,
+        reproducer: str | None = None,
+        hint: str | None = None,
     ) -> None:
         super().__init__(message, hint=hint)
         self.pass_name = pass_name

@@ -196,9 +196,7 @@ def save_model(
     if not out.parent.exists():
         raise UsageError(f"output folder does not exist: {out.parent}")
     if external_data is None:
-        external_data = (
-            has_external_tensors(model) or tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
-        )
+        external_data = has_external_tensors(model) or tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
     data_name = out.name + ".data"
     previous_ir = model.ir_version
     model.ir_version = min(model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)

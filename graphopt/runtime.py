@@ -102,7 +102,9 @@ def session_options(*, optimize: bool = True, threads: int | None = None, **conf
     so = rt.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = (
-        rt.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else rt.GraphOptimizationLevel.ORT_DISABLE_ALL
+        rt.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimize
+        else rt.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
     if threads:
         so.intra_op_num_threads = threads
@@ -164,7 +166,9 @@ def run_feeds(sess: Any, feeds: Sequence[dict[str, np.ndarray]]) -> list[list[np
         try:
             out.append([np.asarray(x) for x in sess.run(names, feed)])
         except Exception as exc:
-            raise RuntimeFailure(f"ONNX Runtime failed to run the model: {_first_line(exc)}") from exc
+            raise RuntimeFailure(
+                f"ONNX Runtime failed to run the model: {_first_line(exc)}"
+            ) from exc
     return out
 
 

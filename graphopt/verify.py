@@ -56,8 +56,12 @@ def compare(got: Outputs, want: Outputs, tolerance: Tolerance | None = None) -> 
         for g_feed, w_feed in zip(got.per_feed, want.per_feed, strict=True):
             g, w = g_feed[i], w_feed[i]
             if g.shape != w.shape or g.dtype != w.dtype:
-                metrics = {"max_abs": math.inf, "max_rel": math.inf, "cosine": math.nan,
-                           "error": f"shape/dtype {g.dtype}{list(g.shape)} != {w.dtype}{list(w.shape)}"}
+                metrics = {
+                    "max_abs": math.inf,
+                    "max_rel": math.inf,
+                    "cosine": math.nan,
+                    "error": f"shape/dtype {g.dtype}{list(g.shape)} != {w.dtype}{list(w.shape)}",
+                }
                 ok = False
                 break
         if ok:

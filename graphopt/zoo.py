@@ -181,8 +181,9 @@ def _export(
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmpdir:
         raw = Path(tmpdir) / "raw.onnx"
         with torch.no_grad(), warnings.catch_warnings():
-            # The legacy TorchScript exporter is chosen on purpose (dynamo=False): it emits
-            # the classic op patterns (Gemm, LayerNorm decompositions, ...) an optimizer meets.
+            # The legacy TorchScript exporter is chosen on purpose (dynamo=False): its graphs
+            # keep the unoptimised shape arithmetic (Shape/Gather/Concat/Reshape chains,
+            # Constant nodes, Pad + Conv) that a graph optimizer is meant to clean up.
             warnings.filterwarnings("ignore", "You are using the legacy TorchScript", Warning)
             torch.onnx.export(
                 module,

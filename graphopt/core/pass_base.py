@@ -69,8 +69,11 @@ def compare_arrays(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
         return {"max_abs": math.inf, "max_rel": math.inf, "cosine": math.nan, "shape_ok": False}
     if want.dtype == object or got.dtype == object:
         same = bool(np.array_equal(got, want))
-        return {"max_abs": 0.0 if same else math.inf, "max_rel": 0.0 if same else math.inf,
-                "cosine": 1.0 if same else 0.0}
+        return {
+            "max_abs": 0.0 if same else math.inf,
+            "max_rel": 0.0 if same else math.inf,
+            "cosine": 1.0 if same else 0.0,
+        }
     g = got.astype(np.float64).ravel()
     w = want.astype(np.float64).ravel()
     both_nan = np.isnan(g) & np.isnan(w)

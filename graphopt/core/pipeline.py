@@ -71,7 +71,7 @@ class RepeatGroup:
         return f"repeat<{self.times}>(" + ",".join(str(i) for i in self.items) + ")"
 
 
-Item = Union[PassStep, RepeatGroup]
+Item = Union[PassStep, RepeatGroup]  # noqa: UP007 (a runtime alias on Python 3.10)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,11 +166,13 @@ class _Parser:
                 raise self.error(f"preset '{name}' takes no options", self.pos)
             if name in self.preset_stack:
                 raise self.error(f"preset '{name}' refers to itself", start, len(name))
-            inner = _Parser(PRESETS[name], self.preset_stack + (name,))
+            inner = _Parser(PRESETS[name], (*self.preset_stack, name))
             try:
                 return inner.pipeline()
             except PipelineError as exc:  # a broken preset is a bug, but say where
-                raise self.error(f"preset '{name}' is invalid: {exc.message}", start, len(name))
+                raise self.error(
+                    f"preset '{name}' is invalid: {exc.message}", start, len(name)
+                ) from None
         if not registry.has_pass(name):
             known = sorted(registry.all_passes()) + sorted(PRESETS)
             close = registry.close_names(name, known)
@@ -269,16 +271,18 @@ class _Parser:
                 raise self.error(
                     f"{name}: unknown option '{key}' (options: {known})", kstart, len(key)
                 )
-            f, tp = fields[key]
+            _, tp = fields[key]
             try:
                 kwargs[key] = registry.convert_value(tp, value)
             except ValueError as exc:
                 shown = value if isinstance(value, str) else "[...]"
-                raise self.error(f"{name}: option '{key}'={shown}: {exc}", vstart, len(shown))
+                raise self.error(
+                    f"{name}: option '{key}'={shown}: {exc}", vstart, len(shown)
+                ) from None
         try:
             options = cls.Options(**kwargs)
         except (ValueError, TypeError) as exc:
-            raise self.error(f"{name}: {exc}", self.pos - 1)
+            raise self.error(f"{name}: {exc}", self.pos - 1) from None
         return PassStep(name, options)
 
 

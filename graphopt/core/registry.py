@@ -23,9 +23,11 @@ class RegistryError(ValueError):
 
 
 def option(default: Any, doc: str) -> Any:
-    """A documented option field: ``sparsity: float = option(0.5, "fraction of weights zeroed")``."""
+    """A documented option field, e.g. ``ratio: float = option(0.5, "fraction zeroed")``."""
     if isinstance(default, (list, dict, set)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
+        return dataclasses.field(
+            default_factory=lambda: type(default)(default), metadata={"doc": doc}
+        )
     return dataclasses.field(default=default, metadata={"doc": doc})
 
 
@@ -81,7 +83,9 @@ def close_names(name: str, candidates: list[str]) -> list[str]:
 def type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
-        return "|".join(str(a).lower() if isinstance(a, bool) else str(a) for a in typing.get_args(tp))
+        return "|".join(
+            str(a).lower() if isinstance(a, bool) else str(a) for a in typing.get_args(tp)
+        )
     if origin in (list, tuple):
         return f"[{type_name(typing.get_args(tp)[0])}]"
     if origin in (typing.Union, types.UnionType):
@@ -95,7 +99,11 @@ def convert_value(tp: Any, raw: str | list[str]) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if isinstance(raw, str) and raw.lower() in ("none", "null") and len(args) < len(typing.get_args(tp)):
+        if (
+            isinstance(raw, str)
+            and raw.lower() in ("none", "null")
+            and len(args) < len(typing.get_args(tp))
+        ):
             return None
         errors = []
         for a in args:

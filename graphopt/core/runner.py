@@ -142,9 +142,7 @@ class Runner:
         for step in self.pipeline.steps():
             needs = step.pass_class.needs
             if "data" in needs and self.context.data is None:
-                raise PipelineError(
-                    f"pass '{step.name}' needs calibration data: give --data DATA"
-                )
+                raise PipelineError(f"pass '{step.name}' needs calibration data: give --data DATA")
 
     # ------------------------------------------------------------------ the loop
     def _run_items(self, items: tuple[Any, ...], round_info: str | None) -> bool:
@@ -180,11 +178,11 @@ class Runner:
         except GraphoptError:
             raise
         except Exception as exc:  # a pass bug: name the pass and keep its input
-            repro = self._write_reproducer(index, step, f"{type(exc).__name__}: {exc}",
-                                           traceback.format_exc())
+            repro = self._write_reproducer(
+                index, step, f"{type(exc).__name__}: {exc}", traceback.format_exc()
+            )
             raise PassFailure(
-                f"pass '{step.name}' failed: {type(exc).__name__}: {exc}"
-                f" (reproducer: {repro})",
+                f"pass '{step.name}' failed: {type(exc).__name__}: {exc} (reproducer: {repro})",
                 pass_name=step.name,
                 reproducer=str(repro),
             ) from exc
@@ -265,9 +263,7 @@ class Runner:
         self._snapshot = snap
         self._summary = summary
 
-    def _write_reproducer(
-        self, index: int, step: PassStep, reason: str, trace: str | None
-    ) -> Path:
+    def _write_reproducer(self, index: int, step: PassStep, reason: str, trace: str | None) -> Path:
         """The failing pass's input model, its pipeline string, inputs and how to rerun."""
         base = self.dump_dir or Path(tempfile.mkdtemp(prefix="graphopt-repro-"))
         folder = base / f"reproducer-{index:02d}-{step.name}"

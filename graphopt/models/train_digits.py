@@ -193,8 +193,10 @@ def main(argv=None) -> int:
 
     m = onnx.load(str(args.onnx))
     hist = collections.Counter(n.op_type for n in m.graph.node)
-    print(f"onnx: opset {m.opset_import[0].version}, ir_version {m.ir_version}, "
-          f"{args.onnx.stat().st_size} bytes, ops {dict(sorted(hist.items()))}")
+    print(
+        f"onnx: opset {m.opset_import[0].version}, ir_version {m.ir_version}, "
+        f"{args.onnx.stat().st_size} bytes, ops {dict(sorted(hist.items()))}"
+    )
     if hist.get("BatchNormalization", 0) == 0:
         raise SystemExit("exported graph lost its BatchNormalization nodes")
 
@@ -202,8 +204,10 @@ def main(argv=None) -> int:
     ort_logits = sess.run(["logits"], {"input": x_te})[0]
     ort_pred = ort_logits.argmax(1)
     ort_acc = float((ort_pred == y_te).mean())
-    print(f"onnxruntime test top-1: {ort_acc:.4f} ({int((ort_pred == y_te).sum())}/{len(y_te)}), "
-          f"max |logit diff| vs torch {np.abs(ort_logits - torch_logits).max():.2e}")
+    print(
+        f"onnxruntime test top-1: {ort_acc:.4f} ({int((ort_pred == y_te).sum())}/{len(y_te)}), "
+        f"max |logit diff| vs torch {np.abs(ort_logits - torch_logits).max():.2e}"
+    )
     if not np.array_equal(ort_pred, torch_pred):
         raise SystemExit("onnxruntime and torch top-1 predictions differ")
     return 0

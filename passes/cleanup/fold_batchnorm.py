@@ -52,14 +52,20 @@ class FoldBatchNormPass(GraphoptPass):
         while progress:  # a chain Conv->BN->Mul folds one consumer per round
             progress = False
             for node in list(graph):
-                if node.graph is None or node.op_type not in _PRODUCERS or node.domain not in ("", "ai.onnx"):
+                if (
+                    node.graph is None
+                    or node.op_type not in _PRODUCERS
+                    or node.domain not in ("", "ai.onnx")
+                ):
                     continue
                 if self._fold(graph, node):
                     progress = changed = True
         return changed
 
     # ----------------------------------------------------------------- matching
-    def _affine(self, producer: ir.Node, consumer: ir.Node, y: ir.Value) -> tuple[np.ndarray, np.ndarray, str] | None:
+    def _affine(
+        self, producer: ir.Node, consumer: ir.Node, y: ir.Value
+    ) -> tuple[np.ndarray, np.ndarray, str] | None:
         """(scale, shift, kind) as arrays broadcastable against y, or None."""
         op = consumer.op_type
         if consumer.domain not in ("", "ai.onnx"):
@@ -99,7 +105,9 @@ class FoldBatchNormPass(GraphoptPass):
             return np.ones_like(c), -c, "Sub"
         return None  # c - y flips the sign of W; rare, not worth a special case
 
-    def _per_channel(self, arr: np.ndarray, rank: int, axis: int, channels: int) -> np.ndarray | None:
+    def _per_channel(
+        self, arr: np.ndarray, rank: int, axis: int, channels: int
+    ) -> np.ndarray | None:
         """Reduce a broadcastable constant to a vector over output channels, if it is one."""
         if arr.ndim > rank:
             return None
@@ -156,15 +164,22 @@ class FoldBatchNormPass(GraphoptPass):
         if op == "MatMul" and np.all(scale == 1):
             return False  # MatMul has no bias to absorb an Add into
         new_w = self._scale_weight(node, w, scale)
-        bias = _const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+        bias = (
+            _const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+        )
         if len(node.inputs) > 2 and node.inputs[2] is not None and bias is None:
             return False  # a bias computed at run time: leave it
-        inputs: list[ir.Value | None] = [node.inputs[0], self._initializer(graph, node.inputs[1], new_w, "w")]
+        inputs: list[ir.Value | None] = [
+            node.inputs[0],
+            self._initializer(graph, node.inputs[1], new_w, "w"),
+        ]
         attributes = dict(node.attributes)
         extra_add: np.ndarray | None = None
         if op in ("Conv", "ConvTranspose"):
             b = np.zeros(channels) if bias is None else bias.astype(np.float64)
-            inputs.append(self._initializer(graph, node.inputs[1], (scale * b + shift).astype(w.dtype), "b"))
+            inputs.append(
+                self._initializer(graph, node.inputs[1], (scale * b + shift).astype(w.dtype), "b")
+            )
         elif op == "Gemm":
             beta = float(_attr(node, "beta", 1.0))  # type: ignore[arg-type]
             c = np.zeros(channels) if bias is None else beta * bias.astype(np.float64)
@@ -174,16 +189,28 @@ class FoldBatchNormPass(GraphoptPass):
         elif np.any(shift != 0):
             extra_add = shift.astype(w.dtype)
         new_node = self.mark(
-            ir.Node(node.domain, op, inputs, attributes=attributes.values(), name=node.name,
-                    version=node.version)
+            ir.Node(
+                node.domain,
+                op,
+                inputs,
+                attributes=attributes.values(),
+                name=node.name,
+                version=node.version,
+            )
         )
         new_node.outputs[0].shape = consumer.outputs[0].shape
         new_node.outputs[0].type = consumer.outputs[0].type
         new_nodes = [new_node]
         result = new_node.outputs[0]
         if extra_add is not None:
-            add = self.mark(ir.Node("", "Add", [result, self._initializer(graph, node.inputs[1], extra_add, "b")],
-                                    name=(node.name or "matmul") + "_bias"))
+            add = self.mark(
+                ir.Node(
+                    "",
+                    "Add",
+                    [result, self._initializer(graph, node.inputs[1], extra_add, "b")],
+                    name=(node.name or "matmul") + "_bias",
+                )
+            )
             add.outputs[0].shape = consumer.outputs[0].shape
             add.outputs[0].type = consumer.outputs[0].type
             new_nodes.append(add)
@@ -212,7 +239,9 @@ class FoldBatchNormPass(GraphoptPass):
         # Gemm's alpha multiplies A·B, so scaling B's columns scales alpha·A·B the same way.
         return out.astype(w.dtype)
 
-    def _initializer(self, graph: ir.Graph, like: ir.Value | None, array: np.ndarray, suffix: str) -> ir.Value:
+    def _initializer(
+        self, graph: ir.Graph, like: ir.Value | None, array: np.ndarray, suffix: str
+    ) -> ir.Value:
         base = (like.name if like is not None and like.name else "w") + f"_folded_{suffix}"
         name, k = base, 1
         while name in graph.initializers:

@@ -14,7 +14,9 @@ from graphopt.core.registry import option, register_pass
 
 @dataclasses.dataclass(frozen=True)
 class FoldConstantsOptions:
-    input_size_limit: int = option(1 << 20, "largest input tensor (elements) a folded node may read")
+    input_size_limit: int = option(
+        1 << 20, "largest input tensor (elements) a folded node may read"
+    )
     output_size_limit: int = option(1 << 22, "largest tensor (elements) a fold may create")
     shape_inference: bool = option(True, "run ONNX shape inference on each node while folding")
 

@@ -1,0 +1,5 @@
+"""``python -m graphopt`` runs the CLI."""
+
+from graphopt.cli import entry
+
+entry()

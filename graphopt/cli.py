@@ -1,0 +1,523 @@
+"""The ``graphopt`` command line.
+
+Every failure a user can cause ends in one line on stderr (``graphopt: error: ...``) and a
+documented exit code; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import graphopt
+from graphopt import errors
+from graphopt import ir as gir
+
+# Piped output (CI logs, files) gets a wide fixed width instead of rich's 80 columns.
+_console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+_err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 150)
+
+TARGETS = ("cpu", "cuda", "tensorrt")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _samples_for(
+    model: Any, data: str | None, dims: tuple[str, ...], count: int, seed: int, batch: int
+):
+    from graphopt import data as gdata
+
+    dim_map = gdata.parse_dims(dims)
+    if data:
+        samples = gdata.load_data(model, data, batch=batch)
+        return samples.head(count) if count else samples
+    return gdata.random_feeds(model, count=max(1, count), seed=seed, dims=dim_map)
+
+
+class _ProgressListener:
+    """Shows which pass is running on long pipelines (on a terminal only)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed} passes"),
+            TimeElapsedColumn(),
+            console=_err,
+            transient=True,
+            disable=not enabled,
+        )
+        self.task = self.progress.add_task("optimizing", total=total)
+
+    def __enter__(self) -> _ProgressListener:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)  # type: ignore[arg-type]
+
+    def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if event == "start":
+            self.progress.update(self.task, description=info["step"][:60])
+        else:
+            self.progress.advance(self.task)
+
+
+def run_optimize(
+    model_path: Path,
+    output: Path,
+    pipeline_text: str,
+    *,
+    data: str | None = None,
+    target: str = "cpu",
+    report_path: Path | None = None,
+    dump_dir: Path | None = None,
+    verify_each: bool = True,
+    dims: tuple[str, ...] = (),
+    verify_samples: int = 4,
+    seed: int = 0,
+    batch: int = 1,
+    external_data: bool | None = None,
+    show_unchanged: bool = False,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """What ``graphopt optimize`` does, callable from Python (returns the report)."""
+    from graphopt import runtime
+    from graphopt.core.pass_base import PassContext
+    from graphopt.core.pipeline import parse
+    from graphopt.core.runner import Runner
+    from graphopt.report import print_run, write_json
+
+    pipeline = parse(pipeline_text)  # usage errors first, before any heavy work
+    if output.resolve() == model_path.resolve():
+        raise errors.UsageError(
+            f"output path is the input model ({output}); graphopt never modifies its input"
+        )
+    if report_path is not None and not report_path.resolve().parent.is_dir():
+        raise errors.UsageError(f"report folder does not exist: {report_path.parent}")
+    if not output.resolve().parent.is_dir():
+        raise errors.UsageError(f"output folder does not exist: {output.parent}")
+    model = gir.load_model(model_path)
+    source_hash = _sha256(model_path)
+    calib = None
+    if data:
+        from graphopt import data as gdata
+
+        calib = gdata.load_data(model, data, batch=batch)
+    samples = None
+    if verify_each:
+        samples = _samples_for(model, data, dims, verify_samples, seed, batch)
+    context = PassContext(target=target, data=calib, seed=seed)
+    total = sum(1 for _ in pipeline.steps())
+    with _ProgressListener(total, enabled=not quiet and _err.is_terminal) as listener:
+        result = Runner(
+            pipeline,
+            context=context,
+            samples=samples,
+            verify_each=verify_each,
+            dump_dir=dump_dir,
+            listener=listener,
+        ).run(model, source=str(model_path))
+    written = gir.save_model(result.model, output, external_data=external_data, source=model_path)
+    report = result.report
+    report["model"] = {"path": str(model_path), "sha256": source_hash}
+    report["output"] = {
+        "path": str(output),
+        "files": [str(p) for p in written],
+        "bytes": sum(p.stat().st_size for p in written),
+    }
+    report["providers"] = {
+        "verify": ["CPUExecutionProvider"],
+        "target": runtime.providers_for(target),
+    }
+    report["environment"] = runtime.environment()
+    if _sha256(model_path) != source_hash:  # belt and braces: the input must be untouched
+        raise errors.GraphoptError(f"internal error: input model {model_path} changed on disk")
+    if report_path is not None:
+        write_json(report_path, report)
+    if not quiet:
+        print_run(_console, report, show_unchanged=show_unchanged)
+        _console.print(f"wrote {output}" + (f" and {report_path}" if report_path else ""))
+    return report
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(graphopt.__version__, prog_name="graphopt")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """graphopt: make ONNX models smaller and faster, and prove they still give the same answers."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+_model_arg = click.argument("model", type=click.Path(path_type=Path))
+
+
+@cli.command()
+@_model_arg
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Where to write the optimized model.",
+)
+@click.option(
+    "-p",
+    "--pipeline",
+    "pipeline_text",
+    default="cleanup",
+    show_default=True,
+    help="Pipeline text or preset name.",
+)
+@click.option("--data", help="DATA: .npz keyed by input names, or a folder of test_data_set_*.")
+@click.option(
+    "--target",
+    type=click.Choice(TARGETS),
+    default="cpu",
+    show_default=True,
+    help="Execution provider the model is optimized for.",
+)
+@click.option(
+    "--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here."
+)
+@click.option(
+    "--dump-dir",
+    type=click.Path(path_type=Path),
+    help="Keep the model after every pass (and reproducers) here.",
+)
+@click.option("--no-verify", is_flag=True, help="Skip verify-each (faster, unchecked).")
+@click.option(
+    "--dim",
+    "dims",
+    multiple=True,
+    metavar="NAME=N",
+    help="Size of a symbolic input dim for random inputs (repeatable; '*=N' for all).",
+)
+@click.option(
+    "--verify-samples",
+    default=4,
+    show_default=True,
+    help="Feeds used by verify-each (0: all of DATA).",
+)
+@click.option(
+    "--batch",
+    default=1,
+    show_default=True,
+    help="Batch size when DATA's sample axis is the model's batch axis.",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of random verification inputs.")
+@click.option(
+    "--external-data/--single-file",
+    default=None,
+    help="Force or forbid external data (default: when needed).",
+)
+@click.option("--show-unchanged", is_flag=True, help="List pass runs that changed nothing too.")
+def optimize(
+    model: Path,
+    output: Path,
+    pipeline_text: str,
+    data: str | None,
+    target: str,
+    report_path: Path | None,
+    dump_dir: Path | None,
+    no_verify: bool,
+    dims: tuple[str, ...],
+    verify_samples: int,
+    batch: int,
+    seed: int,
+    external_data: bool | None,
+    show_unchanged: bool,
+) -> None:
+    """Run PIPELINE on MODEL, verifying after every pass, and write the result to OUTPUT."""
+    run_optimize(
+        model,
+        output,
+        pipeline_text,
+        data=data,
+        target=target,
+        report_path=report_path,
+        dump_dir=dump_dir,
+        verify_each=not no_verify,
+        dims=dims,
+        verify_samples=verify_samples,
+        seed=seed,
+        batch=batch,
+        external_data=external_data,
+        show_unchanged=show_unchanged,
+    )
+
+
+@cli.command("passes")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def passes_cmd(as_json: bool) -> None:
+    """List every pass with its options, types, defaults and docs, and the presets."""
+    from graphopt.core import registry
+    from graphopt.core.pipeline import PRESET_DOCS, PRESETS
+
+    listing = []
+    for name, cls in registry.all_passes().items():
+        opts = [
+            {
+                "name": f.name,
+                "type": registry.type_name(tp),
+                "default": registry.format_value(registry.default_of(f)),
+                "doc": f.metadata["doc"],
+            }
+            for f, tp in registry.option_fields(cls.Options)
+        ]
+        listing.append(
+            {
+                "name": name,
+                "class": cls.__name__,
+                "summary": cls.summary or (cls.__doc__ or "").strip().splitlines()[0],
+                "tolerance": cls.tolerance.to_dict(),
+                "needs": sorted(cls.needs),
+                "options": opts,
+            }
+        )
+    if as_json:
+        import json
+
+        click.echo(json.dumps({"passes": listing, "presets": PRESETS}, indent=2))
+        return
+    table = Table(title="passes", title_justify="left", show_lines=True)
+    table.add_column("pass", style="bold")
+    table.add_column("what it does")
+    table.add_column("options (type = default: doc)")
+    for p in listing:
+        opts = (
+            "\n".join(
+                f"{o['name']}: {o['type']} = {o['default']}: {o['doc']}" for o in p["options"]
+            )
+            or "—"
+        )
+        tol = p["tolerance"]
+        what = (
+            f"{p['summary']}\n[dim]tolerance: abs {tol['max_abs']:g}, "
+            f"rel {tol['max_rel']:g}, cos ≥ {tol['min_cosine']:g}[/]"
+        )
+        table.add_row(p["name"], what, opts)
+    _console.print(table)
+    presets = Table(title="presets", title_justify="left")
+    presets.add_column("preset", style="bold")
+    presets.add_column("expands to")
+    for name, text in PRESETS.items():
+        presets.add_row(name, f"{PRESET_DOCS.get(name, '')}\n[dim]{text}[/]")
+    _console.print(presets)
+
+
+@cli.command()
+@_model_arg
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect(model: Path, as_json: bool) -> None:
+    """Opset, inputs/outputs, ops, parameters, bytes by dtype, sparsity, Q/DQ, external data."""
+    from graphopt.report import inspect_tables
+
+    m = gir.load_model(model)
+    summary = gir.summarize(m, sparsity=True)
+    summary["file_bytes"] = model.stat().st_size
+    if as_json:
+        import json
+
+        click.echo(json.dumps(summary, indent=2))
+        return
+    for table in inspect_tables(summary, str(model)):
+        _console.print(table)
+
+
+@cli.command()
+@_model_arg
+@click.option("--data", help="DATA to take the first sample from (else random inputs).")
+@click.option(
+    "--ep", type=click.Choice(TARGETS), default="cpu", show_default=True, help="Execution provider."
+)
+@click.option(
+    "--dim",
+    "dims",
+    multiple=True,
+    metavar="NAME=N",
+    help="Size of a symbolic dim for random inputs.",
+)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def run(
+    model: Path, data: str | None, ep: str, dims: tuple[str, ...], seed: int, as_json: bool
+) -> None:
+    """Run one inference and print each output's shape and statistics."""
+    import time
+
+    import numpy as np
+
+    from graphopt import runtime
+
+    m = gir.load_model(model)
+    samples = _samples_for(m, data, dims, 1, seed, 1)
+    sess = runtime.make_session(model, ep=ep, strict_ep=True)
+    t0 = time.perf_counter()
+    outs = runtime.run_feeds(sess, samples.feeds[:1])[0]
+    ms = (time.perf_counter() - t0) * 1000
+    rows = []
+    for meta, arr in zip(sess.get_outputs(), outs, strict=True):
+        row: dict[str, Any] = {"name": meta.name, "dtype": str(arr.dtype), "shape": list(arr.shape)}
+        if arr.dtype != object and arr.size:
+            a = arr.astype(np.float64)
+            row.update(
+                min=float(a.min()),
+                max=float(a.max()),
+                mean=float(a.mean()),
+                std=float(a.std()),
+                nan=int(np.isnan(a).sum()),
+                inf=int(np.isinf(a).sum()),
+            )
+        rows.append(row)
+    info = {"providers": sess.get_providers(), "inputs": samples.source, "ms": ms, "outputs": rows}
+    if as_json:
+        import json
+
+        click.echo(json.dumps(info, indent=2))
+        return
+    table = Table(
+        title=f"{model} on {sess.get_providers()[0]} ({ms:.1f} ms, inputs: {samples.source})",
+        title_justify="left",
+    )
+    for col in ("output", "dtype", "shape", "min", "max", "mean", "std", "nan/inf"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["dtype"],
+            str(r["shape"]),
+            *(f"{r[k]:.4g}" if k in r else "" for k in ("min", "max", "mean", "std")),
+            f"{r.get('nan', 0)}/{r.get('inf', 0)}",
+        )
+    _console.print(table)
+
+
+@cli.command()
+@click.option(
+    "-p",
+    "--pipeline",
+    "pipeline_text",
+    default="cleanup",
+    show_default=True,
+    help="Pipeline to run on the demo model.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Where to write the optimized demo model (default: a temp folder).",
+)
+@click.option(
+    "--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here."
+)
+def demo(pipeline_text: str, output: Path | None, report_path: Path | None) -> None:
+    """Optimize the built-in digits CNN (real data) and show accuracy before and after."""
+    from graphopt import data as gdata
+    from graphopt.demo import demo_files, top1_accuracy
+
+    model_path, data_path = demo_files()
+    _console.print(
+        f"[bold]demo[/]: CNN trained on scikit-learn digits ({model_path.name}), "
+        f"held-out test split {data_path.name}"
+    )
+    tmp = None
+    if output is None:
+        tmp = tempfile.mkdtemp(prefix="graphopt-demo-")
+        output = Path(tmp) / "digits_cnn.opt.onnx"
+    report = run_optimize(
+        model_path,
+        output,
+        pipeline_text,
+        data=str(data_path),
+        report_path=report_path,
+        verify_samples=4,
+        batch=50,
+    )
+    model = gir.load_model(model_path)
+    test = gdata.load_data(model, data_path, batch=50)
+    labels = test.extras["label"]
+    before = top1_accuracy(model_path, test, labels)
+    after = top1_accuracy(output, test, labels)
+    _console.print(
+        f"test accuracy (top-1, {labels.shape[0]} held-out digits, ONNX Runtime CPU): "
+        f"before {before * 100:.2f}%  after {after * 100:.2f}%  "
+        f"(Δ {(after - before) * 100:+.2f} points)"
+    )
+    report["demo"] = {
+        "accuracy_before": before,
+        "accuracy_after": after,
+        "test_samples": int(labels.shape[0]),
+    }
+    if report_path is not None:
+        from graphopt.report import write_json
+
+        write_json(report_path, report)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: maps every error to one line and an exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("GRAPHOPT_DEBUG") == "1"
+    try:
+        cli.main(args=args, prog_name="graphopt", standalone_mode=False)
+        return errors.EXIT_OK
+    except click.exceptions.Abort:
+        _err.print("graphopt: aborted")
+        return 130
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        if debug:
+            traceback.print_exc()
+        _err.print(f"graphopt: error: {exc.format_message()}")
+        return errors.EXIT_USAGE
+    except errors.GraphoptError as exc:
+        if debug:
+            traceback.print_exc()
+        _err.print(f"graphopt: error: {exc}", markup=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _err.print("graphopt: interrupted")
+        return 130
+    except Exception as exc:  # a bug: one line unless --debug
+        if debug:
+            traceback.print_exc()
+        _err.print(
+            f"graphopt: internal error: {type(exc).__name__}: {exc}\n"
+            "  run with --debug for the traceback, and please report it",
+            markup=False,
+        )
+        return errors.EXIT_INTERNAL
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()
