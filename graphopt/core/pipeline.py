@@ -25,8 +25,7 @@ from graphopt.errors import PipelineError
 
 PRESETS: dict[str, str] = {
     "cleanup": (
-        "lift-constants,"
-        "repeat<4>(fold-constants,eliminate-identity,fold-batchnorm,"
+        "repeat<4>(lift-constants,fold-constants,eliminate-identity,fold-batchnorm,"
         "eliminate-common-subexpressions,deduplicate-initializers,eliminate-dead-code),"
         "infer-shapes,sort-topologically"
     ),
@@ -56,7 +55,7 @@ class PassStep:
         for f, _ in registry.option_fields(type(self.options)):
             value = getattr(self.options, f.name)
             if value != registry.default_of(f):
-                parts.append(f"{f.name}={_quote(registry.format_value(value))}")
+                parts.append(f"{f.name}={registry.format_value(value)}")
         return self.name + ("{" + ",".join(parts) + "}" if parts else "")
 
 
@@ -96,12 +95,6 @@ class Pipeline:
     @classmethod
     def parse(cls, text: str) -> Pipeline:
         return parse(text)
-
-
-def _quote(s: str) -> str:
-    if s.startswith("[") or not any(c in s for c in ',{}[]()"='):
-        return s
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _caret(text: str, pos: int, width: int = 1) -> str:
@@ -155,6 +148,8 @@ class _Parser:
                 continue
             if ch == closing:
                 return items
+            if not ch and closing:
+                raise self.error(f"expected '{closing}', found end of text")
             raise self.error(f"unexpected '{ch}'" if ch else "unexpected end of text")
 
     def item(self) -> list[Item]:

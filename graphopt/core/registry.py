@@ -146,11 +146,21 @@ def convert_value(tp: Any, raw: str | list[str]) -> Any:
     raise ValueError(f"unsupported option type {tp!r}")
 
 
+def quote(s: str) -> str:
+    """Double-quote a scalar that holds pipeline delimiters, so printing round-trips."""
+    if not any(c in s for c in ',{}[]()"=') and s == s.strip():
+        return s
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def format_value(value: Any) -> str:
+    """Pipeline text for an option value (scalars quoted where needed)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return quote(value)
     if value is None:
         return "none"
     return str(value)

@@ -82,12 +82,7 @@ class FoldBatchNormPass(GraphoptPass):
             eps = float(_attr(consumer, "epsilon", 1e-5))  # type: ignore[arg-type]
             scale = gamma / np.sqrt(var + eps)
             shift = beta - mean * scale
-            # BN normalizes axis 1; as a trailing-broadcast array that is shape [C, 1, ...].
-            rank = len(y.shape) if y.shape is not None else None
-            if rank is None or rank < 2:
-                return None
-            tail = (1,) * (rank - 2)
-            return scale.reshape(-1, *tail), shift.reshape(-1, *tail), "BatchNormalization"
+            return scale.reshape(-1), shift.reshape(-1), "BatchNormalization"  # over axis 1
         if not self.options.mul_add or op not in ("Mul", "Add", "Sub") or len(consumer.inputs) != 2:
             return None
         other_index = 1 if consumer.inputs[0] is y else 0
@@ -120,9 +115,21 @@ class FoldBatchNormPass(GraphoptPass):
             return np.full(channels, vec[0])
         return vec if vec.size == channels else None
 
+    @staticmethod
+    def _rank(node: ir.Node, y: ir.Value, w: np.ndarray) -> int | None:
+        """Rank of the producer's output, from its shape or else from the op's rules."""
+        if y.shape is not None:
+            return len(y.shape)
+        if node.op_type in ("Conv", "ConvTranspose"):
+            return w.ndim
+        if node.op_type == "Gemm":
+            return 2
+        a = node.inputs[0]
+        return None if a is None or a.shape is None else max(len(a.shape), 1)
+
     def _fold(self, graph: ir.Graph, node: ir.Node) -> bool:
         y = node.outputs[0]
-        if y.is_graph_output() or len(y.uses()) != 1 or y.shape is None:
+        if y.is_graph_output() or len(y.uses()) != 1:
             return False
         consumer = next(iter(y.uses())).node
         if consumer.graph is not graph:
@@ -134,8 +141,12 @@ class FoldBatchNormPass(GraphoptPass):
         w = _const(node.inputs[1]) if len(node.inputs) > 1 else None
         if w is None or not np.issubdtype(w.dtype, np.floating):
             return False
-        rank = len(y.shape)
         op = node.op_type
+        rank = self._rank(node, y, w)
+        if rank is None:  # MatMul on activations of unknown rank: vectors only
+            if kind == "BatchNormalization" or scale_b.ndim > 1 or shift_b.ndim > 1:
+                return False
+            rank = 1
         if op in ("Conv", "ConvTranspose"):
             axis = 1
             channels = w.shape[0] if op == "Conv" else w.shape[1] * int(_attr(node, "group", 1))  # type: ignore[arg-type]

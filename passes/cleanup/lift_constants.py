@@ -13,8 +13,10 @@ from graphopt.core.registry import option, register_pass
 
 @dataclasses.dataclass(frozen=True)
 class LiftConstantsOptions:
-    lift_all: bool = option(True, "lift every Constant, not only those above size_limit elements")
-    size_limit: int = option(16, "with lift_all=false, lift only tensors with more elements")
+    lift_all: bool = option(
+        True, "also lift value_int(s)/value_float(s) Constants, not only 'value'"
+    )
+    size_limit: int = option(0, "lift only tensors with at least this many elements")
 
     def __post_init__(self) -> None:
         if self.size_limit < 0:

@@ -1,0 +1,1 @@
+"""Shared fixtures (placeholder, filled in below)."""

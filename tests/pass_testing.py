@@ -1,0 +1,237 @@
+"""Shared helpers for pass tests: tiny models from onnx.helper pieces, ORT runs, comparisons.
+
+Models are built as ONNX protos (opset 17, IR version 8), optionally run through ONNX shape
+inference so intermediate values carry shapes (passes such as fold-batchnorm need them), and
+converted to onnx_ir. References come from ONNX Runtime's CPU provider with graph
+optimizations off, the same reference the runner's verify-each uses.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx import helper, numpy_helper
+
+from graphopt import data, runtime
+from graphopt import ir as gir
+from graphopt.core.pass_base import PROVENANCE_KEY, GraphoptPass, Tolerance
+from graphopt.core.registry import get_pass
+
+OPSET = 17
+IR_VERSION = 8
+FLOAT = onnx.TensorProto.FLOAT
+INT64 = onnx.TensorProto.INT64
+
+Feed = dict[str, np.ndarray]
+
+
+# ------------------------------------------------------------------------ building models
+def vi(name: str, shape: Sequence[int | str | None] | None, elem_type: int = FLOAT) -> Any:
+    """A ValueInfoProto (graph input, output or intermediate value)."""
+    return helper.make_tensor_value_info(name, elem_type, shape)
+
+
+def init(name: str, array: np.ndarray | Sequence[Any]) -> onnx.TensorProto:
+    """An initializer TensorProto from an array."""
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def node(op_type: str, inputs: Sequence[str], outputs: Sequence[str], **attrs: Any) -> Any:
+    """A NodeProto named after its first output (so tests can find nodes by name)."""
+    return helper.make_node(op_type, list(inputs), list(outputs), name=f"{outputs[0]}_node", **attrs)
+
+
+def constant(output: str, array: np.ndarray | Sequence[Any]) -> Any:
+    """A Constant node producing ``array``."""
+    return helper.make_node(
+        "Constant",
+        [],
+        [output],
+        name=f"{output}_node",
+        value=numpy_helper.from_array(np.asarray(array), f"{output}_value"),
+    )
+
+
+def make_proto(
+    nodes: Iterable[Any],
+    inputs: Iterable[Any],
+    outputs: Iterable[Any],
+    initializers: Iterable[onnx.TensorProto] = (),
+    value_info: Iterable[Any] = (),
+    *,
+    infer_shapes: bool = True,
+    name: str = "test",
+) -> onnx.ModelProto:
+    """An opset-17, IR-8 ModelProto; ``infer_shapes`` fills intermediate value shapes."""
+    graph = helper.make_graph(
+        list(nodes),
+        name,
+        list(inputs),
+        list(outputs),
+        initializer=list(initializers),
+        value_info=list(value_info),
+    )
+    proto = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        ir_version=IR_VERSION,
+        producer_name="graphopt-tests",
+    )
+    if infer_shapes:
+        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+        onnx.checker.check_model(proto)  # models left without shapes may not pass the checker
+    return proto
+
+
+def make_model(
+    nodes: Iterable[Any],
+    inputs: Iterable[Any],
+    outputs: Iterable[Any],
+    initializers: Iterable[onnx.TensorProto] = (),
+    value_info: Iterable[Any] = (),
+    *,
+    infer_shapes: bool = True,
+) -> ir.Model:
+    """Like :func:`make_proto`, converted to an onnx_ir model."""
+    proto = make_proto(
+        nodes, inputs, outputs, initializers, value_info, infer_shapes=infer_shapes
+    )
+    return ir.serde.deserialize_model(proto)
+
+
+def copy_model(model: ir.Model) -> ir.Model:
+    """An independent deep copy (through a proto round trip)."""
+    return ir.serde.deserialize_model(ir.serde.serialize_model(model))
+
+
+def to_bytes(model: ir.Model) -> bytes:
+    """Deterministic serialized bytes, for "the graph did not change" assertions."""
+    return ir.serde.serialize_model(model).SerializeToString(deterministic=True)
+
+
+# ------------------------------------------------------------------------ running models
+def random_feeds(
+    model: ir.Model, *, count: int = 2, seed: int = 0, dims: Mapping[str, int] | None = None
+) -> list[Feed]:
+    """Seeded standard-normal feeds for the model's inputs (symbolic dims default to 2)."""
+    return data.random_feeds(model, count=count, seed=seed, dims=dims or {"*": 2}).feeds
+
+
+def run_model(model: ir.Model, feeds: Sequence[Feed]) -> tuple[list[str], list[list[np.ndarray]]]:
+    """Output names and per-feed outputs on ORT CPU with graph optimizations disabled."""
+    sess = runtime.make_session(model, optimize=False)
+    names = [o.name for o in sess.get_outputs()]
+    return names, runtime.run_feeds(sess, feeds)
+
+
+def assert_same_outputs(
+    before: ir.Model,
+    after: ir.Model,
+    tolerance: Tolerance,
+    feeds: Sequence[Feed] | None = None,
+) -> None:
+    """``after`` computes ``before``'s outputs (same names, dtypes, shapes) within tolerance."""
+    if feeds is None:
+        feeds = random_feeds(before)
+    names_b, outs_b = run_model(before, feeds)
+    names_a, outs_a = run_model(after, feeds)
+    assert names_a == names_b, f"outputs changed: {names_b} -> {names_a}"
+    for k, (want_all, got_all) in enumerate(zip(outs_b, outs_a, strict=True)):
+        for name, want, got in zip(names_b, want_all, got_all, strict=True):
+            ok, metrics = tolerance.check(got, want)
+            assert ok, (
+                f"feed {k}, output {name!r}: {metrics} exceeds {tolerance} "
+                f"(shapes {got.shape} vs {want.shape}, dtypes {got.dtype} vs {want.dtype})"
+            )
+
+
+# ------------------------------------------------------------------------ inspecting models
+def op_counts(model: ir.Model) -> collections.Counter[str]:
+    """Node count per op type (subgraphs included)."""
+    return collections.Counter(n.op_type for n in gir.iter_nodes(model))
+
+
+def op_sequence(model: ir.Model) -> list[str]:
+    """Op types of the main graph in node order."""
+    return [n.op_type for n in model.graph]
+
+
+def nodes_of(model: ir.Model, op_type: str) -> list[ir.Node]:
+    return [n for n in model.graph if n.op_type == op_type]
+
+
+def created_by(model: ir.Model, pass_name: str) -> list[ir.Node]:
+    """Nodes whose provenance metadata names ``pass_name``."""
+    return [n for n in gir.iter_nodes(model) if n.metadata_props.get(PROVENANCE_KEY) == pass_name]
+
+
+def used_initializers(model: ir.Model) -> set[str]:
+    """Names of initializers that some node or graph output reads."""
+    names = set(model.graph.initializers)
+    used = {v.name for n in gir.iter_nodes(model) for v in n.inputs if v is not None}
+    used |= {v.name for v in model.graph.outputs}
+    return names & used
+
+
+def initializer_array(model: ir.Model, name: str) -> np.ndarray:
+    value = model.graph.initializers[name]
+    assert value.const_value is not None
+    return value.const_value.numpy()
+
+
+# ------------------------------------------------------------------------ running passes
+def make_pass(pass_name: str, **options: Any) -> GraphoptPass:
+    cls = get_pass(pass_name)
+    return cls(cls.Options(**options))
+
+
+def run_pass(
+    model: ir.Model, pass_name: str, **options: Any
+) -> tuple[ir.passes.PassResult, GraphoptPass]:
+    """Run one pass in place; returns its result and the pass object (for ``stats``)."""
+    p = make_pass(pass_name, **options)
+    result = p(model)
+    assert result.model is model, "graphopt passes are in place"
+    return result, p
+
+
+def assert_idempotent(model: ir.Model, pass_name: str, **options: Any) -> None:
+    """A second run changes nothing: modified=False, no stats, identical graph."""
+    before = to_bytes(model)
+    fp = gir.fingerprint(model)
+    result, p = run_pass(model, pass_name, **options)
+    assert not result.modified, f"{pass_name} is not idempotent (stats {dict(p.stats)})"
+    assert not p.stats, f"{pass_name} counted work on its second run: {dict(p.stats)}"
+    assert gir.fingerprint(model) == fp
+    assert to_bytes(model) == before
+
+
+def assert_noop(model: ir.Model, pass_name: str, **options: Any) -> None:
+    """The pass has nothing to do: modified=False and the graph is unchanged."""
+    assert_idempotent(model, pass_name, **options)
+
+
+def apply_and_check(
+    model: ir.Model,
+    pass_name: str,
+    feeds: Sequence[Feed] | None = None,
+    **options: Any,
+) -> tuple[ir.Model, GraphoptPass]:
+    """Run the pass on ``model`` (in place) expecting a change; check numerics and idempotence.
+
+    Returns the untouched original (a copy taken before) and the pass object.
+    """
+    original = copy_model(model)
+    if feeds is None:
+        feeds = random_feeds(original)
+    result, p = run_pass(model, pass_name, **options)
+    assert result.modified, f"{pass_name} found nothing to do"
+    onnx.checker.check_model(ir.serde.serialize_model(model))
+    assert_same_outputs(original, model, type(p).tolerance, feeds)
+    assert_idempotent(model, pass_name, **options)
+    return original, p

@@ -1,0 +1,191 @@
+"""The runner: instruments, verify-each, dumps, reproducers, repeat groups."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+from graphopt import ir as gir
+from graphopt import runtime
+from graphopt.core import registry
+from graphopt.core.pass_base import GraphoptPass, PassContext, Tolerance
+from graphopt.core.runner import REPORT_SCHEMA, run_pipeline
+from graphopt.data import load_data, random_feeds
+from graphopt.demo import demo_files
+from graphopt.errors import PassFailure, PipelineError, VerificationError
+
+
+@pytest.fixture
+def demo_model() -> ir.Model:
+    return gir.load_model(demo_files()[0])
+
+
+class PerturbWeightsPass(GraphoptPass):
+    """Test pass: adds 0.5 to the first Conv weight (a silent numerical bug)."""
+
+    name = "perturb-weights-test"
+    tolerance = Tolerance.reassociation()
+
+    def run(self, model: ir.Model) -> bool:
+        for node in model.graph:
+            if node.op_type == "Conv":
+                w = node.inputs[1]
+                w.const_value = ir.tensor(w.const_value.numpy() + 0.5, name=w.name)
+                return True
+        return False
+
+
+class CrashPass(GraphoptPass):
+    """Test pass: raises like a buggy pass would."""
+
+    name = "crash-test"
+
+    def run(self, model: ir.Model) -> bool:
+        raise KeyError("boom")
+
+
+class BreakGraphPass(GraphoptPass):
+    """Test pass: rewires a node to a value no one produces (ORT refuses the model)."""
+
+    name = "break-graph-test"
+
+    def run(self, model: ir.Model) -> bool:
+        node = next(iter(model.graph))
+        model.graph.remove(node)  # its consumers now read a dangling value
+        return True
+
+
+class NeedsDataPass(GraphoptPass):
+    name = "needs-data-test"
+    needs: ClassVar[frozenset[str]] = frozenset({"data"})
+
+    def run(self, model: ir.Model) -> bool:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def _test_passes() -> Iterator[None]:
+    classes = (PerturbWeightsPass, CrashPass, BreakGraphPass, NeedsDataPass)
+    for cls in classes:
+        registry.register_pass(cls)
+    yield
+    for cls in classes:
+        registry._REGISTRY.pop(cls.name, None)
+
+
+def test_report_holds_every_instrument(demo_model: ir.Model, tmp_path: Path) -> None:
+    model_path, data_path = demo_files()
+    samples = load_data(demo_model, data_path, batch=50).head(3)
+    result = run_pipeline(demo_model, "cleanup", samples=samples, dump_dir=tmp_path / "dump")
+    rep = result.report
+    assert rep["schema"] == REPORT_SCHEMA
+    assert rep["pipeline"].startswith("repeat<4>(lift-constants,")
+    assert rep["verify"]["enabled"] and rep["verify"]["feeds"] == 3
+    assert rep["before"]["ops"]["BatchNormalization"] == 4
+    assert "BatchNormalization" not in rep["after"]["ops"]
+    assert 0 <= rep["after"]["sparsity"] < 0.01
+    modified = [r for r in rep["passes"] if r["modified"]]
+    assert {r["pass"] for r in modified} >= {"fold-batchnorm", "eliminate-dead-code"}
+    for rec in rep["passes"]:
+        assert rec["seconds"] >= 0
+        s = rec["summary"]
+        for key in ("nodes", "ops", "initializer_bytes", "initializer_bytes_by_dtype",
+                    "value_dtypes", "serialized_bytes"):
+            assert key in s
+        assert set(rec["tolerance"]) == {"max_abs", "max_rel", "min_cosine", "exact_ints"}
+    bn = next(r for r in modified if r["pass"] == "fold-batchnorm")
+    assert bn["stats"] == {"folded:BatchNormalization": 4}
+    assert bn["delta"]["ops"] == {"BatchNormalization": -4}
+    assert bn["verify"]["passed"] and bn["verify"]["outputs"]["logits"]["cosine"] > 0.99999
+    dce = next(r for r in modified if r["pass"] == "eliminate-dead-code")
+    assert dce["delta"]["initializer_bytes"] < 0
+    # rounds: the repeat group stopped once a round changed nothing
+    rounds = {r["round"] for r in rep["passes"] if r["round"]}
+    assert rounds == {"repeat<4> round 1", "repeat<4> round 2"}
+    # dumps: the input and one model per modified pass, each loadable
+    dumps = sorted(p.name for p in (tmp_path / "dump").iterdir())
+    assert dumps[0] == "00-input.onnx"
+    assert len(dumps) == 1 + len(modified)
+    for r in modified:
+        onnx.checker.check_model(onnx.load(r["dump"]))
+    json.dumps(rep)  # JSON-serializable as is
+
+
+def test_running_twice_changes_nothing(demo_model: ir.Model) -> None:
+    run_pipeline(demo_model, "cleanup", verify_each=False)
+    second = run_pipeline(demo_model, "cleanup", verify_each=False)
+    assert [r["pass"] for r in second.report["passes"] if r["modified"]] == []
+
+
+def test_verify_each_names_the_pass_and_writes_a_reproducer(
+    demo_model: ir.Model, tmp_path: Path
+) -> None:
+    samples = random_feeds(demo_model, count=2, dims={"batch": 2})
+    with pytest.raises(VerificationError) as info:
+        run_pipeline(demo_model, "fold-batchnorm,perturb-weights-test,eliminate-dead-code",
+                     samples=samples, dump_dir=tmp_path)
+    err = info.value
+    assert err.pass_name == "perturb-weights-test"
+    assert "changed the outputs beyond its tolerance" in str(err)
+    assert "logits" in str(err)
+    repro = Path(err.reproducer or "")
+    assert repro.parent == tmp_path
+    assert (repro / "pipeline.txt").read_text().strip() == "perturb-weights-test"
+    assert "perturb-weights-test" in (repro / "full-pipeline.txt").read_text()
+    assert "graphopt optimize input.onnx" in (repro / "README.txt").read_text()
+    # the reproducer's model is the failing pass's input: BatchNorm already folded
+    saved = onnx.load(repro / "input.onnx")
+    assert not any(n.op_type == "BatchNormalization" for n in saved.graph.node)
+    inputs = np.load(repro / "inputs.npz")
+    assert inputs["input"].shape == (2, 2, 1, 8, 8)
+    # and the reproducer reproduces: its model runs, with the same inputs
+    sess = runtime.make_session(repro / "input.onnx", optimize=False)
+    assert sess.run(None, {"input": inputs["input"][0]})[0].shape == (2, 10)
+
+
+def test_crashing_pass_is_a_pass_failure_with_reproducer(demo_model: ir.Model) -> None:
+    with pytest.raises(PassFailure) as info:
+        run_pipeline(demo_model, "eliminate-identity,crash-test", verify_each=False)
+    assert info.value.pass_name == "crash-test"
+    assert "KeyError" in str(info.value)
+    repro = Path(info.value.reproducer or "")
+    failure = json.loads((repro / "failure.json").read_text())
+    assert failure["pass"] == "crash-test" and "Traceback" in failure["traceback"]
+
+
+def test_unloadable_result_is_caught(demo_model: ir.Model) -> None:
+    samples = random_feeds(demo_model, count=1)
+    with pytest.raises(VerificationError, match="no longer runs on ONNX Runtime"):
+        run_pipeline(demo_model, "break-graph-test", samples=samples)
+
+
+def test_missing_data_is_refused_before_running(demo_model: ir.Model) -> None:
+    with pytest.raises(PipelineError, match="needs calibration data"):
+        run_pipeline(demo_model, "needs-data-test", verify_each=False)
+    run_pipeline(demo_model, "needs-data-test", verify_each=False,
+                 context=PassContext(data=object()))
+
+
+def test_model_that_does_not_run_is_reported_before_passes(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        [helper.make_node("Gather", ["x", "idx"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor("idx", TensorProto.INT64, [1], [7])],  # out of range
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    model = ir.serde.deserialize_model(m)
+    from graphopt.errors import RuntimeFailure
+
+    with pytest.raises(RuntimeFailure, match="input model does not run"):
+        run_pipeline(model, "eliminate-identity", samples=random_feeds(model))
