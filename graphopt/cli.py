@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -153,7 +154,11 @@ def run_optimize(
         write_json(report_path, report)
     if not quiet:
         print_run(_console, report, show_unchanged=show_unchanged)
-        _console.print(f"wrote {output}" + (f" and {report_path}" if report_path else ""))
+        _console.print(
+            f"wrote {output}" + (f" and {report_path}" if report_path else ""),
+            markup=False,
+            soft_wrap=True,
+        )
     return report
 
 
@@ -170,7 +175,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
-_model_arg = click.argument("model", type=click.Path(path_type=Path))
+# readable=False: graphopt's loader checks readability itself, with exit code 3 like other
+# model problems (click's check would exit 2).
+_model_arg = click.argument("model", type=click.Path(path_type=Path, readable=False))
 
 
 @cli.command()
@@ -216,12 +223,14 @@ _model_arg = click.argument("model", type=click.Path(path_type=Path))
 )
 @click.option(
     "--verify-samples",
+    type=click.IntRange(min=0),
     default=4,
     show_default=True,
     help="Feeds used by verify-each (0: all of DATA).",
 )
 @click.option(
     "--batch",
+    type=click.IntRange(min=1),
     default=1,
     show_default=True,
     help="Batch size when DATA's sample axis is the model's batch axis.",
@@ -308,13 +317,14 @@ def passes_cmd(as_json: bool) -> None:
     for p in listing:
         opts = (
             "\n".join(
-                f"{o['name']}: {o['type']} = {o['default']}: {o['doc']}" for o in p["options"]
+                escape(f"{o['name']}: {o['type']} = {o['default']}: {o['doc']}")
+                for o in p["options"]
             )
             or "—"
         )
         tol = p["tolerance"]
         what = (
-            f"{p['summary']}\n[dim]tolerance: abs {tol['max_abs']:g}, "
+            f"{escape(p['summary'])}\n[dim]tolerance: abs {tol['max_abs']:g}, "
             f"rel {tol['max_rel']:g}, cos ≥ {tol['min_cosine']:g}[/]"
         )
         table.add_row(p["name"], what, opts)
@@ -323,7 +333,7 @@ def passes_cmd(as_json: bool) -> None:
     presets.add_column("preset", style="bold")
     presets.add_column("expands to")
     for name, text in PRESETS.items():
-        presets.add_row(name, f"{PRESET_DOCS.get(name, '')}\n[dim]{text}[/]")
+        presets.add_row(name, f"{escape(PRESET_DOCS.get(name, ''))}\n[dim]{escape(text)}[/]")
     _console.print(presets)
 
 
@@ -398,16 +408,18 @@ def run(
         click.echo(json.dumps(info, indent=2))
         return
     table = Table(
-        title=f"{model} on {sess.get_providers()[0]} ({ms:.1f} ms, inputs: {samples.source})",
+        title=escape(
+            f"{model} on {sess.get_providers()[0]} ({ms:.1f} ms, inputs: {samples.source})"
+        ),
         title_justify="left",
     )
     for col in ("output", "dtype", "shape", "min", "max", "mean", "std", "nan/inf"):
         table.add_column(col)
     for r in rows:
         table.add_row(
-            r["name"],
+            escape(r["name"]),
             r["dtype"],
-            str(r["shape"]),
+            escape(str(r["shape"])),
             *(f"{r[k]:.4g}" if k in r else "" for k in ("min", "max", "mean", "std")),
             f"{r.get('nan', 0)}/{r.get('inf', 0)}",
         )
@@ -487,19 +499,19 @@ def main(argv: list[str] | None = None) -> int:
         cli.main(args=args, prog_name="graphopt", standalone_mode=False)
         return errors.EXIT_OK
     except click.exceptions.Abort:
-        _err.print("graphopt: aborted")
+        _err.print("graphopt: aborted", markup=False)
         return 130
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:
         if debug:
             traceback.print_exc()
-        _err.print(f"graphopt: error: {exc.format_message()}")
+        _err.print(f"graphopt: error: {exc.format_message()}", markup=False, soft_wrap=True)
         return errors.EXIT_USAGE
     except errors.GraphoptError as exc:
         if debug:
             traceback.print_exc()
-        _err.print(f"graphopt: error: {exc}", markup=False)
+        _err.print(f"graphopt: error: {exc}", markup=False, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         _err.print("graphopt: interrupted")
@@ -511,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
             f"graphopt: internal error: {type(exc).__name__}: {exc}\n"
             "  run with --debug for the traceback, and please report it",
             markup=False,
+            soft_wrap=True,
         )
         return errors.EXIT_INTERNAL
 

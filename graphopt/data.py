@@ -111,6 +111,8 @@ def _check_dtype(spec: InputSpec, arr: np.ndarray) -> None:
 def _split_array(spec: InputSpec, arr: np.ndarray, batch: int) -> list[np.ndarray]:
     """Cut one input's array into per-feed arrays following the leading sample axis."""
     _check_dtype(spec, arr)
+    if arr.ndim == 0 or arr.shape[0] == 0:
+        raise DataError(f"input '{spec.name}': no samples (the leading sample axis is empty)")
     if spec.dims is None:
         return [arr[i] for i in range(arr.shape[0])]
     rank = len(spec.dims)
@@ -123,9 +125,10 @@ def _split_array(spec: InputSpec, arr: np.ndarray, batch: int) -> list[np.ndarra
         first = spec.dims[0]
         size = first if isinstance(first, int) else batch
         if arr.shape[0] % size:
+            why = "the model's first dimension" if isinstance(first, int) else "--batch"
             raise DataError(
                 f"input '{spec.name}': {arr.shape[0]} samples do not split into batches of "
-                f"{size} (the model's first dimension)"
+                f"{size} ({why})"
             )
         parts = [arr[i : i + size] for i in range(0, arr.shape[0], size)]
         _check_dims(spec, parts[0].shape, "each batch")
@@ -140,6 +143,8 @@ def from_arrays(
     model: ir.Model, arrays: Mapping[str, np.ndarray], *, source: str, batch: int = 1
 ) -> Samples:
     """Feeds from named arrays that follow the DATA contract."""
+    if batch < 1:
+        raise UsageError(f"batch must be at least 1, got {batch}")
     specs = input_specs(model)
     missing = [s.name for s in specs if s.name not in arrays]
     if missing:
@@ -163,12 +168,14 @@ def from_arrays(
     return Samples(feeds, source, extras)
 
 
-def _tensor_files(folder: Path) -> list[Path]:
-    def key(p: Path) -> int:
-        m = re.search(r"(\d+)", p.stem)
-        return int(m.group(1)) if m else 0
+def _numeric_key(p: Path) -> tuple[int, str]:
+    """Sort ``x_2`` before ``x_10``."""
+    m = re.search(r"(\d+)$", p.stem)
+    return (int(m.group(1)) if m else -1, p.name)
 
-    return sorted(folder.glob("input_*.pb"), key=key)
+
+def _tensor_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("input_*.pb"), key=_numeric_key)
 
 
 def _read_tensor(path: Path) -> onnx.TensorProto:
@@ -182,7 +189,7 @@ def _read_tensor(path: Path) -> onnx.TensorProto:
 
 def from_test_data_dir(model: ir.Model, folder: Path) -> Samples:
     """Feeds from ONNX ``test_data_set_*`` folders (each set is one feed)."""
-    sets = sorted(p for p in folder.glob("test_data_set_*") if p.is_dir())
+    sets = sorted((p for p in folder.glob("test_data_set_*") if p.is_dir()), key=_numeric_key)
     if not sets and _tensor_files(folder):
         sets = [folder]
     if not sets:
@@ -214,12 +221,13 @@ def load_data(model: ir.Model, path: str | os.PathLike[str], *, batch: int = 1) 
     if p.is_dir():
         return from_test_data_dir(model, p)
     try:
-        with np.load(p, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        loaded = np.load(p, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"{p} is not a readable .npz file: {exc}") from exc
-    if isinstance(arrays, np.ndarray):
+    if isinstance(loaded, np.ndarray):
         raise DataError(f"{p} holds a single array; DATA needs an .npz keyed by input names")
+    with loaded as npz:
+        arrays = {k: npz[k] for k in npz.files}
     return from_arrays(model, arrays, source=str(p), batch=batch)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -109,7 +110,7 @@ def passes_table(report: dict[str, Any], *, show_unchanged: bool = False) -> Tab
         round_ = rec["round"] or ""
         table.add_row(
             str(rec["index"]),
-            rec["pass"] if rec["step"] == rec["pass"] else rec["step"],
+            escape(rec["step"]),
             round_.rsplit("round ", 1)[-1] if round_ else "",
             f"{rec['seconds'] * 1000:.1f}",
             str(summary["nodes"]),
@@ -118,7 +119,7 @@ def passes_table(report: dict[str, Any], *, show_unchanged: bool = False) -> Tab
             human_bytes(summary.get("serialized_bytes", 0)),
             _sci(ref["max_abs"]) if ref else "",
             verdict,
-            did if rec["modified"] else "[dim]no change[/]",
+            escape(did) if rec["modified"] else "[dim]no change[/]",
         )
     if hidden:
         table.caption = f"{hidden} pass runs changed nothing (--show-unchanged lists them)"
@@ -156,21 +157,21 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 def print_run(console: Console, report: dict[str, Any], *, show_unchanged: bool = False) -> None:
     console.print(passes_table(report, show_unchanged=show_unchanged))
     for line in summary_lines(report):
-        console.print(line, highlight=False, soft_wrap=True)
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
 def inspect_tables(summary: dict[str, Any], path: str) -> list[Table]:
-    head = Table(title=f"{path}", title_justify="left", show_header=False)
+    head = Table(title=escape(path), title_justify="left", show_header=False)
     head.add_column("key", style="bold")
     head.add_column("value")
     head.add_row("ir_version", str(summary["ir_version"]))
     head.add_row("opsets", ", ".join(f"{k} {v}" for k, v in summary["opsets"].items()))
     if summary.get("producer"):
-        head.add_row("producer", summary["producer"])
+        head.add_row("producer", escape(summary["producer"]))
     for kind in ("inputs", "outputs"):
         for v in summary[kind]:
             shape = "?" if v["shape"] is None else "[" + ", ".join(str(d) for d in v["shape"]) + "]"
-            head.add_row(kind[:-1], f"{v['name']}: {v['dtype']}{shape}")
+            head.add_row(kind[:-1], escape(f"{v['name']}: {v['dtype']}{shape}"))
     head.add_row("nodes", str(summary["nodes"]))
     head.add_row("parameters", f"{summary['parameters']:,}")
     head.add_row(
@@ -183,12 +184,12 @@ def inspect_tables(summary: dict[str, Any], path: str) -> list[Table]:
     head.add_row("Q/DQ nodes", str(summary["qdq_nodes"]))
     if summary["external_data"]:
         for f, n in summary["external_data"].items():
-            head.add_row("external data", f"{f} ({human_bytes(n)})")
+            head.add_row("external data", escape(f"{f} ({human_bytes(n)})"))
     else:
         head.add_row("external data", "none")
     ops = Table(title="ops", title_justify="left")
     ops.add_column("op")
     ops.add_column("count", justify="right")
     for op, n in summary["ops"].items():
-        ops.add_row(op, str(n))
+        ops.add_row(escape(op), str(n))
     return [head, ops]

@@ -34,7 +34,7 @@ def ort() -> Any:
     """Import onnxruntime quietly (its default logger prints colour warnings to stderr)."""
     import onnxruntime
 
-    onnxruntime.set_default_logger_severity(3)
+    onnxruntime.set_default_logger_severity(4)  # fatal only: errors come back as exceptions
     return onnxruntime
 
 
@@ -100,7 +100,7 @@ class Snapshot:
 def session_options(*, optimize: bool = True, threads: int | None = None, **configs: str) -> Any:
     rt = ort()
     so = rt.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4
     so.graph_optimization_level = (
         rt.GraphOptimizationLevel.ORT_ENABLE_ALL
         if optimize

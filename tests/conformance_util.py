@@ -20,11 +20,13 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import ctypes
 import dataclasses
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import re
 import shutil
 import sys
 import time
@@ -209,15 +211,36 @@ def read_data_sets(model_dir: Path, graph: onnx.GraphProto) -> list[DataSet]:
 
 
 # ---------------------------------------------------------------------------- comparison
+def _is_ml_dtype(dtype: np.dtype) -> bool:
+    """bfloat16, float8*, float4, int4, int2... (ml_dtypes types, not native numpy ones)."""
+    return dtype.type.__module__.startswith("ml_dtypes")
+
+
 def _float_like(dtype: np.dtype) -> bool:
     """float, complex and the ml_dtypes floats (bfloat16, float8*, float4)."""
     if dtype.kind in "fc":
         return True
-    return dtype.kind == "V" and "float" in dtype.name
+    return _is_ml_dtype(dtype) and "float" in dtype.name
 
 
-def compare_value(got: Any, want: Any, *, rtol: float = RTOL, atol: float = ATOL,
-                  where: str = "output") -> str | None:
+def _mismatch_summary(got: np.ndarray, want: np.ndarray, rtol: float, atol: float) -> str:
+    with np.errstate(all="ignore"):
+        bad = ~np.isclose(got, want, rtol=rtol, atol=atol, equal_nan=True)
+        diff = np.abs(got.astype(np.complex128) - want.astype(np.complex128))
+        diff = np.where(np.isnan(diff), np.inf, diff)  # NaN against a number
+    if not bad.any():
+        return "assert_allclose failed"
+    idx = tuple(int(i) for i in np.argwhere(bad)[0])
+    worst = float(np.max(np.where(bad, diff, 0.0)))
+    return (
+        f"{int(bad.sum())} of {want.size} elements, max abs diff {worst:.4g}; first at "
+        f"{idx}: got {got[idx].item()}, expected {want[idx].item()}"
+    )
+
+
+def compare_value(
+    got: Any, want: Any, *, rtol: float = RTOL, atol: float = ATOL, where: str = "output"
+) -> str | None:
     """None when ``got`` matches ``want``, else a one-line reason.
 
     Floats: ``np.testing.assert_allclose(rtol, atol, equal_nan=True)`` (computed in float64
@@ -257,17 +280,14 @@ def compare_value(got: Any, want: Any, *, rtol: float = RTOL, atol: float = ATOL
     if got_a.dtype != want_a.dtype:
         return f"{where}: dtype {got_a.dtype} != expected {want_a.dtype}"
     if _float_like(want_a.dtype):
-        if want_a.dtype.kind == "V":
+        if _is_ml_dtype(want_a.dtype):
             got_a, want_a = got_a.astype(np.float64), want_a.astype(np.float64)
         try:
             np.testing.assert_allclose(got_a, want_a, rtol=rtol, atol=atol, equal_nan=True)
-        except AssertionError as exc:
-            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-            detail = "; ".join(ln for ln in lines if ln.startswith(("Mismatch", "Max")))
-            summary = detail or (lines[0] if lines else "mismatch")
-            return f"{where}: values differ ({summary})"
+        except AssertionError:
+            return f"{where}: values differ ({_mismatch_summary(got_a, want_a, rtol, atol)})"
         return None
-    if want_a.dtype.kind == "V":  # int4/uint4/int2...: compare the integer values
+    if _is_ml_dtype(want_a.dtype):  # int4/uint4/int2...: compare the integer values
         got_a, want_a = got_a.astype(np.int64), want_a.astype(np.int64)
     if np.array_equal(got_a, want_a):
         return None
@@ -275,8 +295,14 @@ def compare_value(got: Any, want: Any, *, rtol: float = RTOL, atol: float = ATOL
     return f"{where}: {bad} of {want_a.size} elements differ (exact comparison)"
 
 
-def compare_outputs(got: Sequence[Any], want: Sequence[Any], names: Sequence[str], *,
-                    rtol: float = RTOL, atol: float = ATOL) -> str | None:
+def compare_outputs(
+    got: Sequence[Any],
+    want: Sequence[Any],
+    names: Sequence[str],
+    *,
+    rtol: float = RTOL,
+    atol: float = ATOL,
+) -> str | None:
     if len(got) != len(want):
         return f"{len(got)} outputs, expected {len(want)}"
     for g, w, name in zip(got, want, names):
@@ -306,15 +332,93 @@ def _short(exc: BaseException, limit: int = 300) -> str:
     return f"{type(exc).__name__}: {first[:limit]}"
 
 
-def _run_session(sess: Any, data_sets: Sequence[DataSet], output_names: Sequence[str],
-                 rtol: float, atol: float) -> str | None:
+def _ort_load_error(exc: BaseException, limit: int = 300) -> str:
+    """The gist of why ORT refused a model, from the original exception's full text.
+
+    graphopt's RuntimeFailure keeps one line; ORT's own message (its ``__cause__``) names the
+    reason after a source location, e.g. "... model.cc:256 ...) Unsupported model IR version".
+    """
+    text = " ".join(str(exc.__cause__ or exc).split())
+    text = re.sub(r"/onnxruntime_src/\S+:\d+ .*?\)\s(?=[A-Z])", "", text)
+    text = re.sub(r"Load model from \S+ failed:\s*", "", text)
+    return text[:limit]
+
+
+# ONNX element types whose numpy form (ml_dtypes) onnxruntime's Python binding cannot take
+# or give back as numpy arrays, but can as OrtValues (one byte or two per element, unpacked).
+_ORTVALUE_TYPES = frozenset(
+    getattr(onnx.TensorProto, n)
+    for n in (
+        "BFLOAT16",
+        "FLOAT8E4M3FN",
+        "FLOAT8E4M3FNUZ",
+        "FLOAT8E5M2",
+        "FLOAT8E5M2FNUZ",
+        "FLOAT8E8M0",
+    )
+    if hasattr(onnx.TensorProto, n)
+)
+
+
+def _elem_type(value: Any) -> int | None:
+    if not isinstance(value, np.ndarray):
+        return None
+    try:
+        return onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _needs_ortvalues(feeds: dict[str, Any], outputs: Sequence[Any]) -> bool:
+    types = [_elem_type(v) for v in [*feeds.values(), *outputs]]
+    return any(t in _ORTVALUE_TYPES for t in types)
+
+
+def _to_ortvalue(rt: Any, value: Any) -> Any:
+    et = _elem_type(value)
+    arr = np.ascontiguousarray(value)
+    if et in _ORTVALUE_TYPES:
+        raw = arr.view(np.uint16 if arr.dtype.itemsize == 2 else np.uint8)
+        return rt.OrtValue.ortvalue_from_numpy_with_onnx_type(raw, et)
+    return rt.OrtValue.ortvalue_from_numpy(arr)
+
+
+def _from_ortvalue(value: Any) -> Any:
+    """A tensor OrtValue as numpy, ml_dtypes types included (read from its CPU buffer)."""
+    if not value.is_tensor():
+        return value.numpy()
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value.element_type()))
+    try:
+        arr = value.numpy()
+    except Exception:  # "No corresponding Numpy type" (bfloat16): copy the raw bytes
+        size = value.tensor_size_in_bytes()
+        raw = bytes((ctypes.c_uint8 * size).from_address(value.data_ptr())) if size else b""
+        return np.frombuffer(raw, dtype=dtype).reshape(value.shape()).copy()
+    if arr.dtype != dtype and arr.dtype.itemsize == dtype.itemsize:
+        arr = arr.view(dtype)  # float8 comes back as uint8 bits
+    return arr
+
+
+def _run_once(sess: Any, feeds: dict[str, Any], expected: Sequence[Any]) -> list[Any]:
+    if not _needs_ortvalues(feeds, expected):
+        return list(sess.run(None, feeds))
+    from graphopt.runtime import ort
+
+    rt = ort()
+    ort_feeds = {k: _to_ortvalue(rt, v) for k, v in feeds.items()}
+    return [_from_ortvalue(v) for v in sess.run_with_ort_values(None, ort_feeds)]
+
+
+def _run_session(
+    sess: Any, data_sets: Sequence[DataSet], output_names: Sequence[str], rtol: float, atol: float
+) -> str | None:
     """Run every data set; None when all outputs match, else the first reason."""
     names = [o.name for o in sess.get_outputs()]
     if list(names) != list(output_names):
         return f"graph outputs {names} != the original model's {list(output_names)}"
     for i, ds in enumerate(data_sets):
         try:
-            got = sess.run(None, ds.feeds)
+            got = _run_once(sess, ds.feeds, ds.expected)
         except Exception as exc:  # onnxruntime's own exception types
             return f"data set {i}: ORT failed to run: {_short(exc)}"
         reason = compare_outputs(got, ds.expected, names, rtol=rtol, atol=atol)
@@ -323,8 +427,14 @@ def _run_session(sess: Any, data_sets: Sequence[DataSet], output_names: Sequence
     return None
 
 
-def check_model(model_dir: Path, *, rtol: float = RTOL, atol: float = ATOL,
-                threads: int = 1, pipeline: str = "cleanup") -> ModelResult:
+def check_model(
+    model_dir: Path,
+    *,
+    rtol: float = RTOL,
+    atol: float = ATOL,
+    threads: int = 1,
+    pipeline: str = "cleanup",
+) -> ModelResult:
     """Check one case: ORT as is, then the cleaned-up model, then idempotence."""
     from graphopt import ir as gir
     from graphopt.core import run_pipeline
@@ -352,7 +462,7 @@ def check_model(model_dir: Path, *, rtol: float = RTOL, atol: float = ATOL,
     try:
         sess = make_session(path, ep="cpu", optimize=False, threads=threads)
     except Exception as exc:
-        return done(ORT_FAIL, f"ORT cannot load it: {_short(exc)}")
+        return done(ORT_FAIL, f"ORT cannot load it: {_ort_load_error(exc)}")
     reason = _run_session(sess, data_sets, output_names, rtol, atol)
     if reason:
         return done(ORT_FAIL, reason)
@@ -376,7 +486,7 @@ def check_model(model_dir: Path, *, rtol: float = RTOL, atol: float = ATOL,
     try:
         sess = make_session(Snapshot(data=data), ep="cpu", optimize=False, threads=threads)
     except Exception as exc:
-        result.reasons.append(f"ORT cannot load the cleaned model: {_short(exc, 500)}")
+        result.reasons.append(f"ORT cannot load the cleaned model: {_ort_load_error(exc, 500)}")
     else:
         reason = _run_session(sess, data_sets, output_names, rtol, atol)
         if reason:
@@ -399,15 +509,36 @@ def check_model(model_dir: Path, *, rtol: float = RTOL, atol: float = ATOL,
     return done(FAIL if result.reasons else OK)
 
 
+def exclusion_kind(reason: str) -> str:
+    """A short category for why ORT does not run a case correctly as it is."""
+    rules = [
+        ("Unsupported model IR version", "IR version newer than ORT supports"),
+        ("is not a registered function/op", "op or opset unknown to ORT"),
+        ("NOT_IMPLEMENTED", "no ORT CPU kernel"),
+        ("INVALID_GRAPH", "ORT rejects the graph"),
+        ("MLDataType", "input type ORT's Python API cannot take"),
+        ("ORT cannot load", "ORT cannot load it (other)"),
+        ("ORT failed to run", "ORT fails while running it"),
+        ("cannot read the case", "case unreadable"),
+    ]
+    return next((kind for key, kind in rules if key in reason), "ORT gives wrong outputs")
+
+
 # ---------------------------------------------------------------------------- the pool
-def _quiet() -> None:
+def _quiet(*, stderr: bool = False) -> None:
+    """Silence warnings and logging; with ``stderr``, also ORT's C++ log lines (fd 2)."""
     warnings.simplefilter("ignore")
     logging.getLogger().setLevel(logging.ERROR)
+    if stderr:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
 
 
-def _worker_main(conn: multiprocessing.connection.Connection, suite: str, rtol: float,
-                 atol: float) -> None:
-    _quiet()
+def _worker_main(
+    conn: multiprocessing.connection.Connection, suite: str, rtol: float, atol: float, pipeline: str
+) -> None:
+    _quiet(stderr=True)
     while True:
         try:
             name = conn.recv()
@@ -416,18 +547,24 @@ def _worker_main(conn: multiprocessing.connection.Connection, suite: str, rtol: 
         if name is None:
             return
         try:
-            res = check_model(Path(suite) / name, rtol=rtol, atol=atol)
+            res = check_model(Path(suite) / name, rtol=rtol, atol=atol, pipeline=pipeline)
         except BaseException as exc:  # a checker bug must not take the worker down
-            res = ModelResult(name, FAIL, [f"checker raised {_short(exc)}: "
-                                           + traceback.format_exc(limit=-3).replace("\n", " | ")])
+            res = ModelResult(
+                name,
+                FAIL,
+                [
+                    f"checker raised {_short(exc)}: "
+                    + traceback.format_exc(limit=-3).replace("\n", " | ")
+                ],
+            )
         conn.send(res)
 
 
 class _Worker:
-    def __init__(self, ctx: Any, suite: Path, rtol: float, atol: float) -> None:
+    def __init__(self, ctx: Any, suite: Path, rtol: float, atol: float, pipeline: str) -> None:
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(
-            target=_worker_main, args=(child, str(suite), rtol, atol), daemon=True
+            target=_worker_main, args=(child, str(suite), rtol, atol, pipeline), daemon=True
         )
         self.proc.start()
         child.close()
@@ -452,9 +589,17 @@ class _Worker:
         self.conn.close()
 
 
-def check_suite(suite: Path, names: Iterable[str], *, processes: int = 2, rtol: float = RTOL,
-                atol: float = ATOL, timeout_s: float = MODEL_TIMEOUT_S,
-                progress: Callable[[ModelResult], None] | None = None) -> list[ModelResult]:
+def check_suite(
+    suite: Path,
+    names: Iterable[str],
+    *,
+    processes: int = 2,
+    rtol: float = RTOL,
+    atol: float = ATOL,
+    timeout_s: float = MODEL_TIMEOUT_S,
+    pipeline: str = "cleanup",
+    progress: Callable[[ModelResult], None] | None = None,
+) -> list[ModelResult]:
     """Check every named case in ``processes`` spawned workers.
 
     A worker that dies (segfault, abort) or runs one model longer than ``timeout_s`` is
@@ -463,7 +608,7 @@ def check_suite(suite: Path, names: Iterable[str], *, processes: int = 2, rtol: 
     ctx = multiprocessing.get_context("spawn")
     pending = collections.deque(names)
     results: list[ModelResult] = []
-    workers = [_Worker(ctx, suite, rtol, atol) for _ in range(max(1, processes))]
+    workers = [_Worker(ctx, suite, rtol, atol, pipeline) for _ in range(max(1, processes))]
 
     def record(res: ModelResult) -> None:
         results.append(res)
@@ -495,14 +640,19 @@ def check_suite(suite: Path, names: Iterable[str], *, processes: int = 2, rtol: 
                         continue
                     if w.proc.is_alive():
                         continue
-                    record(ModelResult(w.current, FAIL, [
-                        f"worker process died (exit code {w.proc.exitcode}) on this model"]))
+                    record(
+                        ModelResult(
+                            w.current,
+                            FAIL,
+                            [f"worker process died (exit code {w.proc.exitcode}) on this model"],
+                        )
+                    )
                     w.stop(kill=True)
-                    workers[i] = _Worker(ctx, suite, rtol, atol)
+                    workers[i] = _Worker(ctx, suite, rtol, atol, pipeline)
                 elif time.monotonic() - w.since > timeout_s:
                     record(ModelResult(w.current, FAIL, [f"timed out after {timeout_s:.0f} s"]))
                     w.stop(kill=True)
-                    workers[i] = _Worker(ctx, suite, rtol, atol)
+                    workers[i] = _Worker(ctx, suite, rtol, atol, pipeline)
     finally:
         for w in workers:
             w.stop(kill=w.current is not None)

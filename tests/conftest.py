@@ -1,1 +1,75 @@
-"""Shared fixtures (placeholder, filled in below)."""
+"""Fixtures shared by the tests: the demo files and builders of small ONNX models.
+
+Models are built with ``onnx.helper`` at opset 17 / IR version 8 and saved under ``tmp_path``.
+The builders are handed out as fixtures (``build_proto``, ``save_proto``) so test modules do not
+import from this file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import helper
+
+OPSET = 17
+IR_VERSION = 8
+
+Dims = Sequence[int | str | None]
+MakeModel = Callable[..., onnx.ModelProto]
+SaveModel = Callable[[onnx.ModelProto, str], Path]
+
+
+def _value(name: str, elem_type: int, dims: Dims | None) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem_type, None if dims is None else list(dims))
+
+
+def build_model(
+    nodes: Sequence[onnx.NodeProto],
+    inputs: Sequence[tuple[str, int, Dims | None]],
+    outputs: Sequence[tuple[str, int, Dims | None]],
+    initializers: Sequence[onnx.TensorProto] = (),
+    *,
+    opset: int = OPSET,
+    ir_version: int = IR_VERSION,
+) -> onnx.ModelProto:
+    """A one-graph model; inputs/outputs are ``(name, TensorProto.<TYPE>, dims)``."""
+    graph = helper.make_graph(
+        list(nodes),
+        "g",
+        [_value(*i) for i in inputs],
+        [_value(*o) for o in outputs],
+        list(initializers),
+    )
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version
+    )
+
+
+@pytest.fixture
+def build_proto() -> MakeModel:
+    """``build_proto(nodes, inputs, outputs, initializers=(), opset=17, ir_version=8)``."""
+    return build_model
+
+
+@pytest.fixture
+def save_proto(tmp_path: Path) -> SaveModel:
+    """``save_proto(proto, "rel/path.onnx")`` saves under ``tmp_path`` (folders created)."""
+
+    def save(proto: onnx.ModelProto, name: str) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save_model(proto, str(path))
+        return path
+
+    return save
+
+
+@pytest.fixture
+def demo_paths() -> tuple[Path, Path]:
+    """(model, data) of the built-in demo: digits CNN, input float32[batch,1,8,8]."""
+    from graphopt.demo import demo_files
+
+    return demo_files()

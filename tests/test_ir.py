@@ -21,7 +21,8 @@ def _matmul_model(k: int = 64, n: int = 32, dtype: type = np.float32) -> onnx.Mo
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((k, n)).astype(dtype), "w")
     g = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])],
         [w],
@@ -64,8 +65,13 @@ def test_external_data_round_trip_and_input_untouched(tmp_path: Path) -> None:
     src_dir = tmp_path / "src"
     src_dir.mkdir()
     src = src_dir / "m.onnx"
-    onnx.save(_matmul_model(256, 128), src, save_as_external_data=True,
-              location="m.onnx.data", size_threshold=0)
+    onnx.save(
+        _matmul_model(256, 128),
+        src,
+        save_as_external_data=True,
+        location="m.onnx.data",
+        size_threshold=0,
+    )
     before = (_sha(src), _sha(src_dir / "m.onnx.data"))
     model = gir.load_model(src)
     summary = gir.summarize(model)
@@ -82,7 +88,9 @@ def test_external_data_round_trip_and_input_untouched(tmp_path: Path) -> None:
     assert (_sha(src), _sha(src_dir / "m.onnx.data")) == before
 
 
-def test_large_models_switch_to_external_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_large_models_switch_to_external_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Past the 2 GB threshold (lowered here) the output is written with external data."""
     monkeypatch.setattr(gir, "EXTERNAL_DATA_THRESHOLD", 1000)
     model = ir.serde.deserialize_model(_matmul_model())
@@ -139,8 +147,11 @@ def test_summary_counts_qdq_sparsity_and_dtypes() -> None:
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.float32(0.1), "s"),
-         numpy_helper.from_array(np.uint8(128), "z")],
+        [
+            numpy_helper.from_array(w, "w"),
+            numpy_helper.from_array(np.float32(0.1), "s"),
+            numpy_helper.from_array(np.uint8(128), "z"),
+        ],
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     s = gir.summarize(ir.serde.deserialize_model(m), sparsity=True)

@@ -19,9 +19,21 @@ ROOT = Path(__file__).resolve().parent.parent
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(out), str(ROOT)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (whl,) = out.glob("graphopt-*.whl")
@@ -42,13 +54,18 @@ def test_fresh_venv_imports_graphopt_passes(wheel: Path, tmp_path: Path) -> None
     venv.EnvBuilder(with_pip=True).create(env_dir)
     py = env_dir / "bin" / "python"
     # dependencies come from this environment (no network needed); graphopt only from the wheel
-    site = Path(subprocess.check_output(
-        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
-    ).strip())
+    site = Path(
+        subprocess.check_output(
+            [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
+        ).strip()
+    )
     deps = sysconfig.get_paths()["purelib"]
     (site / "deps.pth").write_text(deps + "\n")
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
-                   check=True, timeout=300)
+    subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+        check=True,
+        timeout=300,
+    )
     code = (
         "import graphopt, graphopt.passes, graphopt.passes.cleanup.fold_batchnorm as f;"
         "from graphopt.core.registry import all_passes;"
@@ -56,15 +73,22 @@ def test_fresh_venv_imports_graphopt_passes(wheel: Path, tmp_path: Path) -> None
         "print(len(all_passes()))"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([str(py), "-c", code], capture_output=True, text=True, cwd=tmp_path,
-                          env=env, timeout=120)
+    proc = subprocess.run(
+        [str(py), "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     mod_file, passes_file, count = proc.stdout.split()
     assert mod_file.startswith(str(site)) and passes_file.startswith(str(site))
     assert passes_file.endswith("graphopt/passes/__init__.py")
     assert int(count) >= 9
     # the console script works from the wheel install
-    proc = subprocess.run([str(env_dir / "bin" / "graphopt"), "passes"], capture_output=True,
-                          text=True, cwd=tmp_path, env=env, timeout=120)
+    proc = subprocess.run(
+        [str(env_dir / "bin" / "graphopt"), "passes"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "fold-batchnorm" in proc.stdout

@@ -69,7 +69,9 @@ def test_repeat_group_structure() -> None:
         ("cleanup)", ["unexpected ')'"], 8),
     ],
 )
-def test_errors_point_at_the_offending_token(text: str, words: list[str], column: int | None) -> None:
+def test_errors_point_at_the_offending_token(
+    text: str, words: list[str], column: int | None
+) -> None:
     with pytest.raises(PipelineError) as info:
         parse(text)
     msg = str(info.value)

@@ -17,12 +17,43 @@ from graphopt.cli import main
 
 pytestmark = pytest.mark.slow
 
-REPORT_KEYS = {"schema", "pipeline", "target", "verify", "before", "after", "passes",
-               "model", "output", "providers", "environment", "seconds"}
-STEP_KEYS = {"index", "pass", "step", "round", "modified", "seconds", "stats", "tolerance",
-             "summary", "delta"}
-SUMMARY_KEYS = {"nodes", "ops", "initializers", "parameters", "initializer_bytes",
-                "initializer_bytes_by_dtype", "value_dtypes", "serialized_bytes", "qdq_nodes"}
+REPORT_KEYS = {
+    "schema",
+    "pipeline",
+    "target",
+    "verify",
+    "before",
+    "after",
+    "passes",
+    "model",
+    "output",
+    "providers",
+    "environment",
+    "seconds",
+}
+STEP_KEYS = {
+    "index",
+    "pass",
+    "step",
+    "round",
+    "modified",
+    "seconds",
+    "stats",
+    "tolerance",
+    "summary",
+    "delta",
+}
+SUMMARY_KEYS = {
+    "nodes",
+    "ops",
+    "initializers",
+    "parameters",
+    "initializer_bytes",
+    "initializer_bytes_by_dtype",
+    "value_dtypes",
+    "serialized_bytes",
+    "qdq_nodes",
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +71,21 @@ def zoo():
 
 def _optimize(model: Path, data: Path, tmp: Path, extra: list[str] | None = None) -> dict:
     out, rep = tmp / "out.onnx", tmp / "report.json"
-    rc = main(["optimize", str(model), "-o", str(out), "-p", "cleanup", "--data", str(data),
-               "--report", str(rep), *(extra or [])])
+    rc = main(
+        [
+            "optimize",
+            str(model),
+            "-o",
+            str(out),
+            "-p",
+            "cleanup",
+            "--data",
+            str(data),
+            "--report",
+            str(rep),
+            *(extra or []),
+        ]
+    )
     assert rc == 0
     report = json.loads(rep.read_text())
     assert REPORT_KEYS <= set(report)
@@ -80,8 +124,11 @@ def test_crepe_full_cleanup(zoo, tmp_path: Path) -> None:
     data = tmp_path / "tones.npz"
     np.savez(data, frames=frames)
     report = _optimize(model, data, tmp_path, ["--batch", "16"])
-    assert report["before"]["ops"].get("BatchNormalization", 0) == 6
-    assert "BatchNormalization" not in report["after"]["ops"]
+    # CREPE applies BatchNorm after ReLU (Conv-Relu-BN-MaxPool): nothing linear to fold into,
+    # so all six must stay; the constant shape arithmetic around them goes.
+    assert report["before"]["ops"]["BatchNormalization"] == 6
+    assert report["after"]["ops"]["BatchNormalization"] == 6
+    assert report["after"]["nodes"] < report["before"]["nodes"]
     feeds = [{"frames": frames[i : i + 16]} for i in range(0, 64, 16)]
     before = zoo.crepe_pitch_accuracy(_outputs(model, feeds), true)
     after = zoo.crepe_pitch_accuracy(_outputs(tmp_path / "out.onnx", feeds), true)

@@ -81,7 +81,7 @@ def _test_passes() -> Iterator[None]:
 
 
 def test_report_holds_every_instrument(demo_model: ir.Model, tmp_path: Path) -> None:
-    model_path, data_path = demo_files()
+    _model_path, data_path = demo_files()
     samples = load_data(demo_model, data_path, batch=50).head(3)
     result = run_pipeline(demo_model, "cleanup", samples=samples, dump_dir=tmp_path / "dump")
     rep = result.report
@@ -96,8 +96,14 @@ def test_report_holds_every_instrument(demo_model: ir.Model, tmp_path: Path) -> 
     for rec in rep["passes"]:
         assert rec["seconds"] >= 0
         s = rec["summary"]
-        for key in ("nodes", "ops", "initializer_bytes", "initializer_bytes_by_dtype",
-                    "value_dtypes", "serialized_bytes"):
+        for key in (
+            "nodes",
+            "ops",
+            "initializer_bytes",
+            "initializer_bytes_by_dtype",
+            "value_dtypes",
+            "serialized_bytes",
+        ):
             assert key in s
         assert set(rec["tolerance"]) == {"max_abs", "max_rel", "min_cosine", "exact_ints"}
     bn = next(r for r in modified if r["pass"] == "fold-batchnorm")
@@ -129,8 +135,12 @@ def test_verify_each_names_the_pass_and_writes_a_reproducer(
 ) -> None:
     samples = random_feeds(demo_model, count=2, dims={"batch": 2})
     with pytest.raises(VerificationError) as info:
-        run_pipeline(demo_model, "fold-batchnorm,perturb-weights-test,eliminate-dead-code",
-                     samples=samples, dump_dir=tmp_path)
+        run_pipeline(
+            demo_model,
+            "fold-batchnorm,perturb-weights-test,eliminate-dead-code",
+            samples=samples,
+            dump_dir=tmp_path,
+        )
     err = info.value
     assert err.pass_name == "perturb-weights-test"
     assert "changed the outputs beyond its tolerance" in str(err)
@@ -169,15 +179,17 @@ def test_unloadable_result_is_caught(demo_model: ir.Model) -> None:
 def test_missing_data_is_refused_before_running(demo_model: ir.Model) -> None:
     with pytest.raises(PipelineError, match="needs calibration data"):
         run_pipeline(demo_model, "needs-data-test", verify_each=False)
-    run_pipeline(demo_model, "needs-data-test", verify_each=False,
-                 context=PassContext(data=object()))
+    run_pipeline(
+        demo_model, "needs-data-test", verify_each=False, context=PassContext(data=object())
+    )
 
 
 def test_model_that_does_not_run_is_reported_before_passes(tmp_path: Path) -> None:
     from onnx import TensorProto, helper
 
     g = helper.make_graph(
-        [helper.make_node("Gather", ["x", "idx"], ["y"])], "g",
+        [helper.make_node("Gather", ["x", "idx"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [helper.make_tensor("idx", TensorProto.INT64, [1], [7])],  # out of range

@@ -27,11 +27,15 @@ class IrPassAdapter(GraphoptPass):
         before_fp = gir.fingerprint(model)
         before_ops = collections.Counter(n.op_type for n in gir.iter_nodes(model))
         before_inits = sum(len(g.initializers) for g in gir.iter_graphs(model))
+        before_nodes = {id(n) for n in gir.iter_nodes(model)}
         result = self.make_inner()(model)
         if result.model is not model:  # a functional upstream pass: adopt its graph
             raise TypeError(f"{type(self).__name__}: upstream pass must be in place")
         if gir.fingerprint(model) == before_fp:
             return False
+        for node in gir.iter_nodes(model):  # provenance on what the upstream pass created
+            if id(node) not in before_nodes:
+                self.mark(node)
         after_ops = collections.Counter(n.op_type for n in gir.iter_nodes(model))
         removed = before_ops - after_ops
         added = after_ops - before_ops
