@@ -12,7 +12,7 @@ that crashes or hangs ONNX Runtime costs that model only and is reported as a fa
 
 Run one model by hand (prints what the test would record)::
 
-    python tests/conformance_util.py SUITE_DIR test_abs [test_add ...]
+    python tests/conformance_util.py SUITE_DIR test_abs [test_add ...]   (SUITE_DIR "-": the cache)
 """
 
 from __future__ import annotations
@@ -513,6 +513,8 @@ def exclusion_kind(reason: str) -> str:
     """A short category for why ORT does not run a case correctly as it is."""
     rules = [
         ("Unsupported model IR version", "IR version newer than ORT supports"),
+        ("*guarantees* support", "opset newer than ORT supports"),
+        ("locale", "system locale missing (StringNormalizer)"),
         ("is not a registered function/op", "op or opset unknown to ORT"),
         ("NOT_IMPLEMENTED", "no ORT CPU kernel"),
         ("INVALID_GRAPH", "ORT rejects the graph"),

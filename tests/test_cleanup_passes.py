@@ -646,3 +646,34 @@ def test_cleanup_preset_with_verify_each() -> None:
     for record in result.steps:
         if record["modified"]:
             assert record["verify"]["passed"], record
+
+
+def test_dead_code_keeps_trailing_empty_inputs() -> None:
+    """Pad(x, pads, "") keeps its empty input: dropping it turns on ORT's Pad-into-Conv
+    fusion, which made CREPE 1.6x slower (see passes/cleanup/eliminate_dead_code.py)."""
+    import onnx
+    from onnx import TensorProto
+
+    g = helper.make_graph(
+        [
+            helper.make_node("Pad", ["x", "pads", ""], ["p"], mode="constant"),
+            helper.make_node("Relu", ["x"], ["unused"]),
+            helper.make_node("Conv", ["p", "w"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [
+            helper.make_tensor("pads", TensorProto.INT64, [8], [0, 0, 1, 1, 0, 0, 1, 1]),
+            helper.make_tensor("w", TensorProto.FLOAT, [1, 1, 3, 3], [0.1] * 9),
+        ],
+    )
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model = ir.serde.deserialize_model(proto)
+    result = run_pipeline(model, "eliminate-dead-code", verify_each=False)
+    assert result.steps[0]["modified"]
+    out = ir.to_proto(result.model)
+    pad = next(n for n in out.graph.node if n.op_type == "Pad")
+    assert list(pad.input) == ["x", "pads", ""]
+    assert [n.op_type for n in out.graph.node] == ["Pad", "Conv"]
+    onnx.checker.check_model(out)
