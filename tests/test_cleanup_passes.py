@@ -677,3 +677,72 @@ def test_dead_code_keeps_trailing_empty_inputs() -> None:
     assert list(pad.input) == ["x", "pads", ""]
     assert [n.op_type for n in out.graph.node] == ["Pad", "Conv"]
     onnx.checker.check_model(out)
+
+
+def _runs(model: ir.Model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    from graphopt import runtime
+
+    return runtime.run_feeds(runtime.make_session(model, optimize=False), [feeds])[0]
+
+
+def test_infer_shapes_keeps_sequence_types() -> None:
+    """onnx_ir 1.1 merged a sequence's element dtype as a tensor type; ORT then refused it."""
+    from onnx import TensorProto
+
+    g = helper.make_graph(
+        [
+            helper.make_node("SequenceConstruct", ["x", "x"], ["s"]),
+            helper.make_node("ConcatFromSequence", ["s"], ["y"], axis=0),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = ir.serde.deserialize_model(
+        helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    )
+    result = run_pipeline(model, "infer-shapes", verify_each=False)
+    assert result.steps[0]["modified"]
+    seq = next(n for n in result.model.graph if n.op_type == "SequenceConstruct").outputs[0]
+    assert isinstance(seq.type, ir.SequenceType)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(_runs(result.model, {"x": x})[0], np.concatenate([x, x]))
+
+
+def test_identity_returning_an_outer_value_from_a_branch_is_kept() -> None:
+    """An If branch may not return an outer-scope value directly (ORT refuses the model)."""
+    from onnx import TensorProto
+
+    then = helper.make_graph(
+        [helper.make_node("Identity", ["r"], ["t_out"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, [2])],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Neg", ["r"], ["e_out"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, [2])],
+    )
+    g = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["r"]),
+            helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other),
+            helper.make_node("Add", ["y", "r"], ["z"]),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2])],
+    )
+    model = ir.serde.deserialize_model(
+        helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    )
+    run_pipeline(model, "cleanup", verify_each=False)
+    assert any(n.op_type == "Identity" for n in gir.iter_nodes(model))
+    x = np.array([-1.0, 2.0], np.float32)
+    np.testing.assert_array_equal(_runs(model, {"x": x, "c": np.array(True)})[0], [0.0, 4.0])
+    np.testing.assert_array_equal(_runs(model, {"x": x, "c": np.array(False)})[0], [0.0, 0.0])

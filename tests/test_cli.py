@@ -588,9 +588,7 @@ def list_option_pass() -> Iterator[str]:
 
     @dataclasses.dataclass(frozen=True)
     class ZzListOptions:
-        op_types: list[str] = registry.option(
-            ["Conv", "Gemm"], "ops to touch [all others kept]"
-        )
+        op_types: list[str] = registry.option(["Conv", "Gemm"], "ops to touch [all others kept]")
 
     class ZzListOptionPass(GraphoptPass):
         name = "zz-test-list-option"

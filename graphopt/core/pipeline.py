@@ -26,8 +26,8 @@ from graphopt.errors import PipelineError
 PRESETS: dict[str, str] = {
     "cleanup": (
         "repeat<4>(lift-constants,fold-constants,eliminate-identity,fold-batchnorm,"
-        "eliminate-common-subexpressions,deduplicate-initializers,eliminate-dead-code),"
-        "infer-shapes,sort-topologically"
+        "eliminate-common-subexpressions,deduplicate-initializers,eliminate-dead-code,"
+        "infer-shapes),sort-topologically"
     ),
 }
 PRESET_DOCS: dict[str, str] = {

@@ -11,24 +11,28 @@ from graphopt.core.registry import register_pass
 
 
 class _SafeIdentityElimination(IdentityEliminationPass):
-    """onnx_ir 1.1's pass, but an Identity between two graph outputs is kept.
+    """onnx_ir 1.1's pass, but two kinds of Identity feeding a graph output are kept.
 
     Upstream renames the Identity's input to the output's name when the output is a graph
-    output; if the input is itself a graph output, that drops one of the model's outputs
-    (``Relu -> r (output) -> Identity -> y (output)`` became outputs ``[y, y]``). CSE makes
-    exactly this shape out of two identical output computations.
+    output. That is wrong when the input is (a) itself a graph output: one of the model's
+    outputs disappears (``Relu -> r (output) -> Identity -> y (output)`` became outputs
+    ``[y, y]``; CSE makes exactly this out of two identical output computations); or (b) a
+    value from an enclosing graph: an If/Loop branch would return an outer-scope value
+    directly, which ONNX Runtime refuses.
     """
 
     def _try_eliminate_identity_node(self, node: ir.Node) -> bool:
-        if (
-            node.op_type == "Identity"
-            and node.inputs
-            and node.inputs[0] is not None
-            and node.inputs[0].is_graph_output()
-            and node.outputs[0].is_graph_output()
-        ):
-            return False
+        if node.op_type == "Identity" and node.inputs and node.inputs[0] is not None:
+            x, y = node.inputs[0], node.outputs[0]
+            if y.is_graph_output() and (x.is_graph_output() or _owner(x) is not node.graph):
+                return False
         return super()._try_eliminate_identity_node(node)
+
+
+def _owner(value: ir.Value) -> object:
+    """The graph that defines ``value`` (its producer's, or the graph it is an input of)."""
+    producer = value.producer()
+    return producer.graph if producer is not None else value.graph
 
 
 @register_pass

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
+import onnx
 import onnx_ir as ir
+from onnx_ir.passes.common import _c_api_utils
 
 from graphopt.core.adapter import IrPassAdapter
 from graphopt.core.pass_base import Tolerance
@@ -17,6 +20,56 @@ class InferShapesOptions:
     data_prop: bool = option(True, "propagate constant shape values through Shape/Gather/Concat")
 
 
+class _ShapeInference(ir.passes.common.ShapeInferencePass):
+    """onnx_ir 1.1's shape inference with a merge that keeps non-tensor types.
+
+    Upstream merges inferred results by copying ``dtype``; for a sequence value with no type
+    that creates ``tensor(float)`` instead of ``seq(tensor(float))`` and ONNX Runtime then
+    refuses the model. This merge copies the whole type when the kind differs or is unknown.
+    """
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+            return onnx.shape_inference.infer_shapes(
+                proto,
+                check_type=self.check_type,
+                strict_mode=self.strict_mode,
+                data_prop=self.data_prop,
+            )
+
+        try:
+            inferred = _c_api_utils.call_onnx_api(infer, model)
+        except Exception as exc:
+            if self.strict_mode:
+                raise
+            logging.getLogger(__name__).warning("shape inference failed: %s", exc)
+            return ir.passes.PassResult(model, False)
+        inferred_model = ir.serde.deserialize_model(inferred)
+        modified = False
+        for graph, inferred_graph in zip(model.graphs(), inferred_model.graphs(), strict=True):
+            theirs = ir.convenience.create_value_mapping(inferred_graph)
+            for name, value in ir.convenience.create_value_mapping(graph).items():
+                new = theirs.get(name)
+                if new is None:
+                    continue
+                if new.type is not None and (
+                    value.type is None or type(value.type) is not type(new.type)
+                ):
+                    value.type = new.type
+                    modified = True
+                elif (
+                    isinstance(value.type, ir.TensorType)
+                    and new.dtype is not None
+                    and value.dtype != new.dtype
+                ):
+                    value.dtype = new.dtype
+                    modified = True
+                if new.shape is not None and value.shape != new.shape:
+                    value.shape = new.shape
+                    modified = True
+        return ir.passes.PassResult(model, modified)
+
+
 @register_pass
 class InferShapesPass(IrPassAdapter):
     """Wraps onnx_ir's ShapeInferencePass (which calls onnx's shape inference)."""
@@ -27,7 +80,7 @@ class InferShapesPass(IrPassAdapter):
     summary = "infer value types and shapes"
 
     def make_inner(self) -> ir.passes.PassBase:
-        return ir.passes.common.ShapeInferencePass(
+        return _ShapeInference(
             check_type=self.options.strict,
             strict_mode=self.options.strict,
             data_prop=self.options.data_prop,
