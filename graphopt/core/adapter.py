@@ -28,6 +28,7 @@ class IrPassAdapter(GraphoptPass):
         before_ops = collections.Counter(n.op_type for n in gir.iter_nodes(model))
         before_inits = sum(len(g.initializers) for g in gir.iter_graphs(model))
         before_nodes = {id(n) for n in gir.iter_nodes(model)}
+        before_typed = _typed_values(model)
         result = self.make_inner()(model)
         if result.model is not model:  # a functional upstream pass: adopt its graph
             raise TypeError(f"{type(self).__name__}: upstream pass must be in place")
@@ -46,4 +47,15 @@ class IrPassAdapter(GraphoptPass):
         self.count("initializers_added", max(0, after_inits - before_inits))
         for op, n in removed.items():
             self.count(f"removed:{op}", n)
+        self.count("values_typed", max(0, _typed_values(model) - before_typed))
         return True
+
+
+def _typed_values(model: ir.Model) -> int:
+    """Node outputs whose type and shape are known (what shape inference adds)."""
+    return sum(
+        1
+        for node in gir.iter_nodes(model)
+        for v in node.outputs
+        if v.type is not None and v.shape is not None
+    )
