@@ -116,14 +116,15 @@ def run_optimize(
         raise errors.UsageError(f"output folder does not exist: {output.parent}")
     model = gir.load_model(model_path)
     source_hash = _sha256(model_path)
-    calib = None
-    if data:
-        from graphopt import data as gdata
+    from graphopt import data as gdata
 
-        calib = gdata.load_data(model, data, batch=batch)
+    calib = gdata.load_data(model, data, batch=batch) if data else None
     samples = None
     if verify_each:
-        samples = _samples_for(model, data, dims, verify_samples, seed, batch)
+        if calib is not None:  # verify on the user's data, read once
+            samples = calib.head(verify_samples) if verify_samples else calib
+        else:
+            samples = _samples_for(model, None, dims, verify_samples, seed, batch)
     context = PassContext(target=target, data=calib, seed=seed)
     total = sum(1 for _ in pipeline.steps())
     with _ProgressListener(total, enabled=not quiet and _err.is_terminal) as listener:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -276,7 +276,3 @@ def _random_array(
     if dtype.kind in "SUO":
         return np.array(rng.choice(["a", "b"], size=shape), dtype=object)
     raise DataError(f"cannot make random data of dtype {dtype}")
-
-
-def iter_batches(samples: Samples) -> Iterator[Feed]:
-    yield from samples.feeds

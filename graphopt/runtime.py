@@ -12,7 +12,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,10 +170,6 @@ def run_feeds(sess: Any, feeds: Sequence[dict[str, np.ndarray]]) -> list[list[np
                 f"ONNX Runtime failed to run the model: {_first_line(exc)}"
             ) from exc
     return out
-
-
-def iter_outputs(sess: Any, feeds: Sequence[dict[str, np.ndarray]]) -> Iterator[list[np.ndarray]]:
-    yield from run_feeds(sess, feeds)
 
 
 def environment() -> dict[str, Any]:
