@@ -47,6 +47,12 @@ def test_wheel_maps_passes_and_ships_the_demo(wheel: Path) -> None:
     assert "graphopt/models/digits_cnn.onnx" in names
     assert "graphopt/models/digits_test.npz" in names
     assert not any(n.startswith(("passes/", "tests/", "benchmarks/")) for n in names)
+    # every package in the source tree is in the wheel (pyproject lists them by hand)
+    for init in [*ROOT.glob("graphopt/**/__init__.py"), *ROOT.glob("passes/**/__init__.py")]:
+        rel = init.relative_to(ROOT).as_posix()
+        if rel.startswith("passes/"):
+            rel = "graphopt/" + rel
+        assert rel in names, f"{rel} missing from the wheel: add it to pyproject's packages"
 
 
 def test_fresh_venv_imports_graphopt_passes(wheel: Path, tmp_path: Path) -> None:

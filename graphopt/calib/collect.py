@@ -1,0 +1,237 @@
+"""Collect :class:`TensorStats` for a model's tensors in one augmented ONNX Runtime run.
+
+The named tensors are added as extra graph outputs of a *copy* of the model (the caller's
+onnx_ir model is never touched), one CPU session is built with graph optimizations disabled
+(so every named tensor still exists), and the feeds are run one by one. Each feed's outputs
+update the statistics as they arrive and are dropped, so memory stays flat in the number of
+samples: one feed's activations plus ``bins`` counters per tensor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from graphopt import ir as gir
+from graphopt import runtime
+from graphopt.calib.stats import DEFAULT_BINS, TensorStats
+from graphopt.data import Samples
+from graphopt.errors import DataError, RuntimeFailure
+
+FLOAT_TYPES = frozenset(
+    {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE}
+)
+_ORT_FLOAT_TYPES = frozenset(
+    {"tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(double)"}
+)
+
+
+def default_tensors(model: ir.Model) -> list[str]:
+    """Every float graph input and node output of the main graph, in graph order.
+
+    Values whose type the model does not record are included; the session's output types
+    decide (non-float ones are then skipped). Constant outputs are weights, not activations.
+    """
+    names: list[str] = []
+    for v in model.graph.inputs:
+        if not v.is_initializer() and v.name and (v.dtype is None or v.dtype in FLOAT_TYPES):
+            names.append(v.name)
+    for node in model.graph:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            continue
+        for v in node.outputs:
+            if v.name and (v.dtype is None or v.dtype in FLOAT_TYPES):
+                names.append(v.name)
+    return list(dict.fromkeys(names))
+
+
+def _main_graph_values(model: ir.Model) -> dict[str, ir.Value]:
+    values: dict[str, ir.Value] = {}
+    for v in model.graph.inputs:
+        if v.name:
+            values[v.name] = v
+    for name, v in model.graph.initializers.items():
+        values[name] = v
+    for node in model.graph:
+        for v in node.outputs:
+            if v.name:
+                values[v.name] = v
+    return values
+
+
+def _subgraph_value_names(model: ir.Model) -> set[str]:
+    names: set[str] = set()
+    for graph in gir.iter_graphs(model):
+        if graph is model.graph:
+            continue
+        for node in graph:
+            names.update(v.name for v in node.outputs if v.name)
+    return names
+
+
+def resolve_tensors(model: ir.Model, tensors: Sequence[str] | None) -> tuple[list[str], bool]:
+    """The tensor names to collect and whether they were asked for explicitly.
+
+    Unknown names, names inside subgraphs and non-float tensors are :class:`DataError`\\ s
+    that name the tensor.
+    """
+    if tensors is None:
+        return default_tensors(model), False
+    if isinstance(tensors, str):
+        tensors = [tensors]
+    values = _main_graph_values(model)
+    names = list(dict.fromkeys(tensors))
+    for name in names:
+        v = values.get(name)
+        if v is None:
+            if name in _subgraph_value_names(model):
+                raise DataError(
+                    f"tensor '{name}' is inside a subgraph (If/Loop/Scan body); only tensors "
+                    "of the main graph can be calibrated"
+                )
+            close = difflib.get_close_matches(name, list(values), n=1)
+            raise DataError(
+                f"unknown tensor '{name}': no graph input, initializer or node output has "
+                "that name" + (f" (did you mean '{close[0]}'?)" if close else "")
+            )
+        if v.dtype is not None and v.dtype not in FLOAT_TYPES:
+            raise DataError(
+                f"tensor '{name}' has type {v.dtype.name.lower()}; only float tensors can be "
+                "calibrated"
+            )
+    if not names:
+        raise DataError("no tensors to calibrate (the tensor list is empty)")
+    return names, True
+
+
+def _check_samples(model: ir.Model, samples: Samples) -> None:
+    if samples is None or len(samples.feeds) == 0:
+        raise DataError("no samples to calibrate on (the DATA has no feeds)")
+    wanted = [v.name for v in model.graph.inputs if not v.is_initializer()]
+    for i, feed in enumerate(samples.feeds):
+        missing = [n for n in wanted if n not in feed]
+        if missing:
+            raise DataError(
+                f"feed {i} of {samples.source} lacks model input "
+                + ", ".join(f"'{m}'" for m in missing)
+            )
+
+
+def _add_outputs(proto: onnx.ModelProto, names: Sequence[str], model: ir.Model) -> None:
+    """Append the tensors as graph outputs (typed where the model knows the type)."""
+    values = _main_graph_values(model)
+    present = {o.name for o in proto.graph.output}
+    for name in names:
+        if name in present:
+            continue
+        v = values.get(name)
+        if v is not None and v.dtype is not None:
+            proto.graph.output.append(onnx.helper.make_tensor_value_info(name, int(v.dtype), None))
+        else:  # ONNX Runtime infers the type of an untyped output
+            proto.graph.output.append(onnx.ValueInfoProto(name=name))
+        present.add(name)
+
+
+@contextlib.contextmanager
+def augmented_session(model: ir.Model, names: Sequence[str]) -> Iterator[Any]:
+    """A CPU session (optimizations off) of a copy of ``model`` with ``names`` as outputs.
+
+    The copy goes through a temporary folder: onnx_ir writes the weights to an external data
+    file tensor by tensor, the small weightless proto gets the extra outputs, and ONNX Runtime
+    loads the pair. Measured on a 430 MB encoder this peaks at the model plus the session
+    (no proto copy and no serialized bytes in memory) and builds the session about 3x faster
+    than going through an in-memory proto; it also works past protobuf's 2 GB limit.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="graphopt-calib-"))
+    try:
+        gir.save_model(model, tmp / "model.onnx", external_data=True)
+        proto = onnx.load_model(str(tmp / "model.onnx"), load_external_data=False)
+        _add_outputs(proto, names, model)
+        onnx.save_model(proto, str(tmp / "augmented.onnx"))
+        del proto
+        yield runtime.make_session(str(tmp / "augmented.onnx"), optimize=False)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _progress(enabled: bool) -> Any:
+    """A transient bar on stderr; disabled (silent) when stderr is not a terminal."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn("calibrating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not (enabled and console.is_terminal),
+    )
+
+
+def collect_stats(
+    model: ir.Model,
+    samples: Samples,
+    tensors: list[str] | None = None,
+    *,
+    bins: int = DEFAULT_BINS,
+    progress: bool = True,
+) -> dict[str, TensorStats]:
+    """Stream ``samples`` through one augmented session; return stats per tensor name.
+
+    ``tensors`` defaults to :func:`default_tensors` (every float activation and graph input).
+    A rich progress bar shows on stderr when ``progress`` and stderr is a terminal.
+    """
+    names, explicit = resolve_tensors(model, tensors)
+    _check_samples(model, samples)
+    TensorStats(bins)  # validate bins before the (expensive) session
+    with augmented_session(model, names) as sess:
+        types = {o.name: o.type for o in sess.get_outputs()}
+        fetch = []
+        for name in names:
+            if types.get(name) in _ORT_FLOAT_TYPES:
+                fetch.append(name)
+            elif explicit:
+                raise DataError(
+                    f"tensor '{name}' has type {types.get(name)}; only float tensors can be "
+                    "calibrated"
+                )
+        stats = {name: TensorStats(bins) for name in fetch}
+        if not fetch:
+            return stats
+        with _progress(progress) as bar:
+            task = bar.add_task("calibrating", total=len(samples.feeds))
+            for i, feed in enumerate(samples.feeds):
+                try:
+                    outputs = sess.run(fetch, feed)
+                except Exception as exc:  # onnxruntime raises its own exception types
+                    first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else ""
+                    raise RuntimeFailure(
+                        f"ONNX Runtime failed on calibration feed {i}: "
+                        f"{first or type(exc).__name__}"
+                    ) from exc
+                for k, name in enumerate(fetch):
+                    stats[name].update(np.asarray(outputs[k]))
+                    outputs[k] = None  # free each activation as soon as it is counted
+                del outputs
+                bar.advance(task)
+    return stats

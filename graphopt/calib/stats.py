@@ -1,0 +1,520 @@
+"""Streaming per-tensor statistics and the clipping ranges int8 calibration derives from them.
+
+A :class:`TensorStats` holds a count, the running min and max, the count of exact zeros and a
+fixed-size histogram over a symmetric range ``[-R, R]``. Its memory does not depend on how many
+samples were seen, so calibration can stream hundreds of feeds through a large model.
+
+The histogram is exact under streaming: ``R`` is always the smallest power of two strictly
+above the largest ``|x|`` seen, the bin count is a power of two (so bin width and value-to-bin
+scale are powers of two and every bin index is computed without rounding), 0 is the central bin
+edge, and growing ``R`` doubles it and sums adjacent bin pairs. Every edge of a coarser
+histogram is an edge of the finer one, so the histogram of data fed in chunks, or merged from
+several workers, equals the histogram of the same data fed at once, bit for bit.
+
+Clipping ranges (``minmax``, ``percentile``, ``entropy``, ``mse``) are computed from the
+histogram alone; each threshold search is vectorized over all candidates because a model has
+hundreds of tensors to calibrate.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from graphopt.errors import DataError, UsageError
+
+METHODS = ("minmax", "percentile", "entropy", "mse")
+DEFAULT_BINS = 2048
+DEFAULT_PERCENTILE = 99.99
+# ONNX Runtime's smoothing floor (in counts) for a quantized bin that lost all its mass.
+_KL_EPS = 1e-4
+# Elements per slice in update(): bounds the temporaries for very large tensors.
+_CHUNK = 1 << 22
+_FORMAT = 1
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _pow2_above(x: float) -> float:
+    """The smallest power of two strictly greater than ``x`` (``x`` > 0)."""
+    mantissa, exponent = math.frexp(x)  # x = m * 2**e with 0.5 <= m < 1, so 2**e > x
+    del mantissa
+    return math.ldexp(1.0, exponent)
+
+
+def _grow(hist: np.ndarray, factor_log2: int) -> np.ndarray:
+    """Re-bin ``hist`` for a range ``2**factor_log2`` times wider (exact: sums bin groups)."""
+    if factor_log2 <= 0:
+        return hist
+    n = hist.size
+    half = n // 2
+    shift = min(factor_log2, 62)
+    offsets = np.arange(n, dtype=np.int64) - half
+    new_index = (offsets >> shift) + half  # arithmetic shift: floor division by 2**shift
+    return np.bincount(new_index, weights=hist, minlength=n).astype(np.int64)
+
+
+class TensorStats:
+    """Count, min, max, exact zeros and a growing symmetric histogram of one tensor's values.
+
+    ``update`` streams arrays in; NaN and infinities are counted (``nan_count``,
+    ``inf_count``) and otherwise ignored. Memory is ``bins`` int64 counters whatever the number
+    of samples.
+    """
+
+    def __init__(self, bins: int = DEFAULT_BINS) -> None:
+        if not _is_pow2(bins) or bins < 16:
+            raise UsageError(f"histogram bins must be a power of two >= 16, got {bins}")
+        self.bins = bins
+        self.count = 0
+        self.nan_count = 0
+        self.inf_count = 0
+        self.zero_count = 0
+        self.min = math.inf
+        self.max = -math.inf
+        # Half-range R of the histogram; 0 until a non-zero finite value was seen (exact
+        # zeros are already in their bin, bins // 2, whatever R becomes).
+        self.half_range = 0.0
+        self.hist = np.zeros(bins, dtype=np.int64)
+
+    # ----------------------------------------------------------------------------- streaming
+
+    @property
+    def bin_width(self) -> float:
+        return 2.0 * self.half_range / self.bins
+
+    @property
+    def amax(self) -> float:
+        """Largest finite ``|x|`` seen (0 when none)."""
+        return max(-self.min, self.max, 0.0) if self.count else 0.0
+
+    def _ensure_range(self, amax: float) -> None:
+        """Grow R (by doubling, exactly) until it is strictly above ``amax``."""
+        if amax < self.half_range or amax == 0.0:
+            return
+        target = _pow2_above(amax)
+        if self.half_range > 0.0:
+            steps = round(math.log2(target / self.half_range))
+            self.hist = _grow(self.hist, steps)
+        self.half_range = target
+
+    def update(self, array: Any) -> TensorStats:
+        """Add every value of ``array`` (any shape, float or integer dtype); returns self."""
+        x = np.asarray(array)
+        if x.dtype.kind not in "fiub":
+            if x.dtype.kind == "V" or x.dtype.name == "bfloat16":  # ml_dtypes float types
+                x = x.astype(np.float32)
+            else:
+                raise TypeError(f"cannot collect statistics of dtype {x.dtype}")
+        if x.dtype.kind in "iub":
+            x = x.astype(np.float64)
+        elif x.dtype.itemsize < 4 or x.dtype == np.float16:
+            x = x.astype(np.float32)
+        flat = x.reshape(-1)
+        for start in range(0, flat.size, _CHUNK):
+            self._update_flat(flat[start : start + _CHUNK])
+        return self
+
+    def _update_flat(self, x: np.ndarray) -> None:
+        if x.size == 0:
+            return
+        lo, hi = x.min(), x.max()
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            nan = int(np.count_nonzero(np.isnan(x)))
+            finite = np.isfinite(x)
+            kept = int(np.count_nonzero(finite))
+            self.nan_count += nan
+            self.inf_count += x.size - kept - nan
+            x = x[finite]
+            if x.size == 0:
+                return
+            lo, hi = x.min(), x.max()
+        lo, hi = float(lo), float(hi)
+        self.count += x.size
+        self.min = min(self.min, lo)
+        self.max = max(self.max, hi)
+        self.zero_count += int(x.size - np.count_nonzero(x))
+        self._ensure_range(max(-lo, hi))
+        if self.half_range == 0.0:  # all zeros so far
+            self.hist[self.bins // 2] += x.size
+            return
+        scale = self.bins / (2.0 * self.half_range)  # a power of two: x * scale is exact
+        # float32 products are exact when 1 <= scale (no underflow) and scale fits float32.
+        fits32 = x.dtype == np.float32 and 1.0 <= scale <= 2.0**100
+        work = np.float32 if fits32 else np.float64
+        y = np.multiply(x, work(scale), dtype=work)
+        np.floor(y, out=y)
+        idx = y.astype(np.intp)
+        idx += self.bins // 2
+        self.hist += np.bincount(idx, minlength=self.bins)
+
+    def merge(self, other: TensorStats) -> TensorStats:
+        """Add ``other``'s statistics into this one (exact); returns self."""
+        if other.bins != self.bins:
+            raise ValueError(f"cannot merge statistics with {other.bins} and {self.bins} bins")
+        if other.half_range > self.half_range:
+            self._ensure_range(other.half_range / 2.0)  # == other.half_range afterwards
+        hist = other.hist
+        if 0.0 < other.half_range < self.half_range:
+            hist = _grow(hist, round(math.log2(self.half_range / other.half_range)))
+        self.hist = self.hist + hist
+        self.count += other.count
+        self.nan_count += other.nan_count
+        self.inf_count += other.inf_count
+        self.zero_count += other.zero_count
+        self.min = min(self.min, other.min)
+        self.max = max(self.max, other.max)
+        return self
+
+    def copy(self) -> TensorStats:
+        return TensorStats.from_dict(self.to_dict())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TensorStats):
+            return NotImplemented
+        a, b = self.to_dict(), other.to_dict()
+        return all(np.array_equal(a[k], b[k]) if k == "hist" else a[k] == b[k] for k in a)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return (
+            f"TensorStats(count={self.count}, min={self.min:.6g}, max={self.max:.6g}, "
+            f"R={self.half_range:g}, bins={self.bins}, nan={self.nan_count}, "
+            f"inf={self.inf_count})"
+        )
+
+    # ----------------------------------------------------------------------------- caching
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values plus the histogram array, for a cache file (JSON + npz)."""
+        return {
+            "format": _FORMAT,
+            "bins": self.bins,
+            "count": self.count,
+            "nan_count": self.nan_count,
+            "inf_count": self.inf_count,
+            "zero_count": self.zero_count,
+            "min": self.min,
+            "max": self.max,
+            "half_range": self.half_range,
+            "hist": self.hist.copy(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorStats:
+        """Inverse of :meth:`to_dict`; raises ValueError on inconsistent content."""
+        if d.get("format") != _FORMAT:
+            raise ValueError(f"unknown TensorStats format {d.get('format')!r}")
+        s = cls(int(d["bins"]))
+        hist = np.asarray(d["hist"])
+        r = float(d["half_range"])
+        if hist.shape != (s.bins,) or hist.dtype.kind not in "iu" or (hist < 0).any():
+            raise ValueError("histogram does not match its bin count")
+        if r != 0.0 and not (r > 0 and math.frexp(r)[0] == 0.5):
+            raise ValueError(f"histogram half-range {r} is not a power of two")
+        s.hist = hist.astype(np.int64)
+        s.half_range = r
+        s.count = int(d["count"])
+        s.nan_count = int(d["nan_count"])
+        s.inf_count = int(d["inf_count"])
+        s.zero_count = int(d["zero_count"])
+        s.min = float(d["min"])
+        s.max = float(d["max"])
+        if int(s.hist.sum()) != s.count:
+            raise ValueError("histogram total does not match the count")
+        return s
+
+    # ------------------------------------------------------------------------------ ranges
+
+    def _check_nonempty(self) -> None:
+        if self.count == 0:
+            raise DataError(
+                "no finite values were collected for this tensor "
+                f"({self.nan_count} NaN, {self.inf_count} inf)"
+            )
+
+    def _edge(self, index: int | np.ndarray) -> Any:
+        """Value of histogram edge ``index`` (edge bins // 2 is 0)."""
+        return (np.asarray(index) - self.bins // 2) * self.bin_width
+
+    def _data_bins(self) -> tuple[int, int]:
+        """[first, last + 1) bins holding data."""
+        nz = np.flatnonzero(self.hist)
+        return int(nz[0]), int(nz[-1]) + 1
+
+    def minmax(self, *, symmetric: bool = False) -> tuple[float, float]:
+        """The observed range; symmetric gives ``(-amax, amax)``."""
+        self._check_nonempty()
+        if symmetric:
+            return -self.amax, self.amax
+        return self.min, self.max
+
+    def _folded(self, *, drop_zeros: bool = False) -> np.ndarray:
+        """Histogram of ``|x|``: bins // 2 bins of the same width over [0, R)."""
+        half = self.bins // 2
+        h = self.hist.astype(np.float64)
+        if drop_zeros:
+            h[half] -= self.zero_count
+        return h[half:] + h[:half][::-1]
+
+    def _inverse_cdf(self, hist: np.ndarray, origin: float, target: float) -> float:
+        """Value below which ``target`` counts lie, linear inside a bin."""
+        cum = np.cumsum(hist)
+        j = int(np.searchsorted(cum, target, side="left"))
+        j = min(j, hist.size - 1)
+        before = cum[j] - hist[j]
+        frac = (target - before) / hist[j] if hist[j] > 0 else 1.0
+        return origin + (j + min(max(frac, 0.0), 1.0)) * self.bin_width
+
+    def percentile(
+        self, percentile: float = DEFAULT_PERCENTILE, *, symmetric: bool = False
+    ) -> tuple[float, float]:
+        """Clip the ``(100 - percentile)`` % most extreme values: two-sided (half in each
+        tail) or, symmetric, the largest ``|x|``. Interpolated inside a bin, clamped to data."""
+        self._check_nonempty()
+        if not 0.0 < percentile <= 100.0:
+            raise UsageError(f"percentile must be in (0, 100], got {percentile}")
+        if self.half_range == 0.0 or percentile == 100.0:
+            return self.minmax(symmetric=symmetric)
+        if symmetric:
+            t = self._inverse_cdf(self._folded(), 0.0, self.count * percentile / 100.0)
+            t = min(t, self.amax)
+            return -t, t
+        tail = self.count * (100.0 - percentile) / 200.0
+        hist = self.hist.astype(np.float64)
+        lo = self._inverse_cdf(hist, -self.half_range, tail)
+        hi = self._inverse_cdf(hist, -self.half_range, self.count - tail)
+        return max(lo, self.min), min(hi, self.max)
+
+    def _asymmetric_windows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate windows [a, b) (bin indices) for asymmetric targets: the symmetric window
+        ``[-t, t]`` cut to the data's range, always containing 0 (it must be representable)."""
+        half = self.bins // 2
+        first, end = self._data_bins()
+        lo_bound, hi_bound = min(first, half), max(end, half)
+        k = np.arange(1, max(half - lo_bound, hi_bound - half) + 1)
+        a = np.maximum(half - k, lo_bound)
+        b = np.minimum(half + k, hi_bound)
+        return a, b
+
+    def _window_range(self, a: int, b: int) -> tuple[float, float]:
+        first, end = self._data_bins()
+        lo = self.min if a <= first else float(self._edge(a))
+        hi = self.max if b >= end else float(self._edge(b))
+        return min(lo, 0.0), max(hi, 0.0)
+
+    def entropy(
+        self, num_levels: int | None = None, *, symmetric: bool = True
+    ) -> tuple[float, float]:
+        """The threshold minimizing KL(P || Q) between the clipped distribution and its
+        ``num_levels``-level quantization (TensorRT's entropy calibration).
+
+        Symmetric: over ``|x|`` with 128 levels by default, returns ``(-t, t)``. Asymmetric:
+        over windows ``[max(min, -t), min(max, t)]`` (always holding 0) with 255 levels.
+        Exact zeros are left out: int8 represents 0 exactly, and a ReLU's spike of zeros would
+        otherwise pull the threshold down.
+        """
+        self._check_nonempty()
+        levels = num_levels or (128 if symmetric else 255)
+        if levels < 2:
+            raise UsageError(f"num_levels must be at least 2, got {levels}")
+        if self.half_range == 0.0:
+            return 0.0, 0.0
+        if symmetric:
+            h = self._folded(drop_zeros=True)
+            end = int(np.flatnonzero(self._folded())[-1]) + 1
+            ends = np.arange(levels, end + 1)
+            if ends.size == 0 or h.sum() <= 0:
+                return self.minmax(symmetric=True)
+            kl = kl_divergences(h, np.zeros_like(ends), ends, levels)
+            best = _last_argmin(kl)
+            t = min(float(ends[best]) * self.bin_width, self.amax)
+            return -t, t
+        h = self.hist.astype(np.float64)
+        h[self.bins // 2] -= self.zero_count
+        a, b = self._asymmetric_windows()
+        keep = (b - a) >= levels
+        if not keep.any() or h.sum() <= 0:
+            return self.minmax()
+        a, b = a[keep], b[keep]
+        best = _last_argmin(kl_divergences(h, a, b, levels))
+        return self._window_range(int(a[best]), int(b[best]))
+
+    def mse(self, num_levels: int | None = None, *, symmetric: bool = True) -> tuple[float, float]:
+        """The range minimizing the expected squared int8 quantization error, estimated from
+        the histogram: rounding noise ``step²/12`` for values inside the range (exact zeros
+        cost nothing), and the squared clipping distance for values outside (uniform inside
+        their bin). Symmetric: ``[-t, t]`` on 255 levels (-127..127). Asymmetric: windows
+        ``[max(min, -t), min(max, t)]`` on 256 levels."""
+        self._check_nonempty()
+        levels = num_levels or (255 if symmetric else 256)
+        if levels < 2:
+            raise UsageError(f"num_levels must be at least 2, got {levels}")
+        if self.half_range == 0.0:
+            return 0.0, 0.0
+        half = self.bins // 2
+        if symmetric:
+            first, end = self._data_bins()
+            k = np.arange(1, max(half - first, end - half) + 1)
+            a, b = half - k, half + k
+        else:
+            a, b = self._asymmetric_windows()
+        err = _expected_mse(self.hist.astype(np.float64), a, b, levels, self.zero_count)
+        best = int(np.argmin(err))
+        if symmetric:
+            t = min(float(b[best] - half) * self.bin_width, self.amax)
+            return -t, t
+        return self._window_range(int(a[best]), int(b[best]))
+
+
+def _last_argmin(values: np.ndarray) -> int:
+    """Index of the minimum, the last one on ties (the larger threshold clips less)."""
+    return int(values.size - 1 - np.argmin(values[::-1]))
+
+
+def _xlogx(x: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(x, dtype=np.float64)
+    pos = x > 0
+    out[pos] = x[pos] * np.log(x[pos])
+    return out
+
+
+def kl_divergences(
+    hist: np.ndarray, starts: np.ndarray, ends: np.ndarray, levels: int, eps: float = _KL_EPS
+) -> np.ndarray:
+    """KL(P || Q) for every candidate window ``[starts[k], ends[k])`` of ``hist`` at once.
+
+    P is the window with the mass outside it added to its first and last bin (what clipping
+    does). Q quantizes the window's own counts into ``levels`` equal groups of bins (bin ``j``
+    of a window of ``m`` bins goes to group ``j * levels // m``, as TensorRT's linspace does)
+    and spreads each group's mass evenly over the bins where P is non-zero. A bin where P has
+    mass and Q none (a clipped tail landing in an empty group) gets ``eps`` counts, like ONNX
+    Runtime's smoothing, instead of an infinite divergence.
+
+    Vectorized with prefix sums: O(len(hist) + candidates * levels), no Python loop.
+    """
+    h = np.asarray(hist, dtype=np.float64)
+    s = np.asarray(starts, dtype=np.int64)
+    e = np.asarray(ends, dtype=np.int64)
+    m = e - s
+    total = h.sum()
+    cum = np.concatenate(([0.0], np.cumsum(h)))
+    cum_nz = np.concatenate(([0], np.cumsum(h > 0)))
+    cum_xlogx = np.concatenate(([0.0], np.cumsum(_xlogx(h))))
+    left = cum[s]  # mass below the window
+    right = total - cum[e]  # mass above it
+    inside = total - left - right
+
+    # Group boundaries: group c covers window offsets [ceil(c*m/L), ceil((c+1)*m/L)).
+    c = np.arange(levels + 1, dtype=np.int64)
+    bounds = s[:, None] + (c[None, :] * m[:, None] + levels - 1) // levels
+    group_sum = np.diff(cum[bounds], axis=1)
+    group_nz = np.diff(cum_nz[bounds], axis=1).astype(np.float64)
+    # P's first and last bin also hold the clipped tails; a zero bin that received a tail
+    # becomes non-zero in P and so takes a share of its group in Q.
+    h_first, h_last = h[s], h[e - 1]
+    tail_first = np.where(m > 1, left, left + right)
+    tail_last = np.where(m > 1, right, 0.0)
+    group_nz[:, 0] += (h_first == 0) & (tail_first > 0)
+    group_nz[:, -1] += (h_last == 0) & (tail_last > 0)
+    group_tail = np.zeros_like(group_sum)
+    group_tail[:, 0] += tail_first
+    group_tail[:, -1] += tail_last
+
+    # sum_j p_j log p_j: interior bins from the prefix sums, end bins with their tails.
+    p_first = h_first + tail_first
+    p_last = np.where(m > 1, h_last + tail_last, 0.0)
+    interior = cum_xlogx[np.maximum(e - 1, s)] - cum_xlogx[np.minimum(s + 1, e)]
+    interior = np.where(m > 2, interior, 0.0)
+    sum_plogp = interior + _xlogx(p_first) + _xlogx(p_last)
+
+    # sum_j p_j log q_j: a group's q is group_sum / group_nz on each of its non-zero P bins,
+    # and the P mass on those bins is the group's counts plus any tail it holds.
+    mass = group_sum + group_tail
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_q = np.where(
+            group_sum > 0, np.log(group_sum / np.maximum(group_nz, 1.0)), math.log(eps)
+        )
+    sum_plogq = np.where(mass > 0, mass * log_q, 0.0).sum(axis=1)
+    floored = ((group_sum == 0) & (group_tail > 0)).sum(axis=1)
+    q_total = inside + eps * floored
+    with np.errstate(divide="ignore"):
+        kl = (sum_plogp - sum_plogq) / total - math.log(total) + np.log(q_total)
+    return np.where(q_total > 0, kl, np.inf)
+
+
+def _expected_mse(
+    hist: np.ndarray, starts: np.ndarray, ends: np.ndarray, levels: int, zeros: int
+) -> np.ndarray:
+    """Expected squared error (in bin-width² units, times the count) for each window."""
+    n = hist.size
+    j = np.arange(n, dtype=np.float64)
+    cum0 = np.concatenate(([0.0], np.cumsum(hist)))
+    cum1 = np.concatenate(([0.0], np.cumsum(hist * j)))
+    cum2 = np.concatenate(([0.0], np.cumsum(hist * j * j)))
+    a = np.asarray(starts, dtype=np.int64)
+    b = np.asarray(ends, dtype=np.int64)
+    af, bf = a.astype(np.float64), b.astype(np.float64)
+    # Right tail, bins j >= b: distance from the edge b is (j - b + u) bins, u ~ U[0, 1):
+    # E[(d + u)^2] = d^2 + d + 1/3 with d = j - b.
+    m0, m1, m2 = cum0[n] - cum0[b], cum1[n] - cum1[b], cum2[n] - cum2[b]
+    right = (m2 - 2 * bf * m1 + bf * bf * m0) + (m1 - bf * m0) + m0 / 3.0
+    # Left tail, bins j < a: distance (a - j - u) bins: E = d^2 - d + 1/3 with d = a - j.
+    l0, l1, l2 = cum0[a], cum1[a], cum2[a]
+    d2 = af * af * l0 - 2 * af * l1 + l2
+    d1 = af * l0 - l1
+    left = d2 - d1 + l0 / 3.0
+    inside = cum0[b] - cum0[a] - zeros
+    step = (bf - af) / (levels - 1)
+    return left + right + np.maximum(inside, 0.0) * step * step / 12.0
+
+
+def compute_range(
+    stats: TensorStats,
+    method: str,
+    *,
+    symmetric: bool,
+    num_levels: int | None = None,
+    percentile: float = DEFAULT_PERCENTILE,
+) -> tuple[float, float]:
+    """The (lo, hi) range to quantize a tensor to, by ``method`` (one of :data:`METHODS`).
+
+    The result always contains 0 (int8 must represent it exactly) and is ``(-t, t)`` when
+    ``symmetric``. ``num_levels`` defaults per method: entropy 128 (symmetric, over |x|) or 255;
+    mse 255 (symmetric, -127..127) or 256. ``percentile`` is used by the percentile method.
+    """
+    if method == "minmax":
+        lo, hi = stats.minmax(symmetric=symmetric)
+    elif method == "percentile":
+        lo, hi = stats.percentile(percentile, symmetric=symmetric)
+    elif method == "entropy":
+        lo, hi = stats.entropy(num_levels, symmetric=symmetric)
+    elif method == "mse":
+        lo, hi = stats.mse(num_levels, symmetric=symmetric)
+    else:
+        raise UsageError(
+            f"unknown calibration method '{method}' (choose from {', '.join(METHODS)})"
+        )
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if symmetric:
+        t = max(-lo, hi)
+        return -t, t
+    return lo, hi
+
+
+def compute_ranges(
+    stats: dict[str, TensorStats], method: str, **options: Any
+) -> dict[str, tuple[float, float]]:
+    """:func:`compute_range` for every tensor; errors name the tensor."""
+    out = {}
+    for name, s in stats.items():
+        try:
+            out[name] = compute_range(s, method, **options)
+        except DataError as exc:
+            raise DataError(f"tensor '{name}': {exc.message}", hint=exc.hint) from exc
+    return out
