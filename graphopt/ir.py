@@ -168,6 +168,19 @@ def iter_nodes(model: ir.Model) -> Iterator[ir.Node]:
     yield from ir.traversal.RecursiveGraphIterator(model.graph)
 
 
+def const_array(value: ir.Value | None) -> np.ndarray | None:
+    """The value's constant data, or None if it is computed or a (overridable) graph input."""
+    if value is None or value.const_value is None or value.is_graph_input():
+        return None
+    return value.const_value.numpy()
+
+
+def attr_value(node: ir.Node, name: str, default: object) -> object:
+    """An attribute's value, or ``default`` where the node does not set it."""
+    a = node.attributes.get(name)
+    return default if a is None else a.value
+
+
 def has_external_tensors(model: ir.Model) -> bool:
     return any(isinstance(t, ir.ExternalTensor) for t in iter_initializer_tensors(model))
 

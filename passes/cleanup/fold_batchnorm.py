@@ -17,6 +17,8 @@ import onnx_ir as ir
 
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
+from graphopt.ir import attr_value as _attr
+from graphopt.ir import const_array as _const
 
 _PRODUCERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -25,17 +27,6 @@ _PRODUCERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 class FoldBatchNormOptions:
     batchnorm: bool = option(True, "fold BatchNormalization nodes")
     mul_add: bool = option(True, "fold Mul/Add/Sub by per-channel constants")
-
-
-def _const(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.const_value is None or value.is_graph_input():
-        return None
-    return value.const_value.numpy()
-
-
-def _attr(node: ir.Node, name: str, default: object) -> object:
-    a = node.attributes.get(name)
-    return default if a is None else a.value
 
 
 @register_pass

@@ -32,6 +32,8 @@ from graphopt.calib import collect_stats, compute_ranges
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
 from graphopt.errors import DataError
+from graphopt.ir import attr_value as _attr
+from graphopt.ir import const_array as _const
 
 _MIN_OPSET = 13
 _FLOAT = frozenset({ir.DataType.FLOAT})  # TODO: float16 models (scales in float16)
@@ -61,17 +63,6 @@ class InsertQdqOptions:
             )
         if self.bins < 1:
             raise ValueError(f"bins must be at least 1, got {self.bins}")
-
-
-def _const(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.const_value is None or value.is_graph_input():
-        return None
-    return value.const_value.numpy()
-
-
-def _attr(node: ir.Node, name: str, default: object) -> object:
-    a = node.attributes.get(name)
-    return default if a is None else a.value
 
 
 def _from_dq(value: ir.Value | None) -> bool:
