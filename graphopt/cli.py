@@ -97,6 +97,7 @@ def run_optimize(
     external_data: bool | None = None,
     show_unchanged: bool = False,
     quiet: bool = False,
+    budget: str | None = None,
 ) -> dict[str, Any]:
     """What ``graphopt optimize`` does, callable from Python (returns the report)."""
     from graphopt import runtime
@@ -106,6 +107,13 @@ def run_optimize(
     from graphopt.report import print_run, write_json
 
     pipeline = parse(pipeline_text)  # usage errors first, before any heavy work
+    if budget:
+        from graphopt.budget import Budget
+
+        try:
+            Budget.parse(budget)
+        except ValueError as exc:
+            raise errors.UsageError(f"--budget: {exc}") from None
     if output.resolve() == model_path.resolve():
         raise errors.UsageError(
             f"output path is the input model ({output}); graphopt never modifies its input"
@@ -125,7 +133,7 @@ def run_optimize(
             samples = calib.head(verify_samples) if verify_samples else calib
         else:
             samples = _samples_for(model, None, dims, verify_samples, seed, batch)
-    context = PassContext(target=target, data=calib, seed=seed)
+    context = PassContext(target=target, data=calib, seed=seed, budget=budget or "")
     total = sum(1 for _ in pipeline.steps())
     with _ProgressListener(total, enabled=not quiet and _err.is_terminal) as listener:
         result = Runner(
@@ -243,6 +251,12 @@ _model_arg = click.argument("model", type=click.Path(path_type=Path, readable=Fa
     help="Force or forbid external data (default: when needed).",
 )
 @click.option("--show-unchanged", is_flag=True, help="List pass runs that changed nothing too.")
+@click.option(
+    "--budget",
+    metavar="METRIC>=X",
+    help="Accuracy budget for lossy passes without their own: cosine>=0.999, max_abs<=1e-2, "
+    "python:module:function>=0.98 (a task metric).",
+)
 def optimize(
     model: Path,
     output: Path,
@@ -258,6 +272,7 @@ def optimize(
     seed: int,
     external_data: bool | None,
     show_unchanged: bool,
+    budget: str | None,
 ) -> None:
     """Run PIPELINE on MODEL, verifying after every pass, and write the result to OUTPUT."""
     run_optimize(
@@ -275,6 +290,7 @@ def optimize(
         batch=batch,
         external_data=external_data,
         show_unchanged=show_unchanged,
+        budget=budget,
     )
 
 

@@ -128,6 +128,7 @@ class PassContext:
     target: str = "cpu"
     data: Any = None  # graphopt.data.Samples when the user gave DATA
     seed: int = 0
+    budget: str = ""  # accuracy budget (graphopt.budget) for lossy passes without their own
 
 
 class GraphoptPass(ir.passes.InPlacePass, abc.ABC):
@@ -147,6 +148,8 @@ class GraphoptPass(ir.passes.InPlacePass, abc.ABC):
         self.options = options if options is not None else self.Options()
         self.context = context if context is not None else PassContext()
         self.stats: collections.Counter[str] = collections.Counter()
+        # structured findings for the report (e.g. which Q/DQ groups fused), JSON-able
+        self.details: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options})"
@@ -157,6 +160,7 @@ class GraphoptPass(ir.passes.InPlacePass, abc.ABC):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.stats = collections.Counter()
+        self.details = {}
         modified = bool(self.run(model))
         return ir.passes.PassResult(model, modified)
 

@@ -29,9 +29,16 @@ PRESETS: dict[str, str] = {
         "eliminate-common-subexpressions,deduplicate-initializers,eliminate-dead-code,"
         "infer-shapes),sort-topologically"
     ),
+    # qdq-insert's defaults follow the detected target (target=auto): u8 activations and s8
+    # weights with the QDQ placement ONNX Runtime's CPU EP fuses; a cleanup afterwards folds
+    # nothing of the Q/DQ (they are not constant-foldable) but sorts and re-infers shapes.
+    "cpu-int8": "cleanup,qdq-insert{target=cpu},sort-topologically",
+    "cuda-int8": "cleanup,qdq-insert{target=cuda},sort-topologically",
 }
 PRESET_DOCS: dict[str, str] = {
     "cleanup": "lossless cleanups to a fixed point, then shape inference and a topological sort",
+    "cpu-int8": "cleanup, then static int8 QDQ placed for ONNX Runtime's CPU EP on this CPU",
+    "cuda-int8": "cleanup, then symmetric static int8 QDQ for the CUDA/TensorRT EPs",
 }
 MAX_REPEAT = 100
 

@@ -197,6 +197,8 @@ class Runner:
             "stats": dict(pass_.stats),
             "tolerance": pass_.tolerance.to_dict(),
         }
+        if pass_.details:
+            record["details"] = pass_.details
         if result.modified:
             self._after_modified(index, step, pass_, record)
         else:

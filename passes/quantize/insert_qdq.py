@@ -1,68 +1,145 @@
-"""qdq-insert: static post-training int8 quantization in QDQ form for Conv, Gemm and MatMul.
+"""qdq-insert: static post-training int8 quantization in QDQ form, placed for the target.
 
-For every target node (``Conv``, ``Gemm``, or ``MatMul`` whose second input is a constant
-float weight):
+What it quantizes (``op_types``):
 
-* its activation input gets a per-tensor ``QuantizeLinear -> DequantizeLinear`` pair whose
-  scale and zero point come from calibration (one streamed ONNX Runtime run over the DATA via
-  :func:`graphopt.calib.collect_stats`, then :func:`graphopt.calib.compute_ranges`). uint8
-  activations are asymmetric with an integer zero point in [0, 255] so that 0.0 is exactly
-  representable; int8 activations are symmetric (zero point 0). Several targets reading the
-  same tensor share one pair;
-* its weight becomes an int8 initializer (symmetric, clamped to [-127, 127]) followed by a
-  ``DequantizeLinear``, per output channel (Conv axis 0, Gemm axis 0 with transB else 1,
-  MatMul ``[K, N]`` axis 1) or per tensor;
-* a Conv/Gemm bias stays float (TODO: int32 bias with scale = s_x * s_w).
+* **anchors**, the ops int8 is for: ``Conv``, ``Gemm`` and ``MatMul`` with a constant weight
+  (per-channel symmetric int8 weights, an int32 bias with scale ``s_x * s_w``), ``MatMul``
+  of two activations (attention), and ``Gather`` from a constant table (embeddings: an int8
+  table, the gathered rows stay int8 until a DequantizeLinear);
+* **integer-region ops** (``Add``, ``Mul``, ``Concat``, pooling, ``Softmax``/``Sigmoid``/
+  ``LeakyRelu`` and data movement such as ``Reshape``/``Transpose``/``MaxPool``/``Resize``):
+  only where *every* activation input already comes out of a quantized node and *every*
+  consumer is quantized too. Elsewhere a Q/DQ pair would cost a conversion and buy nothing.
+  Data-movement ops share their input's scale and zero point (ONNX Runtime drops the Q/DQ
+  around them only when they are equal).
 
-Per-axis DequantizeLinear needs ai.onnx opset 13; older models are left alone (stat
-``skipped:opset``). A node whose inputs already come from DequantizeLinear is skipped, so a
-second run changes nothing.
+Placement follows what ONNX Runtime's CPU EP fuses: a Conv's output is always quantized
+(``QLinearConv`` needs it); a Gemm/MatMul's output only if all its consumers are quantized
+(otherwise ``QGemm``/``MatMulIntegerToFloat`` produce float directly); a ``Relu`` (or ``Clip``)
+right after a quantized op is absorbed: its output is the one quantized, and with asymmetric
+uint8 its zero point is 0, so ONNX Runtime removes it. A quantized tensor that is a graph
+output keeps its name on the DequantizeLinear output.
+
+Types follow the target (``target=auto|cpu|cuda``, :mod:`graphopt.target`): uint8 activations
+and int8 weights on x86, 7-bit weights where the CPU has no VNNI, symmetric int8 on ARM and
+CUDA. After insertion (``check_fusion``, CPU only) it builds an ONNX Runtime session, reads the
+optimized graph back, and lists which quantized nodes became integer kernels; with ``repair``
+the unfused ones get their float inputs and weights back, so they never pay for Q/DQ.
+
+Activation ranges come from one streamed calibration run (:mod:`graphopt.calib`). Per-axis
+DequantizeLinear needs ai.onnx opset 13; older models are left alone (stat ``skipped:opset``).
+Nodes that already read a DequantizeLinear are skipped, so a second run changes nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from typing import Literal
 
 import numpy as np
 import onnx_ir as ir
+from graphopt.passes.quantize import fusion
 
+from graphopt import runtime
+from graphopt.budget import Budget
 from graphopt.calib import collect_stats, compute_ranges
-from graphopt.core.pass_base import GraphoptPass, Tolerance
+from graphopt.core.pass_base import PROVENANCE_KEY, GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
 from graphopt.errors import DataError
 from graphopt.ir import attr_value as _attr
 from graphopt.ir import const_array as _const
+from graphopt.target import int8_scheme
 
 _MIN_OPSET = 13
 _FLOAT = frozenset({ir.DataType.FLOAT})  # TODO: float16 models (scales in float16)
 
+WEIGHTED = frozenset({"Conv", "Gemm", "MatMul"})
+#: ops whose output ONNX Runtime requantizes with their own (calibrated) scale
+REQUANT = frozenset(
+    {"Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Softmax", "Sigmoid", "LeakyRelu"}
+)
+#: data movement: output scale and zero point = input's (ORT drops the DQ/Q around them)
+SHARED = frozenset(
+    {
+        "MaxPool",
+        "Reshape",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Flatten",
+        "Slice",
+        "Resize",
+        "Expand",
+        "Tile",
+        "Gather",
+    }
+)
+SUPPORTED = WEIGHTED | REQUANT | SHARED
+DEFAULT_OPS = sorted(SUPPORTED - {"Softmax", "Sigmoid", "LeakyRelu"})
+_ABSORBED = frozenset({"Relu", "Clip"})
+
+
+def _progress(items: list[str], what: str) -> Iterable[str]:
+    """A rich progress bar on a terminal, plain iteration elsewhere."""
+    import sys
+
+    if not sys.stderr.isatty():
+        yield from items
+        return
+    from rich.progress import track
+
+    yield from track(items, description=f"qdq-insert {what}", console=None, transient=True)
+
+
+_MIN_EMBEDDING = 1024  # a Gather table smaller than this is not worth an int8 copy
+
 
 @dataclasses.dataclass(frozen=True)
 class InsertQdqOptions:
+    target: Literal["auto", "cpu", "cuda"] = option(
+        "auto", "target the types and placement are chosen for (auto: the run's --target)"
+    )
     calibration: Literal["minmax", "percentile", "entropy", "mse"] = option(
         "minmax", "how activation ranges are chosen from the calibration histogram"
     )
     per_channel: bool = option(True, "quantize weights per output channel (else per tensor)")
-    activation_type: Literal["uint8", "int8"] = option(
-        "uint8", "activation type: uint8 (asymmetric) or int8 (symmetric)"
+    activation_type: Literal["auto", "uint8", "int8"] = option(
+        "auto", "activations: uint8 (asymmetric), int8 (symmetric), auto: what the target fuses"
     )
-    op_types: list[str] = option(["Conv", "Gemm", "MatMul"], "op types to quantize")
+    reduce_range: Literal["auto", "true", "false"] = option(
+        "auto", "7-bit weights (no u8s8 overflow on x86 without VNNI); auto: by CPU"
+    )
+    op_types: list[str] = option(
+        [], "op types to quantize; empty: all but Softmax/Sigmoid/LeakyRelu (see module doc)"
+    )
     exclude: list[str] = option([], "node names kept in float")
     bins: int = option(2048, "histogram bins per calibrated tensor")
-    reduce_range: bool = option(
-        False, "7-bit weights in [-63, 63]: no u8s8 overflow on x86 CPUs without VNNI"
+    check_fusion: bool = option(
+        True, "read ONNX Runtime's optimized graph back and report unfused groups (CPU)"
     )
+    repair: bool = option(True, "give unfused nodes their float inputs back (needs check_fusion)")
+    budget: str = option(
+        "", "accuracy budget, e.g. cosine>=0.999; the most sensitive nodes stay float to meet it"
+    )
+    budget_samples: int = option(8, "DATA samples the budget is measured on")
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.op_types) - {"Conv", "Gemm", "MatMul"})
+        unknown = sorted(set(self.op_types) - SUPPORTED)
         if unknown:
             raise ValueError(
-                f"op_types: cannot quantize {', '.join(unknown)} (supported: Conv, Gemm, MatMul)"
+                f"op_types: cannot quantize {', '.join(unknown)} "
+                f"(supported: {', '.join(sorted(SUPPORTED))})"
             )
         if self.bins < 1:
             raise ValueError(f"bins must be at least 1, got {self.bins}")
+        if self.repair and not self.check_fusion:
+            raise ValueError("repair=true needs check_fusion=true")
+        if self.budget:
+            Budget.parse(self.budget)
+        if self.budget_samples < 1:
+            raise ValueError(f"budget_samples must be at least 1, got {self.budget_samples}")
 
 
 def _from_dq(value: ir.Value | None) -> bool:
@@ -100,6 +177,23 @@ def quantize_weight(
     return q, scale
 
 
+@dataclasses.dataclass
+class _Plan:
+    """What gets quantized: nodes by role, and the tensors that get a Q/DQ pair."""
+
+    weighted: list[ir.Node]  # Conv/Gemm/MatMul with a constant weight
+    act_matmul: list[ir.Node]  # MatMul of two activations
+    embedding: list[ir.Node]  # Gather from a constant table
+    region: list[ir.Node]  # REQUANT/SHARED ops inside an integer region
+    absorbed: dict[ir.Node, ir.Node]  # Relu/Clip -> the quantized node it follows
+    outputs: dict[ir.Node, ir.Value]  # quantized node -> its (effective) quantized output
+    inputs: dict[ir.Node, list[int]]  # quantized node -> activation input indices to quantize
+
+    @property
+    def nodes(self) -> list[ir.Node]:
+        return [*self.weighted, *self.act_matmul, *self.embedding, *self.region]
+
+
 @register_pass
 class InsertQdqPass(GraphoptPass):
     name = "qdq-insert"
@@ -111,73 +205,425 @@ class InsertQdqPass(GraphoptPass):
     # far below), while calibrated int8 on a trained net lands at 0.999+.
     tolerance = Tolerance(max_abs=math.inf, max_rel=math.inf, min_cosine=0.99)
     needs = frozenset({"data"})
-    summary = "static int8 QDQ quantization of Conv/Gemm/MatMul (calibrated on DATA)"
+    summary = "static int8 QDQ quantization placed for the target's integer kernels (calibrated)"
 
     def run(self, model: ir.Model) -> bool:
         opts = self.options
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        target = opts.target if opts.target != "auto" else self.context.target
+        scheme = int8_scheme("cuda" if target in ("cuda", "tensorrt") else "cpu")
+        self.act_type = (
+            scheme.activation_type if opts.activation_type == "auto" else (opts.activation_type)
+        )
+        reduce = scheme.reduce_range if opts.reduce_range == "auto" else opts.reduce_range == "true"
+        self.qmax = 63 if reduce else 127
+        self.scheme = scheme
+        self.details = {
+            "target": scheme.target,
+            "isa": scheme.isa,
+            "activation_type": self.act_type,
+            "weight_bits": 7 if reduce else 8,
+            "why": scheme.why,
+        }
         graph = model.graph
-        targets = [n for n in graph if self._is_target(n)]
-        if not targets:
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        plan = self._plan(graph, set())
+        if not plan.nodes:
             return False
         if opset < _MIN_OPSET:
-            self.count("skipped:opset", len(targets))
+            self.count("skipped:opset", len(plan.nodes))
             return False
         samples = self.context.data
         if samples is None:
             raise DataError("qdq-insert needs calibration data (DATA)")
-        names = list(dict.fromkeys(n.inputs[0].name for n in targets))  # type: ignore[union-attr]
+        roots = self._roots(plan)
+        names = self._calibrated(plan, roots)
         stats = collect_stats(model, samples, tensors=names, bins=opts.bins, progress=False)
-        ranges = compute_ranges(stats, opts.calibration, symmetric=opts.activation_type == "int8")
-        self._taken = (
-            set(graph.initializers)
-            | {v.name for n in graph for v in n.outputs if v.name}
-            | {v.name for v in graph.inputs if v.name}
-        )
-        dq_of: dict[str, ir.Value] = {}
-        wdq_of: dict[tuple[int, int | None], ir.Value] = {}
-        for node in targets:
-            x = node.inputs[0]
-            assert x is not None and x.name is not None
-            if x.name not in ranges:  # not a float tensor at run time
-                self.count("skipped:activation_type")
-                continue
-            if x.name not in dq_of:
-                dq_of[x.name] = self._insert_activation_qdq(graph, node, x, ranges[x.name])
-            w = node.inputs[1]
-            assert w is not None
-            axis = self._weight_axis(node) if opts.per_channel else None
-            key = (id(w), axis)
-            if key not in wdq_of:
-                wdq_of[key] = self._insert_weight_dq(graph, node, w, axis)
-            node.replace_input_with(0, dq_of[x.name])
-            node.replace_input_with(1, wdq_of[key])
-            if not w.uses() and not w.is_graph_output() and w.name in graph.initializers:
-                graph.initializers.pop(w.name)
-            self.count(f"quantized:{node.op_type}")
-        return bool(dq_of)
+        ranges = compute_ranges(stats, opts.calibration, symmetric=self.act_type == "int8")
+        missing = {n for n in names if n not in ranges}
+        if missing:  # not float at run time: drop the nodes that need those tensors
+            plan = self._plan(graph, missing)
+            roots = self._roots(plan)
+        budget_text = opts.budget or self.context.budget
+        budget_feeds = samples.feeds[: opts.budget_samples]
+        ref = self._float_outputs(model, budget_feeds) if budget_text else []
+        self._rewrite(model, plan, roots, ranges)
+        if opts.check_fusion and scheme.target == "cpu":
+            self._check_and_repair(model)
+        self._drop_replaced(model.graph)
+        if budget_text:
+            self._budget = Budget.parse(budget_text)
+            self._apply_budget(model, budget_feeds, ref, samples)
+            if opts.check_fusion and scheme.target == "cpu":
+                self.details["fusion_final"] = fusion.check_fusion(model, self.quantized).summary()
+        return True
 
-    # ----------------------------------------------------------------- matching
-    def _is_target(self, node: ir.Node) -> bool:
-        if node.domain not in ("", "ai.onnx") or node.op_type not in self.options.op_types:
+    # ----------------------------------------------------------------- selection
+    def _allowed(self, node: ir.Node, op: str) -> bool:
+        return (
+            node.domain in ("", "ai.onnx")
+            and node.op_type == op
+            and op in (self.options.op_types or DEFAULT_OPS)
+            and not (node.name and node.name in self.options.exclude)
+        )
+
+    @staticmethod
+    def _float_act(v: ir.Value | None, bad: set[str]) -> bool:
+        return (
+            v is not None
+            and bool(v.name)
+            and v.name not in bad
+            and _const(v) is None
+            and (v.dtype is None or v.dtype in _FLOAT)
+            and not _from_dq(v)
+        )
+
+    def _weighted_ok(self, node: ir.Node, bad: set[str]) -> bool:
+        if len(node.inputs) < 2 or not self._float_act(node.inputs[0], bad):
             return False
-        if node.name and node.name in self.options.exclude:
-            return False
-        if len(node.inputs) < 2 or node.inputs[0] is None or node.inputs[1] is None:
-            return False
-        x, w = node.inputs[0], node.inputs[1]
-        if _from_dq(x) or _from_dq(w):
-            return False  # already quantized (idempotence)
-        if not x.name or _const(x) is not None or (x.dtype is not None and x.dtype not in _FLOAT):
-            return False
-        wa = _const(w)
-        if wa is None or wa.dtype != np.float32:
+        wa = _const(node.inputs[1])
+        if wa is None or wa.dtype != np.float32 or _from_dq(node.inputs[1]):
             return False
         if node.op_type in ("Gemm", "MatMul") and wa.ndim != 2:
             return False
         if node.op_type == "Gemm" and _attr(node, "transA", 0):
             return False  # TODO: transposed activations
         return not (node.op_type == "Conv" and wa.ndim < 3)
+
+    def _plan(self, graph: ir.Graph, bad: set[str]) -> _Plan:
+        weighted, act_mm, emb, cand = [], [], [], []
+        for node in graph:
+            if any(_from_dq(v) for v in node.inputs) or any(
+                u.node.op_type == "QuantizeLinear" for o in node.outputs for u in o.uses()
+            ):
+                continue  # already quantized (idempotence)
+            op = node.op_type
+            if op in WEIGHTED and self._allowed(node, op) and self._weighted_ok(node, bad):
+                weighted.append(node)
+            elif (
+                op == "MatMul"
+                and self._allowed(node, op)
+                and len(node.inputs) == 2
+                and all(self._float_act(v, bad) for v in node.inputs)
+            ):
+                act_mm.append(node)
+            elif op == "Gather" and self._allowed(node, op) and self._is_embedding(node):
+                emb.append(node)
+            elif (op in REQUANT or op in SHARED) and self._allowed(node, op):
+                cand.append(node)
+        anchors = [*weighted, *act_mm, *emb]
+        inputs: dict[ir.Node, list[int]] = {n: [0] for n in weighted}
+        inputs.update({n: [0, 1] for n in act_mm})
+        inputs.update({n: [] for n in emb})
+        for n in cand:
+            idx = list(range(len(n.inputs))) if n.op_type in ("Add", "Mul", "Concat") else [0]
+            inputs[n] = idx
+
+        absorbed: dict[ir.Node, ir.Node] = {}
+        eff_out: dict[ir.Node, ir.Value] = {}
+        for n in [*anchors, *cand]:
+            y = n.outputs[0]
+            uses = list(y.uses())
+            if (
+                self.act_type == "uint8"
+                and len(uses) == 1
+                and not y.is_graph_output()
+                and uses[0].node.op_type in _ABSORBED
+                and uses[0].idx == 0
+                and uses[0].node.graph is graph
+                and n.op_type in (WEIGHTED | {"Add"})
+                and self._clip_ok(uses[0].node)
+            ):
+                absorbed[uses[0].node] = n
+                eff_out[n] = uses[0].node.outputs[0]
+            else:
+                eff_out[n] = y
+
+        def source(v: ir.Value) -> ir.Node | None:
+            p = v.producer()
+            return absorbed.get(p, p) if p is not None else None
+
+        members = set(anchors) | set(cand)
+        always_out = {n for n in anchors if n.op_type in ("Conv", "Gather")}
+
+        def consumers_in(n: ir.Node) -> bool:
+            y = eff_out[n]
+            uses = list(y.uses())
+            return (
+                bool(uses)
+                and not y.is_graph_output()
+                and all(u.node in members and u.node.graph is graph for u in uses)
+            )
+
+        def out_quantized(n: ir.Node) -> bool:
+            return n in always_out or (n in members and consumers_in(n))
+
+        changed = True
+        while changed:
+            changed = False
+            for n in cand:
+                if n not in members:
+                    continue
+                ok = consumers_in(n)
+                for i in inputs[n]:
+                    v = n.inputs[i]
+                    if not ok:
+                        break
+                    if v is None:
+                        ok = n.op_type in ("Resize", "Slice")
+                        continue
+                    if _const(v) is not None:
+                        ok = n.op_type in ("Add", "Mul", "Concat") and _const(v).dtype == np.float32
+                        continue
+                    src = source(v)
+                    ok = (
+                        src is not None
+                        and src in members
+                        and out_quantized(src)
+                        and self._float_act(v, bad)
+                    )
+                if not ok:
+                    members.discard(n)
+                    changed = True
+        region = [n for n in cand if n in members]
+        outputs = {n: eff_out[n] for n in [*anchors, *region] if out_quantized(n)}
+        for relu in list(absorbed):
+            if absorbed[relu] not in outputs:
+                del absorbed[relu]
+        return _Plan(weighted, act_mm, emb, region, absorbed, outputs, inputs)
+
+    @staticmethod
+    def _clip_ok(node: ir.Node) -> bool:
+        if node.op_type == "Relu":
+            return True
+        lo = _const(node.inputs[1]) if len(node.inputs) > 1 else None
+        return lo is not None and lo.size == 1 and float(lo) == 0.0  # ReLU6-like: min 0
+
+    @staticmethod
+    def _is_embedding(node: ir.Node) -> bool:
+        table = _const(node.inputs[0]) if node.inputs else None
+        return (
+            table is not None
+            and table.dtype == np.float32
+            and table.size >= _MIN_EMBEDDING
+            and not _from_dq(node.inputs[0])
+        )
+
+    def _roots(self, plan: _Plan) -> dict[ir.Value, ir.Value]:
+        """Each quantized activation tensor -> the tensor whose range gives its parameters.
+
+        Embedding outputs are their own roots: their parameters are the table's, not
+        calibrated.
+        """
+        roots: dict[ir.Value, ir.Value] = {}
+        for n in plan.nodes:
+            for i in plan.inputs[n]:
+                v = n.inputs[i]
+                if v is not None and _const(v) is None:
+                    roots.setdefault(v, v)
+        for n in plan.nodes:  # graph order: a shared op's input root is known before it
+            y = plan.outputs.get(n)
+            if y is None:
+                continue
+            if n.op_type in SHARED and n not in plan.embedding:
+                x = n.inputs[0]
+                assert x is not None
+                roots[y] = roots.get(x, x)
+            else:
+                roots[y] = y
+        return roots
+
+    @staticmethod
+    def _calibrated(plan: _Plan, roots: dict[ir.Value, ir.Value]) -> list[str]:
+        tables = {plan.outputs[n] for n in plan.embedding if n in plan.outputs}
+        return sorted({r.name for r in roots.values() if r.name and r not in tables})
+
+    # ----------------------------------------------------------------- rewriting
+    def _rewrite(
+        self,
+        model: ir.Model,
+        plan: _Plan,
+        roots: dict[ir.Value, ir.Value],
+        ranges: dict[str, tuple[float, float]],
+    ) -> None:
+        graph = model.graph
+        self._taken = (
+            set(graph.initializers)
+            | {v.name for n in graph for v in n.outputs if v.name}
+            | {v.name for v in graph.inputs if v.name}
+        )
+        self._qparams: dict[ir.Value, tuple[ir.Value, ir.Value]] = {}
+        self._dq: dict[ir.Value, ir.Value] = {}  # float tensor -> its DequantizeLinear output
+        self._pairs: list[tuple[ir.Value, ir.Node, ir.Node]] = []  # (tensor, Q, DQ)
+        self._restore: dict[ir.Node, list[tuple[int, ir.Value]]] = {}
+        self._replaced: list[ir.Value] = []  # float constants that int8 copies replaced
+        self._created: set[ir.Value] = set()  # initializers this pass made
+        self._absorbed = dict(plan.absorbed)  # Relu/Clip -> the node it follows
+        self._emb = {n.name for n in plan.embedding}
+        self.quantized: dict[str, str] = {}
+        quantized_out = set(plan.outputs.values())
+
+        def params(v: ir.Value) -> tuple[ir.Value, ir.Value] | None:
+            root = roots.get(v, v)
+            if root in self._qparams:
+                return self._qparams[root]
+            if root.name not in ranges:
+                return None
+            scale, zp = activation_qparams(*ranges[root.name], self.act_type)
+            pair = (
+                self._initializer(graph, f"{root.name}_scale", scale),
+                self._initializer(graph, f"{root.name}_zero_point", zp),
+            )
+            self._qparams[root] = pair
+            return pair
+
+        # 0. embedding tables: int8 copies; the gathered rows keep the table's parameters
+        for n in plan.embedding:
+            table = n.inputs[0]
+            assert table is not None
+            dq, pair = self._table_dq(graph, n, table)
+            n.replace_input_with(0, dq)
+            self._restore[n] = [(0, table)]
+            self._replaced.append(table)
+            self._qparams[plan.outputs[n]] = pair
+            self.count("quantized:Gather(embedding)")
+        # 1. outputs of quantized nodes: every reader goes through the Q/DQ pair
+        for y in plan.outputs.values():
+            p = params(y)
+            if p is not None:
+                self._qdq(graph, y, p, readers=None)
+        # 2. activation inputs from the float world: only quantized readers switch over
+        dq_outputs = set(self._dq.values())
+        for n in plan.nodes:
+            self._ensure_name(n)
+            swaps = self._restore.setdefault(n, [])
+            for i in plan.inputs[n]:
+                v = n.inputs[i]
+                if v is None or v in dq_outputs:
+                    continue
+                if _const(v) is not None:
+                    self._replaced.append(v)
+                    dq = self._const_dq(graph, n, v)
+                elif v in self._dq:
+                    dq = self._dq[v]
+                else:
+                    p = params(v)
+                    assert p is not None and v not in quantized_out
+                    dq = self._qdq(graph, v, p, readers=[])
+                dq_outputs.add(dq)
+                swaps.append((i, v))
+                n.replace_input_with(i, dq)
+        # 3. weights, bias and embedding tables
+        wdq_of: dict[tuple[int, int | None], ir.Value] = {}
+        for n in plan.weighted:
+            w = n.inputs[1]
+            assert w is not None
+            axis = self._weight_axis(n) if self.options.per_channel else None
+            key = (id(w), axis)
+            if key not in wdq_of:
+                wdq_of[key] = self._weight_dq(graph, n, w, axis)
+            n.replace_input_with(1, wdq_of[key])
+            self._restore[n].append((1, w))
+            self._replaced.append(w)
+            self._bias(graph, n)
+            self.count(f"quantized:{n.op_type}")
+        self.count("quantized:MatMul(activations)", len(plan.act_matmul))
+        for n in plan.region:
+            self.count(f"quantized:{n.op_type}")
+        for n in plan.nodes:
+            self.quantized[n.name] = n.op_type  # type: ignore[index]
+        self.count("relu_absorbed", len(plan.absorbed))
+
+    def _ensure_name(self, node: ir.Node) -> None:
+        if not node.name:
+            node.name = self._name(f"{node.op_type}_q")
+
+    def _qdq(
+        self,
+        graph: ir.Graph,
+        x: ir.Value,
+        pair: tuple[ir.Value, ir.Value],
+        readers: list | None,
+    ) -> ir.Value:
+        """Q/DQ on ``x``; ``readers`` None: all readers (and a graph output) switch to DQ."""
+        assert x.name is not None
+        s, z = pair
+        base = x.name
+        q = self.mark(ir.Node("", "QuantizeLinear", [x, s, z], name=self._name(f"{base}_Q")))
+        q.outputs[0].name = self._name(f"{base}_quantized")
+        q.outputs[0].dtype = z.dtype
+        q.outputs[0].shape = x.shape
+        dq = self.mark(
+            ir.Node("", "DequantizeLinear", [q.outputs[0], s, z], name=self._name(f"{base}_DQ"))
+        )
+        out = dq.outputs[0]
+        out.dtype = ir.DataType.FLOAT
+        out.shape = x.shape
+        if readers is None:
+            for use in list(x.uses()):
+                if use.node is not q:
+                    use.node.replace_input_with(use.idx, out)
+            if x.is_graph_output():
+                # the graph output keeps its name, now on the DequantizeLinear output
+                idx = [i for i, o in enumerate(graph.outputs) if o is x]
+                old = x.name
+                x.name = self._name(f"{old}_float")
+                out.name = old
+                for i in idx:
+                    graph.outputs[i] = out
+            else:
+                out.name = self._name(f"{base}_dequantized")
+        else:
+            out.name = self._name(f"{base}_dequantized")
+        producer = x.producer()
+        if producer is not None and producer.graph is graph:
+            graph.insert_after(producer, [q, dq])
+        else:
+            graph.insert_before(next(iter(graph)), [q, dq])
+        self._dq[x] = out
+        self._pairs.append((x, q, dq))
+        self.count("qdq_pairs")
+        return out
+
+    def _const_dq(self, graph: ir.Graph, node: ir.Node, v: ir.Value) -> ir.Value:
+        """A constant input of Add/Mul/Concat: per-tensor quantized like an activation."""
+        if v in self._dq:
+            return self._dq[v]
+        a = _const(v)
+        assert a is not None
+        scale, zp = activation_qparams(
+            float(a.min(initial=0)), float(a.max(initial=0)), self.act_type
+        )
+        info = np.iinfo(zp.dtype)
+        q = np.clip(np.rint(a.astype(np.float64) / float(scale)) + int(zp), info.min, info.max)
+        qv = self._initializer(graph, f"{v.name}_quantized", q.astype(zp.dtype))
+        sv = self._initializer(graph, f"{v.name}_scale", scale)
+        zv = self._initializer(graph, f"{v.name}_zero_point", zp)
+        out = self._dequantize(graph, node, qv, sv, zv, None, v.name or "const", a.shape)
+        self._dq[v] = out
+        return out
+
+    def _dequantize(
+        self,
+        graph: ir.Graph,
+        before: ir.Node,
+        q: ir.Value,
+        s: ir.Value,
+        z: ir.Value,
+        axis: int | None,
+        base: str,
+        shape: Iterable[int],
+    ) -> ir.Value:
+        attrs = [] if axis is None else [ir.AttrInt64("axis", axis)]
+        dq = self.mark(
+            ir.Node(
+                "", "DequantizeLinear", [q, s, z], attributes=attrs, name=self._name(f"{base}_DQ")
+            )
+        )
+        dq.outputs[0].name = self._name(f"{base}_dequantized")
+        dq.outputs[0].dtype = ir.DataType.FLOAT
+        dq.outputs[0].shape = ir.Shape(list(shape))
+        graph.insert_before(before, [dq])
+        return dq.outputs[0]
 
     @staticmethod
     def _weight_axis(node: ir.Node) -> int:
@@ -187,7 +633,193 @@ class InsertQdqPass(GraphoptPass):
             return 0 if _attr(node, "transB", 0) else 1
         return 1  # MatMul, W is [K, N]
 
-    # ----------------------------------------------------------------- rewriting
+    def _weight_dq(
+        self, graph: ir.Graph, first: ir.Node, w: ir.Value, axis: int | None
+    ) -> ir.Value:
+        wa = _const(w)
+        assert wa is not None
+        base = w.name or "weight"
+        q, scale = quantize_weight(wa, axis, self.qmax)
+        qv = self._initializer(graph, f"{base}_quantized", q)
+        sv = self._initializer(graph, f"{base}_scale", scale)
+        zv = self._initializer(graph, f"{base}_zero_point", np.zeros(scale.shape, np.int8))
+        self.count("weights_quantized")
+        return self._dequantize(graph, first, qv, sv, zv, axis, base, wa.shape)
+
+    def _bias(self, graph: ir.Graph, node: ir.Node) -> None:
+        """Conv/Gemm bias -> int32 with scale s_x * s_w, the scale of the int32 accumulator."""
+        if node.op_type not in ("Conv", "Gemm") or len(node.inputs) < 3 or node.inputs[2] is None:
+            return
+        b = _const(node.inputs[2])
+        if b is None or b.dtype != np.float32 or b.ndim != 1:
+            return
+        if node.op_type == "Gemm" and (
+            _attr(node, "beta", 1.0) != 1.0 or _attr(node, "alpha", 1.0) != 1.0
+        ):
+            return
+        x_dq, w_dq = node.inputs[0].producer(), node.inputs[1].producer()  # type: ignore[union-attr]
+        assert x_dq is not None and w_dq is not None
+        sx = float(_const(x_dq.inputs[1]))  # type: ignore[arg-type]
+        sw = _const(w_dq.inputs[1])
+        assert sw is not None
+        scale = (sx * sw.astype(np.float64)).astype(np.float32)
+        if scale.ndim == 0:
+            scale = np.full(b.shape, scale, np.float32)
+        if scale.shape != b.shape:
+            return
+        safe = np.where(scale > 0, scale, 1.0).astype(np.float64)
+        q = np.clip(np.rint(b.astype(np.float64) / safe), -(2**31), 2**31 - 1).astype(np.int32)
+        base = node.inputs[2].name or "bias"  # type: ignore[union-attr]
+        qv = self._initializer(graph, f"{base}_quantized", q)
+        sv = self._initializer(graph, f"{base}_scale", scale)
+        zv = self._initializer(graph, f"{base}_zero_point", np.zeros(b.shape, np.int32))
+        old = node.inputs[2]
+        assert old is not None
+        node.replace_input_with(2, self._dequantize(graph, node, qv, sv, zv, 0, base, b.shape))
+        self._restore[node].append((2, old))
+        self._replaced.append(old)
+        self.count("bias_int32")
+
+    def _table_dq(
+        self, graph: ir.Graph, node: ir.Node, table: ir.Value
+    ) -> tuple[ir.Value, tuple[ir.Value, ir.Value]]:
+        a = _const(table)
+        assert a is not None
+        base = table.name or "table"
+        if self.act_type == "uint8":
+            scale, zp = activation_qparams(float(a.min()), float(a.max()), "uint8")
+            q = np.clip(np.rint(a.astype(np.float64) / float(scale)) + int(zp), 0, 255)
+            q = q.astype(np.uint8)
+        else:
+            q, scale = quantize_weight(a, None, 127)
+            zp = np.array(0, np.int8)
+        qv = self._initializer(graph, f"{base}_quantized", q)
+        sv = self._initializer(graph, f"{base}_scale", np.asarray(scale, np.float32))
+        zv = self._initializer(graph, f"{base}_zero_point", zp)
+        self.count("weights_quantized")
+        return self._dequantize(graph, node, qv, sv, zv, None, base, a.shape), (sv, zv)
+
+    def _drop_replaced(self, graph: ir.Graph) -> None:
+        """Float constants that their int8 copies made unused leave the model."""
+        for v in self._replaced:
+            if v.name in graph.initializers and not v.uses() and not v.is_graph_output():
+                graph.initializers.pop(v.name)
+
+    # ------------------------------------------------------------ fusion check
+    def _check_and_repair(self, model: ir.Model) -> None:
+        report = fusion.check_fusion(model, self.quantized)
+        self.details["fusion"] = report.summary()
+        self.count("fused", len(report.fused))
+        self.count("unfused", len(report.unfused))
+        if not (self.options.repair and report.unfused):
+            return
+        self._unquantize(model.graph, report.unfused, "unfused")
+        after = fusion.check_fusion(model, self.quantized)
+        self.details["fusion_after_repair"] = after.summary()
+
+    def _unquantize(self, graph: ir.Graph, names: Iterable[str], reason: str) -> None:
+        """Give the named nodes their float inputs back and drop Q/DQ nobody needs any more."""
+        by_name = {n.name: n for n in graph}
+        floats = self.details.setdefault("kept_float", {})
+        for name in names:
+            n = by_name.get(name)
+            if n is None or name not in self.quantized:
+                continue
+            for i, orig in self._restore.get(n, []):
+                if orig.const_value is not None and orig.name not in graph.initializers:
+                    graph.register_initializer(orig)
+                n.replace_input_with(i, orig)
+            del self.quantized[name]
+            floats[name] = reason
+            self.count(f"{'repaired' if reason == 'unfused' else 'kept_float'}:{n.op_type}")
+        quantized = {by_name[k] for k in self.quantized if k in by_name}
+        # A pair whose readers are all float now, on a tensor no quantized node produces,
+        # only costs a conversion: its readers get the float tensor back.
+        for x, q, dq in reversed(self._pairs):
+            out = dq.outputs[0]
+            if dq.graph is None or any(u.node in quantized for u in out.uses()):
+                continue
+            producer = x.producer()
+            if producer in quantized or self._absorbed.get(producer) in quantized:
+                continue
+            out.replace_all_uses_with(x)
+            if out.is_graph_output():
+                idx = [i for i, o in enumerate(graph.outputs) if o is out]
+                name = out.name
+                out.name = self._name(f"{name}_unused")
+                x.name = name
+                for i in idx:
+                    graph.outputs[i] = x
+            graph.remove([q, dq], safe=True)
+            self.count("qdq_pairs", -1)
+        for node in list(graph):  # weight/bias DQs nobody reads any more
+            if (
+                node.op_type == "DequantizeLinear"
+                and node.metadata_props.get(PROVENANCE_KEY) == self.name
+                and not node.outputs[0].uses()
+                and not node.outputs[0].is_graph_output()
+            ):
+                graph.remove(node, safe=True)
+        for name, v in list(graph.initializers.items()):
+            if v in self._created and not v.uses():
+                graph.initializers.pop(name)
+
+    # ------------------------------------------------------------ accuracy budget
+    def _float_outputs(self, model: ir.Model, feeds: list[dict]) -> list[list[np.ndarray]]:
+        sess = runtime.make_session(model, optimize=False)
+        return runtime.run_feeds(sess, feeds)
+
+    def _measure(self, model: ir.Model, feeds: list[dict], ref: list, samples: object) -> float:
+        sess = runtime.make_session(model, optimize=True)
+        return self._budget.measure(ref, runtime.run_feeds(sess, feeds), samples)
+
+    def _apply_budget(self, model: ir.Model, feeds: list[dict], ref: list, samples: object) -> None:
+        """Keep the most sensitive nodes in float until the budget holds.
+
+        Sensitivity of a node = how much the metric recovers when that node alone goes back
+        to float (measured, one ONNX Runtime session per candidate, on the budget samples).
+        Nodes are then returned to float greedily, most sensitive first, re-measuring after
+        each, until the budget holds.
+        """
+        budget = self._budget
+        start = self._measure(model, feeds, ref, samples)
+        info: dict[str, object] = {"budget": str(budget), "quantized_all": start}
+        self.details["budget"] = info
+        if budget.holds(start):
+            info["final"] = start
+            return
+        by_name = {n.name: n for n in model.graph}
+        candidates = [k for k, op in self.quantized.items() if op not in SHARED or k in self._emb]
+        gains: dict[str, float] = {}
+        sign = 1.0 if budget.op == ">=" else -1.0
+        for name in _progress(candidates, "sensitivity"):
+            n = by_name[name]
+            swaps = [(i, n.inputs[i]) for i, _ in self._restore.get(n, [])]
+            for i, orig in self._restore.get(n, []):
+                n.replace_input_with(i, orig)
+                if orig.const_value is not None and orig.name not in model.graph.initializers:
+                    model.graph.register_initializer(orig)
+            gains[name] = sign * (self._measure(model, feeds, ref, samples) - start)
+            for i, v in swaps:
+                n.replace_input_with(i, v)
+        order = sorted(candidates, key=lambda k: -gains[k])
+        info["sensitivity"] = {k: gains[k] for k in order[:20]}
+        chosen: list[str] = []
+        value = start
+        for name in order:
+            if gains[name] <= 0:
+                break
+            self._unquantize(model.graph, [name], "sensitivity")
+            chosen.append(name)
+            value = self._measure(model, feeds, ref, samples)
+            if budget.holds(value):
+                break
+        info["final"] = value
+        info["kept_float"] = chosen
+        info["met"] = budget.holds(value)
+        self._drop_replaced(model.graph)
+
+    # ----------------------------------------------------------------- naming
     def _name(self, base: str) -> str:
         name, k = base, 1
         while name in self._taken:
@@ -202,59 +834,5 @@ class InsertQdqPass(GraphoptPass):
         value.shape = ir.Shape(array.shape)
         value.dtype = ir.DataType.from_numpy(array.dtype)
         graph.register_initializer(value)
+        self._created.add(value)
         return value
-
-    def _insert_activation_qdq(
-        self, graph: ir.Graph, first: ir.Node, x: ir.Value, rng: tuple[float, float]
-    ) -> ir.Value:
-        assert x.name is not None
-        scale, zp = activation_qparams(rng[0], rng[1], self.options.activation_type)
-        s = self._initializer(graph, f"{x.name}_scale", scale)
-        z = self._initializer(graph, f"{x.name}_zero_point", zp)
-        q = self.mark(
-            ir.Node("", "QuantizeLinear", [x, s, z], name=self._name(f"{x.name}_QuantizeLinear"))
-        )
-        q.outputs[0].name = self._name(f"{x.name}_quantized")
-        q.outputs[0].dtype = ir.DataType.from_numpy(zp.dtype)
-        q.outputs[0].shape = x.shape
-        dq = self.mark(
-            ir.Node(
-                "",
-                "DequantizeLinear",
-                [q.outputs[0], s, z],
-                name=self._name(f"{x.name}_DequantizeLinear"),
-            )
-        )
-        dq.outputs[0].name = self._name(f"{x.name}_dequantized")
-        dq.outputs[0].dtype = ir.DataType.FLOAT
-        dq.outputs[0].shape = x.shape
-        graph.insert_before(first, [q, dq])
-        self.count("qdq_pairs")
-        return dq.outputs[0]
-
-    def _insert_weight_dq(
-        self, graph: ir.Graph, first: ir.Node, w: ir.Value, axis: int | None
-    ) -> ir.Value:
-        wa = _const(w)
-        assert wa is not None
-        base = w.name or "weight"
-        q, scale = quantize_weight(wa, axis, 63 if self.options.reduce_range else 127)
-        qv = self._initializer(graph, f"{base}_quantized", q)
-        sv = self._initializer(graph, f"{base}_scale", scale)
-        zv = self._initializer(graph, f"{base}_zero_point", np.zeros(scale.shape, np.int8))
-        attrs = [] if axis is None else [ir.AttrInt64("axis", axis)]
-        dq = self.mark(
-            ir.Node(
-                "",
-                "DequantizeLinear",
-                [qv, sv, zv],
-                attributes=attrs,
-                name=self._name(f"{base}_DequantizeLinear"),
-            )
-        )
-        dq.outputs[0].name = self._name(f"{base}_dequantized")
-        dq.outputs[0].dtype = ir.DataType.FLOAT
-        dq.outputs[0].shape = ir.Shape(wa.shape)
-        graph.insert_before(first, [dq])
-        self.count("weights_quantized")
-        return dq.outputs[0]
