@@ -1,3 +1,7 @@
 """Quantization passes (lossy): static post-training int8 QDQ insertion."""
 
-from graphopt.passes.quantize import insert_qdq  # noqa: F401
+from graphopt.passes.quantize import (  # noqa: F401
+    insert_qdq,
+    quantize_dynamic,
+    quantize_weights,
+)

@@ -41,6 +41,7 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 from graphopt.passes.quantize import fusion
+from graphopt.passes.quantize._emit import Namer, add_initializer
 
 from graphopt import runtime
 from graphopt.budget import Budget
@@ -446,11 +447,7 @@ class InsertQdqPass(GraphoptPass):
         ranges: dict[str, tuple[float, float]],
     ) -> None:
         graph = model.graph
-        self._taken = (
-            set(graph.initializers)
-            | {v.name for n in graph for v in n.outputs if v.name}
-            | {v.name for v in graph.inputs if v.name}
-        )
+        self._name = Namer(graph)
         self._qparams: dict[ir.Value, tuple[ir.Value, ir.Value]] = {}
         self._dq: dict[ir.Value, ir.Value] = {}  # float tensor -> its DequantizeLinear output
         self._pairs: list[tuple[ir.Value, ir.Node, ir.Node]] = []  # (tensor, Q, DQ)
@@ -820,19 +817,7 @@ class InsertQdqPass(GraphoptPass):
         self._drop_replaced(model.graph)
 
     # ----------------------------------------------------------------- naming
-    def _name(self, base: str) -> str:
-        name, k = base, 1
-        while name in self._taken:
-            k += 1
-            name = f"{base}_{k}"
-        self._taken.add(name)
-        return name
-
     def _initializer(self, graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
-        name = self._name(base)
-        value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-        value.shape = ir.Shape(array.shape)
-        value.dtype = ir.DataType.from_numpy(array.dtype)
-        graph.register_initializer(value)
+        value = add_initializer(graph, self._name(base), array)
         self._created.add(value)
         return value
