@@ -6,6 +6,8 @@ A budget compares a transformed model's outputs with the float model's on the sa
   output counts;
 * ``max_abs<=X`` / ``max_rel<=X``: the largest absolute error (relative to the largest
   reference magnitude) over all outputs and samples;
+* ``top1>=X``: top-1 accuracy of the first output (argmax over its last axis) against the
+  ``label`` array carried in DATA (an extra key of the .npz), over the budget's samples;
 * ``python:pkg.module:function>=X`` (or ``<=``): ``function(outputs, samples)`` returns a
   task metric (top-1, pitch accuracy, ...) where ``outputs`` is one list of output arrays per
   sample and ``samples`` the :class:`graphopt.data.Samples` they came from.
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-_BUILTIN = {"cosine": ">=", "max_abs": "<=", "max_rel": "<="}
+_BUILTIN = {"cosine": ">=", "max_abs": "<=", "max_rel": "<=", "top1": ">="}
 _SYNTAX = re.compile(r"^\s*(?P<metric>[A-Za-z_][\w.:]*)\s*(?P<op>>=|<=)\s*(?P<value>[^\s]+)\s*$")
 
 Outputs = Sequence[Sequence[np.ndarray]]
@@ -75,6 +77,8 @@ class Budget:
         """The budget's metric of ``got`` against ``reference`` (one list per sample)."""
         if self.metric.startswith("python:"):
             return float(self._callback()(got, samples))
+        if self.metric == "top1":
+            return top1(got, samples)
         if self.metric == "cosine":
             return min(
                 float(np.mean([_cosine(r[k], g[k]) for r, g in zip(reference, got, strict=True)]))
@@ -96,6 +100,20 @@ class Budget:
             return getattr(importlib.import_module(module), func)
         except (ImportError, AttributeError) as exc:
             raise ValueError(f"budget metric {self.metric}: cannot load it ({exc})") from None
+
+
+def top1(outputs: Outputs, samples: Any) -> float:
+    """Top-1 accuracy of the first output against ``samples.extras['label']``."""
+    from graphopt.errors import DataError
+
+    labels = getattr(samples, "extras", {}).get("label")
+    if labels is None:
+        raise DataError("budget top1 needs labels: add a 'label' array to the DATA .npz")
+    pred = np.concatenate([np.asarray(o[0]).reshape(-1, np.shape(o[0])[-1]) for o in outputs])
+    truth = np.asarray(labels).reshape(-1)[: len(pred)]
+    if len(truth) < len(pred):
+        raise DataError(f"budget top1: {len(pred)} predictions but only {len(truth)} labels")
+    return float(np.mean(pred.argmax(axis=-1) == truth))
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

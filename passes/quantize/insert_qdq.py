@@ -33,6 +33,7 @@ Nodes that already read a DequantizeLinear are skipped, so a second run changes 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from collections.abc import Iterable
@@ -46,7 +47,7 @@ from graphopt.passes.quantize._emit import Namer, add_initializer
 from graphopt import runtime
 from graphopt.budget import Budget
 from graphopt.calib import collect_stats, compute_ranges
-from graphopt.core.pass_base import PROVENANCE_KEY, GraphoptPass, Tolerance
+from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
 from graphopt.errors import DataError
 from graphopt.ir import attr_value as _attr
@@ -227,7 +228,9 @@ class InsertQdqPass(GraphoptPass):
         }
         graph = model.graph
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
-        plan = self._plan(graph, set())
+        self._bad: set[str] = set()
+        self._excluded = set(opts.exclude)
+        plan = self._plan(graph)
         if not plan.nodes:
             return False
         if opset < _MIN_OPSET:
@@ -236,27 +239,79 @@ class InsertQdqPass(GraphoptPass):
         samples = self.context.data
         if samples is None:
             raise DataError("qdq-insert needs calibration data (DATA)")
-        roots = self._roots(plan)
-        names = self._calibrated(plan, roots)
+        names = self._calibration_tensors(graph)
         stats = collect_stats(model, samples, tensors=names, bins=opts.bins, progress=False)
-        ranges = compute_ranges(stats, opts.calibration, symmetric=self.act_type == "int8")
-        missing = {n for n in names if n not in ranges}
-        if missing:  # not float at run time: drop the nodes that need those tensors
-            plan = self._plan(graph, missing)
-            roots = self._roots(plan)
+        self._ranges = compute_ranges(stats, opts.calibration, symmetric=self.act_type == "int8")
+        self._bad = {n for n in names if n not in self._ranges}  # not float at run time
+        for node in graph:  # trials and the final rewrite must agree on node names
+            self._ensure_name(node)
         budget_text = opts.budget or self.context.budget
-        budget_feeds = samples.feeds[: opts.budget_samples]
-        ref = self._float_outputs(model, budget_feeds) if budget_text else []
-        self._rewrite(model, plan, roots, ranges)
-        if opts.check_fusion and scheme.target == "cpu":
-            self._check_and_repair(model)
+        check = opts.check_fusion and scheme.target == "cpu"
+        kept: dict[str, str] = {}  # node name -> why it stays float
+        if check or budget_text:
+            pristine = ir.serde.serialize_model(model)
+            trial = self._trial(pristine, kept)
+            if check:
+                report = fusion.check_fusion(trial, self.quantized)
+                self.details["fusion"] = report.summary()
+                if opts.repair and report.unfused:
+                    kept.update(dict.fromkeys(report.unfused, "unfused"))
+                    for name in report.unfused:
+                        self.count(f"repaired:{self.quantized[name]}")
+                    trial = self._trial(pristine, kept)
+                    after = fusion.check_fusion(trial, self.quantized)
+                    self.details["fusion_after_repair"] = after.summary()
+            if budget_text:
+                feeds = samples.feeds[: opts.budget_samples]
+                ref = self._float_outputs(model, feeds)
+                self._apply_budget(
+                    Budget.parse(budget_text), pristine, trial, kept, feeds, ref, samples
+                )
+        stats_so_far = collections.Counter(self.stats)
+        self.stats = collections.Counter()
+        changed = self._quantize(model, kept)
+        for key, n in stats_so_far.items():
+            if key.startswith(("repaired:", "kept_float:")):
+                self.count(key, n)
+        if check:
+            final = fusion.check_fusion(model, self.quantized)
+            self.details["fusion_final"] = final.summary()
+            self.count("fused", len(final.fused))
+            self.count("unfused", len(final.unfused))
+        if kept:
+            self.details["kept_float"] = kept
+        return changed
+
+    def _quantize(self, model: ir.Model, kept: dict[str, str]) -> bool:
+        """Plan with ``kept`` nodes excluded, then insert Q/DQ into ``model``."""
+        self._excluded = set(self.options.exclude) | set(kept)
+        plan = self._plan(model.graph)
+        self._rewrite(model, plan, self._roots(plan), self._ranges)
         self._drop_replaced(model.graph)
-        if budget_text:
-            self._budget = Budget.parse(budget_text)
-            self._apply_budget(model, budget_feeds, ref, samples)
-            if opts.check_fusion and scheme.target == "cpu":
-                self.details["fusion_final"] = fusion.check_fusion(model, self.quantized).summary()
-        return True
+        return bool(plan.nodes)
+
+    def _trial(self, pristine: object, kept: dict[str, str]) -> ir.Model:
+        """A quantized copy of the float model with ``kept`` nodes in float."""
+        copy = ir.serde.deserialize_model(pristine)  # type: ignore[arg-type]
+        self._quantize(copy, kept)
+        return copy
+
+    def _calibration_tensors(self, graph: ir.Graph) -> list[str]:
+        """Every float tensor any plan (whatever stays float) may need a range for."""
+        plan = self._plan(graph, prune=False)
+        values = []
+        for n in plan.nodes:
+            values += [n.inputs[i] for i in plan.inputs[n]]
+            if n not in plan.embedding:
+                values += [n.outputs[0], plan.outputs.get(n)]
+        # a tensor of unknown type is left out: without a range it simply stays float
+        return sorted(
+            {
+                v.name
+                for v in values
+                if v is not None and v.name and v.dtype in _FLOAT and _const(v) is None
+            }
+        )
 
     # ----------------------------------------------------------------- selection
     def _allowed(self, node: ir.Node, op: str) -> bool:
@@ -264,7 +319,7 @@ class InsertQdqPass(GraphoptPass):
             node.domain in ("", "ai.onnx")
             and node.op_type == op
             and op in (self.options.op_types or DEFAULT_OPS)
-            and not (node.name and node.name in self.options.exclude)
+            and not (node.name and node.name in self._excluded)
         )
 
     @staticmethod
@@ -290,7 +345,9 @@ class InsertQdqPass(GraphoptPass):
             return False  # TODO: transposed activations
         return not (node.op_type == "Conv" and wa.ndim < 3)
 
-    def _plan(self, graph: ir.Graph, bad: set[str]) -> _Plan:
+    def _plan(self, graph: ir.Graph, prune: bool = True) -> _Plan:
+        """Choose what to quantize; ``prune=False`` keeps every candidate (for calibration)."""
+        bad = self._bad
         weighted, act_mm, emb, cand = [], [], [], []
         for node in graph:
             if any(_from_dq(v) for v in node.inputs) or any(
@@ -358,7 +415,7 @@ class InsertQdqPass(GraphoptPass):
         def out_quantized(n: ir.Node) -> bool:
             return n in always_out or (n in members and consumers_in(n))
 
-        changed = True
+        changed = prune
         while changed:
             changed = False
             for n in cand:
@@ -386,7 +443,10 @@ class InsertQdqPass(GraphoptPass):
                     members.discard(n)
                     changed = True
         region = [n for n in cand if n in members]
-        outputs = {n: eff_out[n] for n in [*anchors, *region] if out_quantized(n)}
+        if prune:
+            outputs = {n: eff_out[n] for n in [*anchors, *region] if out_quantized(n)}
+        else:
+            outputs = {n: eff_out[n] for n in [*anchors, *region]}
         for relu in list(absorbed):
             if absorbed[relu] not in outputs:
                 del absorbed[relu]
@@ -433,11 +493,6 @@ class InsertQdqPass(GraphoptPass):
                 roots[y] = y
         return roots
 
-    @staticmethod
-    def _calibrated(plan: _Plan, roots: dict[ir.Value, ir.Value]) -> list[str]:
-        tables = {plan.outputs[n] for n in plan.embedding if n in plan.outputs}
-        return sorted({r.name for r in roots.values() if r.name and r not in tables})
-
     # ----------------------------------------------------------------- rewriting
     def _rewrite(
         self,
@@ -450,11 +505,7 @@ class InsertQdqPass(GraphoptPass):
         self._name = Namer(graph)
         self._qparams: dict[ir.Value, tuple[ir.Value, ir.Value]] = {}
         self._dq: dict[ir.Value, ir.Value] = {}  # float tensor -> its DequantizeLinear output
-        self._pairs: list[tuple[ir.Value, ir.Node, ir.Node]] = []  # (tensor, Q, DQ)
-        self._restore: dict[ir.Node, list[tuple[int, ir.Value]]] = {}
         self._replaced: list[ir.Value] = []  # float constants that int8 copies replaced
-        self._created: set[ir.Value] = set()  # initializers this pass made
-        self._absorbed = dict(plan.absorbed)  # Relu/Clip -> the node it follows
         self._emb = {n.name for n in plan.embedding}
         self.quantized: dict[str, str] = {}
         quantized_out = set(plan.outputs.values())
@@ -479,7 +530,6 @@ class InsertQdqPass(GraphoptPass):
             assert table is not None
             dq, pair = self._table_dq(graph, n, table)
             n.replace_input_with(0, dq)
-            self._restore[n] = [(0, table)]
             self._replaced.append(table)
             self._qparams[plan.outputs[n]] = pair
             self.count("quantized:Gather(embedding)")
@@ -492,7 +542,6 @@ class InsertQdqPass(GraphoptPass):
         dq_outputs = set(self._dq.values())
         for n in plan.nodes:
             self._ensure_name(n)
-            swaps = self._restore.setdefault(n, [])
             for i in plan.inputs[n]:
                 v = n.inputs[i]
                 if v is None or v in dq_outputs:
@@ -507,7 +556,6 @@ class InsertQdqPass(GraphoptPass):
                     assert p is not None and v not in quantized_out
                     dq = self._qdq(graph, v, p, readers=[])
                 dq_outputs.add(dq)
-                swaps.append((i, v))
                 n.replace_input_with(i, dq)
         # 3. weights, bias and embedding tables
         wdq_of: dict[tuple[int, int | None], ir.Value] = {}
@@ -519,7 +567,6 @@ class InsertQdqPass(GraphoptPass):
             if key not in wdq_of:
                 wdq_of[key] = self._weight_dq(graph, n, w, axis)
             n.replace_input_with(1, wdq_of[key])
-            self._restore[n].append((1, w))
             self._replaced.append(w)
             self._bias(graph, n)
             self.count(f"quantized:{n.op_type}")
@@ -577,7 +624,6 @@ class InsertQdqPass(GraphoptPass):
         else:
             graph.insert_before(next(iter(graph)), [q, dq])
         self._dq[x] = out
-        self._pairs.append((x, q, dq))
         self.count("qdq_pairs")
         return out
 
@@ -673,7 +719,6 @@ class InsertQdqPass(GraphoptPass):
         old = node.inputs[2]
         assert old is not None
         node.replace_input_with(2, self._dequantize(graph, node, qv, sv, zv, 0, base, b.shape))
-        self._restore[node].append((2, old))
         self._replaced.append(old)
         self.count("bias_int32")
 
@@ -702,122 +747,61 @@ class InsertQdqPass(GraphoptPass):
             if v.name in graph.initializers and not v.uses() and not v.is_graph_output():
                 graph.initializers.pop(v.name)
 
-    # ------------------------------------------------------------ fusion check
-    def _check_and_repair(self, model: ir.Model) -> None:
-        report = fusion.check_fusion(model, self.quantized)
-        self.details["fusion"] = report.summary()
-        self.count("fused", len(report.fused))
-        self.count("unfused", len(report.unfused))
-        if not (self.options.repair and report.unfused):
-            return
-        self._unquantize(model.graph, report.unfused, "unfused")
-        after = fusion.check_fusion(model, self.quantized)
-        self.details["fusion_after_repair"] = after.summary()
-
-    def _unquantize(self, graph: ir.Graph, names: Iterable[str], reason: str) -> None:
-        """Give the named nodes their float inputs back and drop Q/DQ nobody needs any more."""
-        by_name = {n.name: n for n in graph}
-        floats = self.details.setdefault("kept_float", {})
-        for name in names:
-            n = by_name.get(name)
-            if n is None or name not in self.quantized:
-                continue
-            for i, orig in self._restore.get(n, []):
-                if orig.const_value is not None and orig.name not in graph.initializers:
-                    graph.register_initializer(orig)
-                n.replace_input_with(i, orig)
-            del self.quantized[name]
-            floats[name] = reason
-            self.count(f"{'repaired' if reason == 'unfused' else 'kept_float'}:{n.op_type}")
-        quantized = {by_name[k] for k in self.quantized if k in by_name}
-        # A pair whose readers are all float now, on a tensor no quantized node produces,
-        # only costs a conversion: its readers get the float tensor back.
-        for x, q, dq in reversed(self._pairs):
-            out = dq.outputs[0]
-            if dq.graph is None or any(u.node in quantized for u in out.uses()):
-                continue
-            producer = x.producer()
-            if producer in quantized or self._absorbed.get(producer) in quantized:
-                continue
-            out.replace_all_uses_with(x)
-            if out.is_graph_output():
-                idx = [i for i, o in enumerate(graph.outputs) if o is out]
-                name = out.name
-                out.name = self._name(f"{name}_unused")
-                x.name = name
-                for i in idx:
-                    graph.outputs[i] = x
-            graph.remove([q, dq], safe=True)
-            self.count("qdq_pairs", -1)
-        for node in list(graph):  # weight/bias DQs nobody reads any more
-            if (
-                node.op_type == "DequantizeLinear"
-                and node.metadata_props.get(PROVENANCE_KEY) == self.name
-                and not node.outputs[0].uses()
-                and not node.outputs[0].is_graph_output()
-            ):
-                graph.remove(node, safe=True)
-        for name, v in list(graph.initializers.items()):
-            if v in self._created and not v.uses():
-                graph.initializers.pop(name)
-
     # ------------------------------------------------------------ accuracy budget
     def _float_outputs(self, model: ir.Model, feeds: list[dict]) -> list[list[np.ndarray]]:
         sess = runtime.make_session(model, optimize=False)
         return runtime.run_feeds(sess, feeds)
 
-    def _measure(self, model: ir.Model, feeds: list[dict], ref: list, samples: object) -> float:
-        sess = runtime.make_session(model, optimize=True)
-        return self._budget.measure(ref, runtime.run_feeds(sess, feeds), samples)
+    @staticmethod
+    def _measure(budget: Budget, model: ir.Model, feeds: list, ref: list, samples: object) -> float:
+        sess = runtime.make_session(model, optimize=True)  # as deployed: fused kernels
+        return budget.measure(ref, runtime.run_feeds(sess, feeds), samples)
 
-    def _apply_budget(self, model: ir.Model, feeds: list[dict], ref: list, samples: object) -> None:
-        """Keep the most sensitive nodes in float until the budget holds.
+    def _apply_budget(
+        self,
+        budget: Budget,
+        pristine: object,
+        quantized: ir.Model,
+        kept: dict[str, str],
+        feeds: list[dict],
+        ref: list,
+        samples: object,
+    ) -> None:
+        """Keep the most sensitive nodes in float until ``budget`` holds.
 
-        Sensitivity of a node = how much the metric recovers when that node alone goes back
-        to float (measured, one ONNX Runtime session per candidate, on the budget samples).
-        Nodes are then returned to float greedily, most sensitive first, re-measuring after
-        each, until the budget holds.
+        A node's sensitivity is how much the metric recovers when that node alone stays in
+        float (a fresh plan without it, so upstream outputs that were quantized only for it
+        go back to float too), measured with one ONNX Runtime session per candidate. Nodes
+        then go back to float greedily, most sensitive first, re-measuring after each one,
+        until the budget holds. Data movement ops follow their neighbours and are not
+        candidates.
         """
-        budget = self._budget
-        start = self._measure(model, feeds, ref, samples)
+        start = self._measure(budget, quantized, feeds, ref, samples)
         info: dict[str, object] = {"budget": str(budget), "quantized_all": start}
         self.details["budget"] = info
         if budget.holds(start):
-            info["final"] = start
+            info["final"], info["met"] = start, True
             return
-        by_name = {n.name: n for n in model.graph}
-        candidates = [k for k, op in self.quantized.items() if op not in SHARED or k in self._emb]
-        gains: dict[str, float] = {}
         sign = 1.0 if budget.op == ">=" else -1.0
+        candidates = [k for k, op in self.quantized.items() if op not in SHARED or k in self._emb]
+        ops = dict(self.quantized)
+        gains: dict[str, float] = {}
         for name in _progress(candidates, "sensitivity"):
-            n = by_name[name]
-            swaps = [(i, n.inputs[i]) for i, _ in self._restore.get(n, [])]
-            for i, orig in self._restore.get(n, []):
-                n.replace_input_with(i, orig)
-                if orig.const_value is not None and orig.name not in model.graph.initializers:
-                    model.graph.register_initializer(orig)
-            gains[name] = sign * (self._measure(model, feeds, ref, samples) - start)
-            for i, v in swaps:
-                n.replace_input_with(i, v)
+            trial = self._trial(pristine, {**kept, name: "sensitivity"})
+            gains[name] = sign * (self._measure(budget, trial, feeds, ref, samples) - start)
         order = sorted(candidates, key=lambda k: -gains[k])
         info["sensitivity"] = {k: gains[k] for k in order[:20]}
         chosen: list[str] = []
         value = start
         for name in order:
-            if gains[name] <= 0:
-                break
-            self._unquantize(model.graph, [name], "sensitivity")
+            kept[name] = "sensitivity"
             chosen.append(name)
-            value = self._measure(model, feeds, ref, samples)
+            self.count(f"kept_float:{ops[name]}")
+            value = self._measure(budget, self._trial(pristine, kept), feeds, ref, samples)
             if budget.holds(value):
                 break
-        info["final"] = value
-        info["kept_float"] = chosen
-        info["met"] = budget.holds(value)
-        self._drop_replaced(model.graph)
+        info.update(final=value, kept_float=chosen, met=budget.holds(value))
 
     # ----------------------------------------------------------------- naming
     def _initializer(self, graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
-        value = add_initializer(graph, self._name(base), array)
-        self._created.add(value)
-        return value
+        return add_initializer(graph, self._name(base), array)

@@ -1,0 +1,188 @@
+"""Accuracy budgets: the syntax, the metrics, and qdq-insert keeping sensitive nodes in float.
+
+The pass tests derive their thresholds from the model itself: quantize everything once to see
+the error int8 costs, then ask for a budget between "all float" (error 0) and "all int8", so
+the pass must return some nodes to float, and the result is re-measured here independently.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import subprocess
+import sys
+import warnings
+
+import graphopt.passes.quantize.insert_qdq  # noqa: F401  (registers qdq-insert)
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from graphopt import data, demo, runtime
+from graphopt import ir as gir
+from graphopt.budget import Budget, top1
+from graphopt.core import get_pass, run_pipeline
+from graphopt.core.pass_base import PassContext
+from graphopt.errors import DataError
+
+
+# ------------------------------------------------------------------------------ syntax
+@pytest.mark.parametrize(
+    ("text", "metric", "op", "value"),
+    [
+        ("cosine>=0.999", "cosine", ">=", 0.999),
+        (" max_abs <= 1e-2 ", "max_abs", "<=", 0.01),
+        ("max_rel<=0.05", "max_rel", "<=", 0.05),
+        ("top1>=0.98", "top1", ">=", 0.98),
+        ("python:my.mod:acc>=0.5", "python:my.mod:acc", ">=", 0.5),
+    ],
+)
+def test_parse(text: str, metric: str, op: str, value: float) -> None:
+    b = Budget.parse(text)
+    assert (b.metric, b.op, b.threshold) == (metric, op, value)
+    assert Budget.parse(str(b)) == b  # prints back to an equivalent text
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("cosine", "expected METRIC>=VALUE"),
+        ("cosine>0.9", "expected METRIC>=VALUE"),
+        ("cosine<=0.9", "cosine takes >="),
+        ("max_abs>=1", "max_abs takes <="),
+        ("cosine>=abc", "not a number"),
+        ("cosine>=nan", "must be finite"),
+        ("accuracy>=0.9", "unknown metric 'accuracy'"),
+        ("python:mod>=0.9", "python:package.module:function"),
+    ],
+)
+def test_parse_errors(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Budget.parse(text)
+
+
+def test_measure_builtin_metrics() -> None:
+    ref = [[np.array([1.0, 0.0]), np.array([2.0, 2.0])], [np.array([0.0, 1.0]), np.ones(2)]]
+    got = [[np.array([1.0, 0.0]), np.array([2.0, 2.5])], [np.array([1.0, 1.0]), np.ones(2)]]
+    cos = Budget.parse("cosine>=0.9").measure(ref, got)
+    # output 0: mean(1, 1/sqrt 2); output 1: mean(cos((2,2),(2,2.5)), 1); the worst output counts
+    out0 = (1 + 1 / math.sqrt(2)) / 2
+    out1 = (np.dot([2, 2], [2, 2.5]) / (np.linalg.norm([2, 2]) * np.linalg.norm([2, 2.5])) + 1) / 2
+    assert cos == pytest.approx(min(out0, out1))
+    assert Budget.parse("max_abs<=1").measure(ref, got) == pytest.approx(1.0)
+    assert Budget.parse("max_rel<=1").measure(ref, got) == pytest.approx(1.0 / 2.0)
+    assert Budget.parse("cosine>=0.9").holds(0.95) and not Budget.parse("cosine>=0.9").holds(0.8)
+    assert not Budget.parse("max_abs<=1").holds(math.nan)
+
+
+def test_top1_against_labels_in_data() -> None:
+    samples = data.Samples([{}, {}], "t", {"label": np.array([0, 1, 1, 0])})
+    outs = [[np.array([[0.9, 0.1], [0.2, 0.8]])], [np.array([[0.6, 0.4], [0.7, 0.3]])]]
+    assert top1(outs, samples) == pytest.approx(3 / 4)
+    with pytest.raises(DataError, match="needs labels"):
+        top1(outs, data.Samples([{}], "t"))
+
+
+def test_python_callback_metric() -> None:
+    b = Budget.parse("python:statistics:fmean>=0")
+    with pytest.raises(TypeError):  # loaded and called: fmean(outputs, samples) is a misuse
+        b.measure([[np.zeros(1)]], [[np.zeros(1)]], None)
+    with pytest.raises(ValueError, match="cannot load"):
+        Budget.parse("python:no_such_module_xyz:f>=0").measure([[np.zeros(1)]], [[np.zeros(1)]])
+
+
+# ------------------------------------------------------------------- qdq-insert budget
+def _demo() -> tuple[ir.Model, data.Samples]:
+    model_path, data_path = demo.demo_files()
+    model = gir.load_model(model_path)
+    run_pipeline(model, "cleanup")
+    return model, data.load_data(model, data_path, batch=10)
+
+
+def _quantize(model: ir.Model, samples: data.Samples, **options: object):
+    cls = get_pass("qdq-insert")
+    p = cls(cls.Options(**options), PassContext(data=samples.head(8)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p(model)
+    return p
+
+
+def _max_abs(a: ir.Model, b: ir.Model, feeds: list[dict]) -> float:
+    ra = runtime.run_feeds(runtime.make_session(a, optimize=False), feeds)
+    rb = runtime.run_feeds(runtime.make_session(b, optimize=True), feeds)
+    return Budget.parse("max_abs<=1").measure(ra, rb)
+
+
+def test_budget_keeps_sensitive_nodes_float_until_it_holds() -> None:
+    reference, samples = _demo()
+    feeds = samples.feeds[:4]
+    model_all, _ = _demo()
+    _quantize(model_all, samples, budget_samples=4)
+    err_all = _max_abs(reference, model_all, feeds)
+    assert err_all > 0
+    threshold = err_all / 4  # tighter than int8 everywhere, looser than float everywhere
+    model, _ = _demo()
+    p = _quantize(model, samples, budget=f"max_abs<={threshold}", budget_samples=4)
+    info = p.details["budget"]
+    assert info["budget"] == f"max_abs<={threshold:g}"
+    assert info["quantized_all"] == pytest.approx(err_all, rel=1e-3)
+    assert info["kept_float"], "a budget tighter than all-int8 must keep some node in float"
+    assert set(info["kept_float"]) == set(p.details["kept_float"])
+    assert info["met"] and info["final"] <= threshold
+    assert _max_abs(reference, model, feeds) <= threshold  # re-measured independently
+    by_name = {n.name: n for n in model.graph}
+    for name in info["kept_float"]:
+        node = by_name[name]
+        assert node.inputs[1].dtype == ir.DataType.FLOAT and node.inputs[1].const_value is not None
+        assert all(
+            v is None or v.producer() is None or v.producer().op_type != "DequantizeLinear"
+            for v in node.inputs
+        ), name
+    # the sensitivity ranking is sorted and the first node kept float is the most sensitive
+    ranking = list(info["sensitivity"].items())
+    assert ranking[0][0] == info["kept_float"][0]
+    assert all(a[1] >= b[1] for a, b in itertools.pairwise(ranking))
+    assert sum(p.stats[k] for k in p.stats if k.startswith("kept_float:")) == len(
+        info["kept_float"]
+    )
+
+
+def test_budget_already_met_changes_nothing_more() -> None:
+    model, samples = _demo()
+    p = _quantize(model, samples, budget="cosine>=0.9", budget_samples=2)
+    assert p.details["budget"]["final"] >= 0.9
+    assert "kept_float" not in p.details["budget"]
+
+
+def test_top1_budget_on_labelled_data() -> None:
+    model, samples = _demo()
+    p = _quantize(model, samples, budget="top1>=0.95", budget_samples=8)
+    assert p.details["budget"]["final"] >= 0.95
+
+
+def test_budget_option_and_cli_errors() -> None:
+    with pytest.raises(ValueError, match="unknown metric"):
+        get_pass("qdq-insert").Options(budget="speed>=2")
+    model_path, data_path = demo.demo_files()
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "graphopt",
+            "optimize",
+            str(model_path),
+            "-o",
+            "/tmp/graphopt-never-written.onnx",
+            "-p",
+            "cpu-int8",
+            "--data",
+            str(data_path),
+            "--budget",
+            "cosine>0.9",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2, res.stderr
+    assert "--budget" in res.stderr and "expected METRIC>=VALUE" in res.stderr
