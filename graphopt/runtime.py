@@ -172,6 +172,33 @@ def run_feeds(sess: Any, feeds: Sequence[dict[str, np.ndarray]]) -> list[list[np
     return out
 
 
+def interleaved_latency(
+    sessions: Sequence[Any], feed: dict[str, np.ndarray], *, rounds: int = 3, iters: int = 10
+) -> list[list[float]]:
+    """Median seconds per run of each session, per round, taking turns so noise hits all.
+
+    Returns ``rounds`` lists with one median per session: compare sessions round by round
+    (ratios), never across rounds.
+    """
+    import time
+
+    for sess in sessions:  # warm-up: first runs allocate and tune
+        for _ in range(2):
+            sess.run(None, feed)
+    out = []
+    for _ in range(rounds):
+        medians = []
+        for sess in sessions:
+            times = []
+            for _ in range(iters):
+                t0 = time.perf_counter()
+                sess.run(None, feed)
+                times.append(time.perf_counter() - t0)
+            medians.append(float(np.median(times)))
+        out.append(medians)
+    return out
+
+
 def environment() -> dict[str, Any]:
     """Versions and machine facts recorded in every report."""
     import platform

@@ -29,10 +29,9 @@ PRESETS: dict[str, str] = {
         "eliminate-common-subexpressions,deduplicate-initializers,eliminate-dead-code,"
         "infer-shapes),sort-topologically"
     ),
-    # qdq-insert's defaults follow the detected target (target=auto): u8 activations and s8
-    # weights with the QDQ placement ONNX Runtime's CPU EP fuses; a cleanup afterwards folds
-    # nothing of the Q/DQ (they are not constant-foldable) but sorts and re-infers shapes.
-    "cpu-int8": "cleanup,qdq-insert{target=cpu},sort-topologically",
+    # qdq-insert picks types and placement for the CPU it runs on (graphopt.target), checks
+    # what ONNX Runtime fuses, and (guard) keeps float whatever int8 does not make faster.
+    "cpu-int8": "cleanup,qdq-insert{target=cpu,guard=true},sort-topologically",
     "cuda-int8": "cleanup,qdq-insert{target=cuda},sort-topologically",
 }
 PRESET_DOCS: dict[str, str] = {

@@ -126,6 +126,9 @@ class InsertQdqOptions:
         "", "accuracy budget, e.g. cosine>=0.999; the most sensitive nodes stay float to meet it"
     )
     budget_samples: int = option(8, "DATA samples the budget is measured on")
+    guard: bool = option(
+        False, "time int8 against float on this CPU; keep float whatever does not pay (cpu)"
+    )
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.op_types) - SUPPORTED)
@@ -243,7 +246,8 @@ class InsertQdqPass(GraphoptPass):
         stats = collect_stats(model, samples, tensors=names, bins=opts.bins, progress=False)
         self._ranges = compute_ranges(stats, opts.calibration, symmetric=self.act_type == "int8")
         self._bad = {n for n in names if n not in self._ranges}  # not float at run time
-        for node in graph:  # trials and the final rewrite must agree on node names
+        unnamed = [node for node in graph if not node.name]
+        for node in unnamed:  # trials and the final rewrite must agree on node names
             self._ensure_name(node)
         budget_text = opts.budget or self.context.budget
         check = opts.check_fusion and scheme.target == "cpu"
@@ -267,6 +271,12 @@ class InsertQdqPass(GraphoptPass):
                 self._apply_budget(
                     Budget.parse(budget_text), pristine, trial, kept, feeds, ref, samples
                 )
+        if opts.guard and scheme.target == "cpu":
+            pristine = pristine if (check or budget_text) else ir.serde.serialize_model(model)
+            if not self._guard(model, pristine, kept, samples.feeds[0]):
+                for node in unnamed:
+                    node.name = ""
+                return False
         stats_so_far = collections.Counter(self.stats)
         self.stats = collections.Counter()
         changed = self._quantize(model, kept)
@@ -746,6 +756,44 @@ class InsertQdqPass(GraphoptPass):
         for v in self._replaced:
             if v.name in graph.initializers and not v.uses() and not v.is_graph_output():
                 graph.initializers.pop(v.name)
+
+    # ------------------------------------------------------------ latency guard
+    _PAYS = 0.97  # int8 must be at least 3% faster than float to be kept
+
+    def _guard(self, model: ir.Model, pristine: object, kept: dict[str, str], feed: dict) -> bool:
+        """Never slower than fp32: time the plan against the float model on this CPU.
+
+        If the whole plan does not pay, try it without the integer-region ops (Add, Concat,
+        pooling, data movement: only Conv/Gemm/MatMul/Gather); if that does not pay either,
+        the model stays float. Returns False in that last case. Timing is interleaved
+        round-robin and compared round by round.
+        """
+        float_sess = runtime.make_session(model, optimize=True)
+        info: dict[str, object] = {"threshold": self._PAYS}
+        self.details["guard"] = info
+        region = {k: "cost" for k, op in self.quantized.items() if op in REQUANT | SHARED}
+        for label, extra in (("all", {}), ("anchors only", region)):
+            trial = self._trial(pristine, {**kept, **extra})
+            rounds = runtime.interleaved_latency(
+                [float_sess, runtime.make_session(trial, optimize=True)], feed
+            )
+            ratio = float(np.median([q / f for f, q in rounds]))
+            info[label] = {
+                "float_ms": 1e3 * float(np.median([r[0] for r in rounds])),
+                "int8_ms": 1e3 * float(np.median([r[1] for r in rounds])),
+                "ratio": ratio,
+            }
+            if ratio < self._PAYS:
+                info["decision"] = label
+                for name in extra:
+                    kept.setdefault(name, "cost")
+                    self.count(f"kept_float:{self.quantized.get(name, '?')}")
+                return True
+            if not region:
+                break
+        info["decision"] = "float: int8 does not pay on this CPU"
+        self.count("guard:model_kept_float")
+        return False
 
     # ------------------------------------------------------------ accuracy budget
     def _float_outputs(self, model: ir.Model, feeds: list[dict]) -> list[list[np.ndarray]]:
