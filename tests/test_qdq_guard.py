@@ -80,7 +80,7 @@ def test_guard_drops_region_ops_when_only_anchors_pay(monkeypatch: pytest.Monkey
             assert node.inputs[1].producer().op_type == "DequantizeLinear", node.name
     assert not set(kept) & set(p.quantized)  # region ops no longer quantized...
     assert p.details["fusion_final"]["fused"] == 5  # ...only the 3 Conv + 2 Gemm are
-    assert p.stats["kept_float:MaxPool"] == 1 and p.stats["kept_float:Flatten"] == 1
+    assert p.stats["kept_float:MaxPool"] == 1 and p.stats["kept_float:Flatten"] == 1, p.stats
 
 
 def _node_ops(model: ir.Model) -> dict[str, str]:

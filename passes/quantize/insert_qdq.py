@@ -771,7 +771,8 @@ class InsertQdqPass(GraphoptPass):
         float_sess = runtime.make_session(model, optimize=True)
         info: dict[str, object] = {"threshold": self._PAYS}
         self.details["guard"] = info
-        region = {k: "cost" for k, op in self.quantized.items() if op in REQUANT | SHARED}
+        ops = dict(self.quantized)
+        region = {k: "cost" for k, op in ops.items() if op in REQUANT | SHARED}
         for label, extra in (("all", {}), ("anchors only", region)):
             trial = self._trial(pristine, {**kept, **extra})
             rounds = runtime.interleaved_latency(
@@ -787,7 +788,7 @@ class InsertQdqPass(GraphoptPass):
                 info["decision"] = label
                 for name in extra:
                     kept.setdefault(name, "cost")
-                    self.count(f"kept_float:{self.quantized.get(name, '?')}")
+                    self.count(f"kept_float:{ops[name]}")
                 return True
             if not region:
                 break
