@@ -7,10 +7,10 @@ fast and how exactly depends on the instruction set:
   u8 activations with full 8-bit s8 weights are exact and fast.
 * x86 with only AVX2 / AVX-512 (no VNNI): ``vpmaddubsw`` adds pairs of u8 x s8 products into a
   saturating int16, so full-range weights can overflow. Weights limited to 7 bits
-  (``reduce_range``) cannot. s8 activations are not fused into integer kernels on x86 at all
-  (ONNX Runtime only allows s8 x s8 QDQ fusion on ARM), which is why they run slower than fp32.
-* ARM64 with the dot-product extension (``asimddp``): s8 x s8 and u8 x u8 dot products are
-  native; symmetric int8 activations are fused.
+  (``reduce_range``) cannot. s8 activations only fuse where MLAS has s8 x s8 kernels (AMX and
+  ARM do; plain AVX2 does not, which is why s8 QDQ models there run slower than fp32).
+* ARM64 (dot-product extension ``asimddp`` or not): u8 activations fuse too; they are kept
+  because an asymmetric uint8 zero point of 0 after a Relu lets ONNX Runtime drop the Relu.
 * CUDA / TensorRT: symmetric int8 everywhere (TensorRT rejects non-zero zero points).
 """
 
@@ -121,7 +121,7 @@ def int8_scheme(target: str = "cpu", cpu: CpuFeatures | None = None) -> Int8Sche
     isa = cpu.isa()
     if cpu.is_arm:
         return Int8Scheme(
-            "cpu", isa, "int8", False, "ARM fuses s8 x s8 QDQ groups (dot-product instructions)"
+            "cpu", isa, "uint8", False, f"{isa}: u8 QDQ groups fuse; Relu after them is free"
         )
     if cpu.vnni or cpu.amx_int8:
         return Int8Scheme(

@@ -47,6 +47,7 @@ INTEGER_KERNELS = frozenset(
 )
 _QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
 _TOKEN = re.compile(r"_token_\d+$")
+_FUSION_SUFFIX = re.compile(r"/\w*Fusion$")
 
 
 @dataclasses.dataclass
@@ -92,11 +93,27 @@ def optimized_graph(model: ir.Model, ep: str = "cpu") -> onnx.ModelProto:
         return onnx.load(str(out), load_external_data=False)
 
 
-def check_fusion(model: ir.Model, nodes: Iterable[str], ep: str = "cpu") -> FusionReport:
-    """Classify the named quantized nodes of ``model`` as fused or not on ``ep``."""
+def _base_name(name: str) -> str:
+    """The node name before ORT's rewrites: layout transformers append ``_token_<k>``,
+    level-1 fusions prepend ``fused `` or append ``/<Something>Fusion``."""
+    name = name.removeprefix("fused ")
+    name = _FUSION_SUFFIX.sub("", name)
+    while _TOKEN.search(name):
+        name = _TOKEN.sub("", name)
+    return name
+
+
+def check_fusion(
+    model: ir.Model, nodes: dict[str, str] | Iterable[str], ep: str = "cpu"
+) -> FusionReport:
+    """Classify the quantized nodes of ``model`` (name -> op type) as fused or not on ``ep``."""
+    ops_of = dict(nodes) if isinstance(nodes, dict) else {}
     proto = optimized_graph(model, ep)
-    # layout transformers (NHWC) rename what they rewrite to "<name>_token_<k>"
-    by_name = {_TOKEN.sub("", n.name): n for n in proto.graph.node}
+    by_name: dict[str, onnx.NodeProto] = {}
+    for n in proto.graph.node:
+        by_name.setdefault(_base_name(n.name), n)
+    for n in proto.graph.node:  # exact names win over renamed ones
+        by_name[n.name] = n
     producers = {o: n for n in proto.graph.node for o in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = collections.defaultdict(list)
     for n in proto.graph.node:
@@ -107,7 +124,11 @@ def check_fusion(model: ir.Model, nodes: Iterable[str], ep: str = "cpu") -> Fusi
         node = by_name.get(name)
         kernels[name] = node.op_type if node is not None else ""
         if node is None:
-            continue  # folded away or renamed: nothing to say
+            # Integer kernels keep their node's name, so a compute node that is gone was
+            # rewritten into a float kernel under another name (NCHWc convolutions are named
+            # after their output); data movement that is gone was simply folded away.
+            (fused if ops_of.get(name) in _INTEGER_SAFE else unfused).append(name)
+            continue
         if node.op_type in INTEGER_KERNELS:
             fused.append(name)
             continue

@@ -55,6 +55,8 @@ from graphopt.ir import const_array as _const
 from graphopt.target import int8_scheme
 
 _MIN_OPSET = 13
+#: node metadata: why qdq-insert left this node in float (unfused, sensitivity, cost)
+KEPT_FLOAT_KEY = "pkg.graphopt.qdq-insert.kept_float"
 _FLOAT = frozenset({ir.DataType.FLOAT})  # TODO: float16 models (scales in float16)
 
 WEIGHTED = frozenset({"Conv", "Gemm", "MatMul"})
@@ -243,8 +245,11 @@ class InsertQdqPass(GraphoptPass):
         if samples is None:
             raise DataError("qdq-insert needs calibration data (DATA)")
         names = self._calibration_tensors(graph)
-        stats = collect_stats(model, samples, tensors=names, bins=opts.bins, progress=False)
-        self._ranges = compute_ranges(stats, opts.calibration, symmetric=self.act_type == "int8")
+        self._ranges = {}
+        if names:  # an embedding alone takes its table's parameters: nothing to calibrate
+            stats = collect_stats(model, samples, tensors=names, bins=opts.bins, progress=False)
+            symmetric = self.act_type == "int8"
+            self._ranges = compute_ranges(stats, opts.calibration, symmetric=symmetric)
         self._bad = {n for n in names if n not in self._ranges}  # not float at run time
         unnamed = [node for node in graph if not node.name]
         for node in unnamed:  # trials and the final rewrite must agree on node names
@@ -290,6 +295,10 @@ class InsertQdqPass(GraphoptPass):
             self.count("unfused", len(final.unfused))
         if kept:
             self.details["kept_float"] = kept
+            for node in graph:  # recorded in the model, so a second run does not redo it
+                if node.name in kept:
+                    node.metadata_props[KEPT_FLOAT_KEY] = kept[node.name]
+                    changed = True
         return changed
 
     def _quantize(self, model: ir.Model, kept: dict[str, str]) -> bool:
@@ -360,10 +369,12 @@ class InsertQdqPass(GraphoptPass):
         bad = self._bad
         weighted, act_mm, emb, cand = [], [], [], []
         for node in graph:
-            if any(_from_dq(v) for v in node.inputs) or any(
-                u.node.op_type == "QuantizeLinear" for o in node.outputs for u in o.uses()
+            if (
+                any(_from_dq(v) for v in node.inputs)
+                or any(u.node.op_type == "QuantizeLinear" for o in node.outputs for u in o.uses())
+                or KEPT_FLOAT_KEY in node.metadata_props
             ):
-                continue  # already quantized (idempotence)
+                continue  # already quantized, or an earlier run decided float (idempotence)
             op = node.op_type
             if op in WEIGHTED and self._allowed(node, op) and self._weighted_ok(node, bad):
                 weighted.append(node)
@@ -392,7 +403,7 @@ class InsertQdqPass(GraphoptPass):
             y = n.outputs[0]
             uses = list(y.uses())
             if (
-                self.act_type == "uint8"
+                (self.act_type == "uint8" or self.scheme.target == "cuda")
                 and len(uses) == 1
                 and not y.is_graph_output()
                 and uses[0].node.op_type in _ABSORBED
@@ -411,7 +422,10 @@ class InsertQdqPass(GraphoptPass):
             return absorbed.get(p, p) if p is not None else None
 
         members = set(anchors) | set(cand)
+        # Conv has no float-output integer kernel; a Gemm/MatMul followed by an absorbed Relu
+        # would otherwise become ORT's float FusedGemm/FusedMatMul on dequantized weights.
         always_out = {n for n in anchors if n.op_type in ("Conv", "Gather")}
+        always_out |= {n for n in anchors if eff_out[n] is not n.outputs[0]}
 
         def consumers_in(n: ir.Node) -> bool:
             y = eff_out[n]
