@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import subprocess
@@ -36,112 +35,16 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
-VOCAB = 30522
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shaped_models import bert_inputs, build_bert_encoder
 
 # ---------------------------------------------------------------------------------- model
 
-
-def build_encoder(
-    layers: int = 12,
-    hidden: int = 768,
-    heads: int = 12,
-    ffn: int = 3072,
-    seq: int = 128,
-    seed: int = 0,
-) -> onnx.ModelProto:
-    """A BERT-style encoder (post-LayerNorm, erf GELU) with N(0, 0.02) random weights."""
-    rng = np.random.default_rng(seed)
-    inits: list[onnx.TensorProto] = []
-    nodes: list[onnx.NodeProto] = []
-    head_dim = hidden // heads
-
-    def weight(name: str, *shape: int, std: float = 0.02) -> str:
-        arr = (rng.standard_normal(shape, dtype=np.float32) * std).astype(np.float32)
-        inits.append(numpy_helper.from_array(arr, name))
-        return name
-
-    def const(name: str, value: Any, dtype: Any = np.float32) -> str:
-        inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
-        return name
-
-    def node(op: str, inputs: list[str], out: str, **attrs: Any) -> str:
-        nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
-        return out
-
-    def layer_norm(x: str, prefix: str) -> str:
-        gamma = const(f"{prefix}.gamma", np.ones(hidden))
-        beta = const(f"{prefix}.beta", np.zeros(hidden))
-        return node("LayerNormalization", [x, gamma, beta], f"{prefix}.out", axis=-1, epsilon=1e-12)
-
-    def dense(x: str, prefix: str, n_in: int, n_out: int) -> str:
-        mm = node("MatMul", [x, weight(f"{prefix}.w", n_in, n_out)], f"{prefix}.matmul")
-        return node("Add", [mm, weight(f"{prefix}.b", n_out, std=0.01)], f"{prefix}.add")
-
-    split_shape = const("shape.split", [0, -1, heads, head_dim], np.int64)
-    merge_shape = const("shape.merge", [0, -1, hidden], np.int64)
-    scale = const("attn.scale", math.sqrt(head_dim))
-    one, half, sqrt2 = const("one", 1.0), const("half", 0.5), const("sqrt2", math.sqrt(2.0))
-
-    # embeddings and the additive attention mask
-    words = node("Gather", [weight("emb.word", VOCAB, hidden), "input_ids"], "emb.words")
-    pos = node("Add", [words, weight("emb.pos", 1, seq, hidden)], "emb.sum")
-    x = layer_norm(pos, "emb.ln")
-    mask = node("Cast", ["attention_mask"], "mask.float", to=TensorProto.FLOAT)
-    inv = node("Sub", [one, mask], "mask.inv")
-    bias = node("Mul", [inv, const("mask.neg", -10000.0)], "mask.bias")
-    bias = node("Unsqueeze", [bias, const("mask.axes", [1, 2], np.int64)], "mask.bias4d")
-
-    for i in range(layers):
-        p = f"l{i}"
-        q = node("Reshape", [dense(x, f"{p}.q", hidden, hidden), split_shape], f"{p}.q.heads")
-        q = node("Transpose", [q], f"{p}.q.t", perm=[0, 2, 1, 3])
-        k = node("Reshape", [dense(x, f"{p}.k", hidden, hidden), split_shape], f"{p}.k.heads")
-        k = node("Transpose", [k], f"{p}.k.t", perm=[0, 2, 3, 1])
-        v = node("Reshape", [dense(x, f"{p}.v", hidden, hidden), split_shape], f"{p}.v.heads")
-        v = node("Transpose", [v], f"{p}.v.t", perm=[0, 2, 1, 3])
-        s = node("MatMul", [q, k], f"{p}.scores")
-        s = node("Div", [s, scale], f"{p}.scaled")
-        s = node("Add", [s, bias], f"{p}.masked")
-        s = node("Softmax", [s], f"{p}.probs", axis=-1)
-        c = node("MatMul", [s, v], f"{p}.context")
-        c = node("Transpose", [c], f"{p}.context.t", perm=[0, 2, 1, 3])
-        c = node("Reshape", [c, merge_shape], f"{p}.context.merged")
-        a = dense(c, f"{p}.attn_out", hidden, hidden)
-        x = layer_norm(node("Add", [a, x], f"{p}.residual1"), f"{p}.ln1")
-        h = dense(x, f"{p}.ffn1", hidden, ffn)
-        g = node("Div", [h, sqrt2], f"{p}.gelu.div")
-        g = node("Erf", [g], f"{p}.gelu.erf")
-        g = node("Add", [g, one], f"{p}.gelu.add")
-        g = node("Mul", [h, g], f"{p}.gelu.mul")
-        g = node("Mul", [g, half], f"{p}.gelu.out")
-        f = dense(g, f"{p}.ffn2", ffn, hidden)
-        x = layer_norm(node("Add", [f, x], f"{p}.residual2"), f"{p}.ln2")
-
-    graph = helper.make_graph(
-        nodes,
-        "bert_encoder",
-        [
-            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", seq]),
-            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", seq]),
-        ],
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", seq, hidden])],
-        inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
-def make_data(samples: int, seq: int, seed: int = 1) -> dict[str, np.ndarray]:
-    """Random token ids; each sample keeps a random length (at least 16), the rest padding."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1000, VOCAB, size=(samples, seq), dtype=np.int64)
-    lengths = rng.integers(16, seq + 1, size=samples)
-    mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
-    ids[mask == 0] = 0
-    ids[:, 0] = 101  # [CLS]
-    return {"input_ids": ids, "attention_mask": mask}
+# The encoder builder lives in shaped_models.py (shared with bench_quant.py).
+build_encoder = build_bert_encoder
+make_data = bert_inputs
 
 
 def activation_bytes(model_path: Path) -> tuple[int, int]:
