@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -151,7 +152,49 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             )
     else:
         lines.append("verification disabled (--no-verify)")
+    for rec in report["passes"]:
+        lines += [f"{rec['pass']}: {note}" for note in detail_notes(rec.get("details") or {})]
     return lines
+
+
+def detail_notes(details: dict[str, Any]) -> list[str]:
+    """One-line findings of a pass worth a user's attention (fusion, float fallbacks, guard)."""
+    notes = []
+    if "isa" in details and "activation_type" in details:
+        notes.append(
+            f"target {details.get('target')} ({details['isa']}): {details['activation_type']} "
+            f"activations, {details.get('weight_bits')}-bit weights — {details.get('why', '')}"
+        )
+    fusion = details.get("fusion_final") or details.get("fusion")
+    if fusion:
+        kernels = ", ".join(f"{k}×{n}" for k, n in fusion.get("integer_kernels", {}).items())
+        notes.append(
+            f"ONNX Runtime fuses {fusion['fused']} quantized nodes ({kernels or 'none'}); "
+            f"{fusion['unfused']} unfused"
+        )
+    kept = details.get("kept_float") or {}
+    if kept:
+        reasons = collections.Counter(kept.values())
+        notes.append(
+            f"kept in float: {len(kept)} nodes ("
+            + ", ".join(f"{n} {why}" for why, n in sorted(reasons.items()))
+            + ")"
+        )
+    budget = details.get("budget")
+    if budget:
+        notes.append(
+            f"budget {budget['budget']}: all int8 {budget['quantized_all']:.6g} → final "
+            f"{budget.get('final', budget['quantized_all']):.6g}"
+            + ("" if budget.get("met", True) else " (NOT met)")
+        )
+    guard = details.get("guard")
+    if guard and "decision" in guard:
+        timing = guard.get("all", {})
+        notes.append(
+            f"latency guard: {guard['decision']} (int8 {timing.get('int8_ms', 0):.3g} ms vs "
+            f"float {timing.get('float_ms', 0):.3g} ms on DATA's first feed)"
+        )
+    return notes
 
 
 def print_run(console: Console, report: dict[str, Any], *, show_unchanged: bool = False) -> None:

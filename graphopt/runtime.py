@@ -173,18 +173,29 @@ def run_feeds(sess: Any, feeds: Sequence[dict[str, np.ndarray]]) -> list[list[np
 
 
 def interleaved_latency(
-    sessions: Sequence[Any], feed: dict[str, np.ndarray], *, rounds: int = 3, iters: int = 10
+    sessions: Sequence[Any],
+    feed: dict[str, np.ndarray],
+    *,
+    rounds: int = 5,
+    iters: int = 10,
+    min_round_seconds: float = 0.05,
 ) -> list[list[float]]:
     """Median seconds per run of each session, per round, taking turns so noise hits all.
 
-    Returns ``rounds`` lists with one median per session: compare sessions round by round
-    (ratios), never across rounds.
+    Each session runs at least ``iters`` times per round, more for fast models so that a
+    round lasts about ``min_round_seconds``. Returns ``rounds`` lists with one median per
+    session: compare sessions round by round (ratios), never across rounds.
     """
     import time
 
+    slowest = 0.0
     for sess in sessions:  # warm-up: first runs allocate and tune
         for _ in range(2):
+            t0 = time.perf_counter()
             sess.run(None, feed)
+            slowest = max(slowest, time.perf_counter() - t0)
+    if slowest > 0:
+        iters = max(iters, min(1000, int(min_round_seconds / slowest) + 1))
     out = []
     for _ in range(rounds):
         medians = []
