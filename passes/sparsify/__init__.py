@@ -1,0 +1,1 @@
+"""Sparsity passes: unstructured / N:M weight sparsification and structured pruning."""
