@@ -327,25 +327,23 @@ def passes_cmd(as_json: bool) -> None:
 
         click.echo(json.dumps({"passes": listing, "presets": PRESETS}, indent=2))
         return
-    table = Table(title="passes", title_justify="left", show_lines=True)
-    table.add_column("pass", style="bold")
-    table.add_column("what it does")
-    table.add_column("options (type = default: doc)")
+    # One block per pass, one line per option, never hard-wrapped: a table squeezes the
+    # option column until "name: type = default" breaks across lines.
     for p in listing:
-        opts = (
-            "\n".join(
-                escape(f"{o['name']}: {o['type']} = {o['default']}: {o['doc']}")
-                for o in p["options"]
-            )
-            or "—"
-        )
         tol = p["tolerance"]
-        what = (
-            f"{escape(p['summary'])}\n[dim]tolerance: abs {tol['max_abs']:g}, "
-            f"rel {tol['max_rel']:g}, cos ≥ {tol['min_cosine']:g}[/]"
+        _console.print(
+            f"[bold]{escape(p['name'])}[/]  {escape(p['summary'])}  [dim](tolerance: abs "
+            f"{tol['max_abs']:g}, rel {tol['max_rel']:g}, cos ≥ {tol['min_cosine']:g})[/]",
+            soft_wrap=True,
         )
-        table.add_row(p["name"], what, opts)
-    _console.print(table)
+        for o in p["options"]:
+            _console.print(
+                f"    {escape(o['name'])}: [cyan]{escape(str(o['type']))}[/] = "
+                f"{escape(str(o['default']))}  [dim]{escape(o['doc'])}[/]",
+                soft_wrap=True,
+                highlight=False,
+            )
+    _console.print()
     presets = Table(title="presets", title_justify="left")
     presets.add_column("preset", style="bold")
     presets.add_column("expands to")

@@ -1,1 +1,3 @@
 """Sparsity passes: unstructured / N:M weight sparsification and structured pruning."""
+
+from graphopt.passes.sparsify import sparsify_weights  # noqa: F401
