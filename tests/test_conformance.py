@@ -102,3 +102,26 @@ def test_cleanup_keeps_node_suite_outputs(node_suite: Suite) -> None:
     assert checked >= MIN_CHECKED, (
         f"only {checked} models were checked (expected at least {MIN_CHECKED}): {counts}"
     )
+
+
+def test_assign_precision_fp16_keeps_node_suite_outputs(node_suite: Suite) -> None:
+    """Every node-suite model ORT runs still loads, runs and matches after fp16 assignment.
+
+    fp16 rounds (about 1e-3 relative per value), so the bound is 2e-2 instead of the exact
+    suite's; nodes ORT's CPU EP has no fp16 kernel for stay fp32 (measured by probing).
+    """
+    names = cu.list_models(node_suite.path)
+    results = cu.check_suite(
+        node_suite.path,
+        names,
+        processes=min(2, os.cpu_count() or 1),
+        rtol=2e-2,
+        atol=2e-2,
+        pipeline="assign-precision{target=fp16}",
+    )
+    by_status = collections.Counter(r.status for r in results)
+    failures = sorted((r for r in results if r.status == cu.FAIL), key=lambda r: r.name)
+    print(f"\nassign-precision fp16 over the node suite: {dict(by_status)}")
+    assert len(results) == len(names)
+    assert not failures, "\n".join(f"  {r.name}: {r.reason}" for r in failures[:SHOW])
+    assert by_status[cu.OK] >= MIN_CHECKED
