@@ -31,7 +31,7 @@ PRESETS: dict[str, str] = {
     ),
     # qdq-insert picks types and placement for the CPU it runs on (graphopt.target), checks
     # what ONNX Runtime fuses, and (guard) keeps float whatever int8 does not make faster.
-    "cpu-int8": "cleanup,qdq-insert{target=cpu,guard=true},sort-topologically",
+    "cpu-int8": "cleanup,qdq-insert{target=cpu,guard=true,smooth=0.7},sort-topologically",
     "cuda-int8": "cleanup,qdq-insert{target=cuda},sort-topologically",
 }
 PRESET_DOCS: dict[str, str] = {

@@ -131,6 +131,11 @@ class InsertQdqOptions:
     guard: bool = option(
         False, "time int8 against float on this CPU; keep float whatever does not pay (cpu)"
     )
+    smooth: float = option(
+        0.0,
+        "SmoothQuant strength alpha in [0, 1] for MatMul inputs (0: off): per-channel "
+        "activation outliers move into the weights",
+    )
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.op_types) - SUPPORTED)
@@ -145,6 +150,8 @@ class InsertQdqOptions:
             raise ValueError("repair=true needs check_fusion=true")
         if self.budget:
             Budget.parse(self.budget)
+        if not 0.0 <= self.smooth <= 1.0:
+            raise ValueError(f"smooth must be in [0, 1], got {self.smooth}")
         if self.budget_samples < 1:
             raise ValueError(f"budget_samples must be at least 1, got {self.budget_samples}")
 
@@ -251,6 +258,9 @@ class InsertQdqPass(GraphoptPass):
             symmetric = self.act_type == "int8"
             self._ranges = compute_ranges(stats, opts.calibration, symmetric=symmetric)
         self._bad = {n for n in names if n not in self._ranges}  # not float at run time
+        self._smooth: dict[str, tuple[np.ndarray, tuple[float, float]]] = {}
+        if opts.smooth > 0:
+            self._smooth = self._smoothing_scales(model, samples, opts.smooth)
         unnamed = [node for node in graph if not node.name]
         for node in unnamed:  # trials and the final rewrite must agree on node names
             self._ensure_name(node)
@@ -548,6 +558,7 @@ class InsertQdqPass(GraphoptPass):
             self._qparams[root] = pair
             return pair
 
+        self._apply_smoothing(graph, plan, quantized_out, ranges)
         # 0. embedding tables: int8 copies; the gathered rows keep the table's parameters
         for n in plan.embedding:
             table = n.inputs[0]
@@ -600,6 +611,95 @@ class InsertQdqPass(GraphoptPass):
         for n in plan.nodes:
             self.quantized[n.name] = n.op_type  # type: ignore[index]
         self.count("relu_absorbed", len(plan.absorbed))
+
+    # ------------------------------------------------------------ smoothing
+    def _smoothing_scales(
+        self, model: ir.Model, samples: object, alpha: float
+    ) -> dict[str, tuple[np.ndarray, tuple[float, float]]]:
+        """Per MatMul input x: s_k = max|x_k|^a / max|W_k|^(1-a) over the MatMuls reading x.
+
+        x / s has flatter channels (easier per-tensor activation quantization), W * s takes
+        the outliers into rows that per-channel weight quantization absorbs (SmoothQuant).
+        Also returns the exact range of x / s, derived from per-channel min and max.
+        """
+        from graphopt.calib.collect import augmented_session
+
+        plan = self._plan(model.graph, prune=False)
+        groups: dict[str, list[np.ndarray]] = {}
+        for n in plan.weighted:
+            x = n.inputs[0]
+            w = _const(n.inputs[1])
+            if n.op_type == "MatMul" and x is not None and x.name and w is not None:
+                groups.setdefault(x.name, []).append(np.abs(w).max(axis=1))
+        if not groups:
+            return {}
+        names = sorted(groups)
+        lo = {k: None for k in names}
+        hi = {k: None for k in names}
+        with augmented_session(model, names) as sess:
+            for feed in samples.feeds:  # type: ignore[attr-defined]
+                for name, arr in zip(names, sess.run(names, feed), strict=True):
+                    flat = np.asarray(arr, np.float64).reshape(-1, arr.shape[-1])
+                    mn, mx = flat.min(axis=0), flat.max(axis=0)
+                    lo[name] = mn if lo[name] is None else np.minimum(lo[name], mn)
+                    hi[name] = mx if hi[name] is None else np.maximum(hi[name], mx)
+        out = {}
+        for name in names:
+            w_max = np.max(np.stack(groups[name]), axis=0).astype(np.float64)
+            x_max = np.maximum(np.abs(lo[name]), np.abs(hi[name]))
+            if w_max.shape != x_max.shape:
+                continue
+            scale = np.where(
+                (x_max > 0) & (w_max > 0),
+                x_max**alpha / np.maximum(w_max, 1e-12) ** (1 - alpha),
+                1.0,
+            )
+            scale = np.clip(scale, 1e-4, 1e4)
+            rng = (float(np.min(lo[name] / scale)), float(np.max(hi[name] / scale)))
+            out[name] = (scale.astype(np.float32), rng)
+        self.details["smoothed_inputs"] = len(out)
+        return out
+
+    def _apply_smoothing(
+        self,
+        graph: ir.Graph,
+        plan: _Plan,
+        quantized_out: set[ir.Value],
+        ranges: dict[str, tuple[float, float]],
+    ) -> None:
+        """x -> Mul(x, 1/s) for the quantized MatMuls reading x; their weights become W * s."""
+        readers: dict[ir.Value, list[ir.Node]] = {}
+        for n in plan.weighted:
+            x = n.inputs[0]
+            if n.op_type == "MatMul" and x is not None and x.name in self._smooth:
+                if x not in quantized_out:
+                    readers.setdefault(x, []).append(n)
+        for x, nodes in readers.items():
+            scale, rng = self._smooth[x.name]  # type: ignore[index]
+            inv = self._initializer(graph, f"{x.name}_smooth_inv", (1.0 / scale).astype(np.float32))
+            mul = self.mark(ir.Node("", "Mul", [x, inv], name=self._name(f"{x.name}_smooth")))
+            y = mul.outputs[0]
+            y.name = self._name(f"{x.name}_smoothed")
+            y.dtype, y.shape = x.dtype, x.shape
+            producer = x.producer()
+            if producer is not None and producer.graph is graph:
+                graph.insert_after(producer, [mul])
+            else:
+                graph.insert_before(next(iter(graph)), [mul])
+            ranges[y.name] = rng  # type: ignore[index]
+            scaled: dict[int, ir.Value] = {}
+            for n in nodes:
+                w = n.inputs[1]
+                assert w is not None
+                if id(w) not in scaled:
+                    wa = _const(w)
+                    assert wa is not None
+                    new = (wa.astype(np.float64) * scale[:, None]).astype(np.float32)
+                    scaled[id(w)] = self._initializer(graph, f"{w.name}_smoothed", new)
+                    self._replaced.append(w)
+                n.replace_input_with(0, y)
+                n.replace_input_with(1, scaled[id(w)])
+            self.count("smoothed_matmuls", len(nodes))
 
     def _ensure_name(self, node: ir.Node) -> None:
         if not node.name:
