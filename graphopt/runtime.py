@@ -158,6 +158,14 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:400] if text else type(exc).__name__
 
 
+def run_checked(sess: Any, names: Sequence[str] | None, feed: dict[str, Any], what: str) -> list:
+    """``sess.run`` whose failure is a RuntimeFailure naming ``what`` ("calibration feed 3")."""
+    try:
+        return sess.run(names, feed)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise RuntimeFailure(f"ONNX Runtime failed on {what}: {_first_line(exc)}") from exc
+
+
 def run_feeds(sess: Any, feeds: Sequence[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
     """Run every feed; returns outputs per feed in the session's output order."""
     names = [o.name for o in sess.get_outputs()]

@@ -25,7 +25,7 @@ from graphopt import ir as gir
 from graphopt import runtime
 from graphopt.calib.stats import DEFAULT_BINS, TensorStats
 from graphopt.data import Samples
-from graphopt.errors import DataError, RuntimeFailure
+from graphopt.errors import DataError
 
 FLOAT_TYPES = frozenset(
     {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE}
@@ -221,14 +221,7 @@ def collect_stats(
         with _progress(progress) as bar:
             task = bar.add_task("calibrating", total=len(samples.feeds))
             for i, feed in enumerate(samples.feeds):
-                try:
-                    outputs = sess.run(fetch, feed)
-                except Exception as exc:  # onnxruntime raises its own exception types
-                    first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else ""
-                    raise RuntimeFailure(
-                        f"ONNX Runtime failed on calibration feed {i}: "
-                        f"{first or type(exc).__name__}"
-                    ) from exc
+                outputs = runtime.run_checked(sess, fetch, feed, f"calibration feed {i}")
                 for k, name in enumerate(fetch):
                     stats[name].update(np.asarray(outputs[k]))
                     outputs[k] = None  # free each activation as soon as it is counted

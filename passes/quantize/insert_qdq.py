@@ -637,8 +637,9 @@ class InsertQdqPass(GraphoptPass):
         lo = {k: None for k in names}
         hi = {k: None for k in names}
         with augmented_session(model, names) as sess:
-            for feed in samples.feeds:  # type: ignore[attr-defined]
-                for name, arr in zip(names, sess.run(names, feed), strict=True):
+            for i, feed in enumerate(samples.feeds):  # type: ignore[attr-defined]
+                outs = runtime.run_checked(sess, names, feed, f"calibration feed {i}")
+                for name, arr in zip(names, outs, strict=True):
                     flat = np.asarray(arr, np.float64).reshape(-1, arr.shape[-1])
                     mn, mx = flat.min(axis=0), flat.max(axis=0)
                     lo[name] = mn if lo[name] is None else np.minimum(lo[name], mn)

@@ -58,10 +58,11 @@ from typing import Any, Literal
 import numpy as np
 import onnx_ir as ir
 
+from graphopt import runtime
 from graphopt.calib.collect import augmented_session
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
-from graphopt.errors import DataError, RuntimeFailure
+from graphopt.errors import DataError
 from graphopt.ir import attr_value as _attr
 from graphopt.ir import const_array as _const
 
@@ -417,14 +418,7 @@ class SparsifyWeightsPass(GraphoptPass):
                 ]
                 if missing:
                     raise DataError(f"feed {i} of {samples.source} lacks input '{missing[0]}'")
-                try:
-                    outs = sess.run(names, feed)
-                except Exception as exc:  # onnxruntime raises its own exception types
-                    first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else ""
-                    raise RuntimeFailure(
-                        f"ONNX Runtime failed on calibration feed {i}: "
-                        f"{first or type(exc).__name__}"
-                    ) from exc
+                outs = runtime.run_checked(sess, names, feed, f"calibration feed {i}")
                 update(feed, dict(zip(names, outs, strict=True)))
         return sums
 
