@@ -69,7 +69,9 @@ def zoo():
     return zoo
 
 
-def _optimize(model: Path, data: Path, tmp: Path, extra: list[str] | None = None) -> dict:
+def _optimize(
+    model: Path, data: Path, tmp: Path, extra: list[str] | None = None, pipeline: str = "cleanup"
+) -> dict:
     out, rep = tmp / "out.onnx", tmp / "report.json"
     rc = main(
         [
@@ -78,7 +80,7 @@ def _optimize(model: Path, data: Path, tmp: Path, extra: list[str] | None = None
             "-o",
             str(out),
             "-p",
-            "cleanup",
+            pipeline,
             "--data",
             str(data),
             "--report",
@@ -141,3 +143,33 @@ def test_demo_cleanup(tmp_path: Path) -> None:
     model, data = demo_files()
     report = _optimize(model, data, tmp_path, ["--batch", "50"])
     assert report["after"]["ops"].get("BatchNormalization", 0) == 0
+
+
+def test_minilm_cpu_int8_keeps_embeddings(zoo, tmp_path: Path) -> None:
+    """cpu-int8 calibrated on 8 sentences; the other 8 (held out) keep cosine >= 0.995."""
+    model = zoo.cached("minilm-l6-s128", lambda p: zoo.export_minilm(p, seq_len=128))
+    arrays = zoo.minilm_inputs(zoo.SENTENCES, seq_len=128)
+    data = tmp_path / "calib.npz"
+    np.savez(data, **{k: v[:8] for k, v in arrays.items()})
+    report = _optimize(model, data, tmp_path, pipeline="cpu-int8")
+    step = next(r for r in report["passes"] if r["pass"] == "qdq-insert")
+    assert step["modified"] and step["details"]["fusion_final"]["unfused"] == 0
+    assert (tmp_path / "out.onnx").stat().st_size < 0.3 * model.stat().st_size
+    feeds = [{k: v[i : i + 4] for k, v in arrays.items()} for i in range(8, 16, 4)]
+    want, got = _outputs(model, feeds), _outputs(tmp_path / "out.onnx", feeds)
+    cos = np.sum(want * got, axis=1) / (np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1))
+    print(f"MiniLM cpu-int8 held-out cosine: mean {cos.mean():.5f} min {cos.min():.5f}")
+    assert cos.mean() >= 0.995 and cos.min() >= 0.99
+
+
+def test_crepe_full_cpu_int8_keeps_pitch(zoo, tmp_path: Path) -> None:
+    model = zoo.cached("crepe-full", lambda p: zoo.export_crepe(p, "full"))
+    frames, true = zoo.crepe_frames(np.geomspace(100, 800, 64))
+    calib, _ = zoo.crepe_frames(np.geomspace(110, 700, 16))
+    data = tmp_path / "tones.npz"
+    np.savez(data, frames=calib)
+    _optimize(model, data, tmp_path, ["--batch", "4"], pipeline="cpu-int8")
+    feeds = [{"frames": frames[i : i + 16]} for i in range(0, 64, 16)]
+    before = zoo.crepe_pitch_accuracy(_outputs(model, feeds), true)
+    after = zoo.crepe_pitch_accuracy(_outputs(tmp_path / "out.onnx", feeds), true)
+    assert after >= before - 0.005
