@@ -214,13 +214,33 @@ def test_bf16_without_cpu_kernels_still_loads() -> None:
     assert pt.op_sequence(model) == ["Conv", "Relu", "Reshape", "MatMul", "Softmax"]
 
 
-def test_auto_on_cpu_keeps_fp32() -> None:
+def _fake_latency(monkeypatch: pytest.MonkeyPatch, ratios: list[float]) -> None:
+    """interleaved_latency reports fp32 10 ms and each candidate 10 ms * its ratio."""
+
+    def fake(sessions, feed, *, rounds=3, **_):
+        assert len(sessions) == 1 + len(ratios)
+        return [[0.010, *(0.010 * r for r in ratios)] for _ in range(rounds)]
+
+    monkeypatch.setattr(runtime, "interleaved_latency", fake)
+
+
+def test_auto_keeps_fp32_when_nothing_is_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_latency(monkeypatch, [1.1, 1.3])  # fp16, bf16 both slower (as on ORT's CPU EP)
     model = _chain()
     _, p = _run(model, target="auto", require_kernels=False)
     assert p.details["cost"]["decision"].startswith("fp32")
     assert pt.op_sequence(model) == ["Conv", "Relu", "Reshape", "MatMul", "Softmax"]
     assert set(p.details["kept_fp32"]["cost"]) == {"c_node", "r_node", "f_node", "m_node", "y_node"}
     pt.assert_idempotent(model, PASS, target="auto", require_kernels=False)
+
+
+def test_auto_takes_the_faster_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_latency(monkeypatch, [0.9, 0.6])  # bf16 is the fastest
+    model = _chain()
+    _, p = _run(model, target="auto", require_kernels=False)
+    assert p.details["cost"]["decision"] == "bf16"
+    assert p.details["cost"]["bf16"]["ratio"] == pytest.approx(0.6)
+    assert any(n.op_type == "Cast" for n in model.graph)
 
 
 def test_budget_returns_sensitive_nodes() -> None:
