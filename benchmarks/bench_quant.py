@@ -212,42 +212,42 @@ def _shaped() -> Any:
     return shaped_models
 
 
-def _resnet_case(quick: bool) -> Case:
+def _shaped_case(key: str, title: str, metric_name: str, quick: bool) -> Case:
+    """A random-weight shaped model (latency only; the cosine column is a sanity check)."""
     sm = _shaped()
-    model = sm.cached_model("resnet50")
-    calib = sm.resnet_inputs(4 if quick else 16, seed=1)
-    evals = sm.resnet_inputs(2 if quick else 8, seed=2)
+    inputs = sm.resnet_inputs if key == "resnet50" else sm.bert_inputs
+    calib = inputs(4 if quick else 16, seed=1)
+    evals = inputs(2 if quick else 8, seed=2)
     return Case(
-        key="resnet50",
-        title="ResNet-50-shaped CNN, random weights (224x224)",
-        path=model,
+        key=key,
+        title=title,
+        path=sm.cached_model(key),
         calib=calib,
         feed1={k: v[:1] for k, v in evals.items()},
         feed8=_tile8(evals),
         eval_feeds=_batches(evals, 4),
         metric=_cosine_metric,
-        metric_name="logit cosine to fp32 (random images; sanity only)",
+        metric_name=metric_name,
         primary="cosine_mean",
+        transformer=key == "bert-base",
+    )
+
+
+def _resnet_case(quick: bool) -> Case:
+    return _shaped_case(
+        "resnet50",
+        "ResNet-50-shaped CNN, random weights (224x224)",
+        "logit cosine to fp32 (random images; sanity only)",
+        quick,
     )
 
 
 def _bert_case(quick: bool) -> Case:
-    sm = _shaped()
-    model = sm.cached_model("bert-base")
-    calib = sm.bert_inputs(4 if quick else 16, seed=1)
-    evals = sm.bert_inputs(2 if quick else 8, seed=2)
-    return Case(
-        key="bert-base",
-        title="BERT-base-shaped encoder, random weights (seq 128)",
-        path=model,
-        calib=calib,
-        feed1={k: v[:1] for k, v in evals.items()},
-        feed8=_tile8(evals),
-        eval_feeds=_batches(evals, 4),
-        metric=_cosine_metric,
-        metric_name="hidden-state cosine to fp32 (random tokens; sanity only)",
-        primary="cosine_mean",
-        transformer=True,
+    return _shaped_case(
+        "bert-base",
+        "BERT-base-shaped encoder, random weights (seq 128)",
+        "hidden-state cosine to fp32 (random tokens; sanity only)",
+        quick,
     )
 
 

@@ -132,20 +132,23 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def gpu_info() -> list[dict[str, str]]:
-    """Name, memory and driver of each NVIDIA GPU (empty where there is none)."""
+def _nvidia_smi(*args: str) -> str | None:
+    """nvidia-smi's stdout, or None where there is no such tool or it fails."""
     smi = shutil.which("nvidia-smi")
     if not smi:
-        return []
+        return None
     try:
-        out = subprocess.run(
-            [smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
+        return subprocess.run(
+            [smi, *args], capture_output=True, text=True, timeout=10, check=True
         ).stdout
     except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def gpu_info() -> list[dict[str, str]]:
+    """Name, memory and driver of each NVIDIA GPU (empty where there is none)."""
+    out = _nvidia_smi("--query-gpu=name,memory.total,driver_version", "--format=csv,noheader")
+    if out is None:
         return []
     gpus = []
     for line in out.strip().splitlines():
@@ -171,18 +174,8 @@ def gpu_memory_bytes(device: int = 0) -> int | None:
         return 0
     except Exception:  # not installed, no driver, no permission: try nvidia-smi
         pass
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return None
-    try:
-        out = subprocess.run(
-            [smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
+    out = _nvidia_smi("--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits")
+    if out is None:
         return None
     for line in out.strip().splitlines():
         parts = [p.strip() for p in line.split(",")]

@@ -15,7 +15,6 @@ import collections
 import dataclasses
 import re
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 
 import onnx
@@ -103,11 +102,9 @@ def _base_name(name: str) -> str:
     return name
 
 
-def check_fusion(
-    model: ir.Model, nodes: dict[str, str] | Iterable[str], ep: str = "cpu"
-) -> FusionReport:
+def check_fusion(model: ir.Model, nodes: dict[str, str], ep: str = "cpu") -> FusionReport:
     """Classify the quantized nodes of ``model`` (name -> op type) as fused or not on ``ep``."""
-    ops_of = dict(nodes) if isinstance(nodes, dict) else {}
+    ops_of = nodes
     proto = optimized_graph(model, ep)
     by_name: dict[str, onnx.NodeProto] = {}
     for n in proto.graph.node:
