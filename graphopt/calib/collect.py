@@ -163,7 +163,7 @@ def augmented_session(model: ir.Model, names: Sequence[str]) -> Iterator[Any]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _progress(enabled: bool) -> Any:
+def _progress(enabled: bool, label: str = "calibrating") -> Any:
     """A transient bar on stderr; disabled (silent) when stderr is not a terminal."""
     from rich.console import Console
     from rich.progress import (
@@ -177,7 +177,7 @@ def _progress(enabled: bool) -> Any:
 
     console = Console(stderr=True)
     return Progress(
-        TextColumn("calibrating"),
+        TextColumn(label),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -186,6 +186,33 @@ def _progress(enabled: bool) -> Any:
         transient=True,
         disable=not (enabled and console.is_terminal),
     )
+
+
+def stream_tensors(
+    model: ir.Model,
+    samples: Samples,
+    names: Sequence[str],
+    *,
+    label: str = "calibrating",
+    progress: bool = True,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yield, feed by feed, the named tensors (graph inputs or node outputs) of ``model``.
+
+    One augmented CPU session (optimizations off) serves every feed; each feed's tensors are
+    yielded as they come and dropped by the caller, so memory stays at one feed's worth.
+    """
+    _check_samples(model, samples)
+    inputs = {v.name for v in model.graph.inputs}
+    fetch = [n for n in dict.fromkeys(names) if n not in inputs]
+    session = augmented_session(model, fetch) if fetch else contextlib.nullcontext()
+    with session as sess, _progress(progress, label) as bar:
+        task = bar.add_task(label, total=len(samples.feeds))
+        for i, feed in enumerate(samples.feeds):
+            out = runtime.run_checked(sess, fetch, feed, f"{label} feed {i}") if fetch else []
+            got = dict(zip(fetch, (np.asarray(a) for a in out), strict=True))
+            got.update({n: np.asarray(feed[n]) for n in names if n in inputs})
+            yield got
+            bar.advance(task)
 
 
 def collect_stats(

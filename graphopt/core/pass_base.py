@@ -44,6 +44,11 @@ class Tolerance:
         """For rewrites that reorder float arithmetic (constant folding, BatchNorm folding)."""
         return cls(max_abs=1e-5, max_rel=1e-4, min_cosine=0.99999)
 
+    @property
+    def lossy(self) -> bool:
+        """A pass that may change outputs by design (checked by cosine only)."""
+        return math.isinf(self.max_abs) or math.isinf(self.max_rel)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -129,6 +134,9 @@ class PassContext:
     data: Any = None  # graphopt.data.Samples when the user gave DATA
     seed: int = 0
     budget: str = ""  # accuracy budget (graphopt.budget) for lossy passes without their own
+    # The model as it was before the pipeline's first lossy pass (a graphopt.runtime.Snapshot),
+    # set by the runner: what ``reconstruct`` fits the changed layers back to.
+    reference: Any = None
 
 
 class GraphoptPass(ir.passes.InPlacePass, abc.ABC):

@@ -112,7 +112,14 @@ class Runner:
         self._previous = self._reference
         if self.dump_dir is not None:
             self._snapshot.write(self.dump_dir / "00-input.onnx")
-        self._run_items(self.pipeline.items, round_info=None)
+        self._own_reference = False
+        try:
+            self._run_items(self.pipeline.items, round_info=None)
+        finally:
+            if self._own_reference:  # the runner set it for this run only
+                if self.context.reference is not self._snapshot:
+                    self.context.reference.close()
+                self.context.reference = None
         after = gir.summarize(model, sparsity=True)
         after["serialized_bytes"] = self._snapshot.size
         self._snapshot.close()
@@ -169,6 +176,10 @@ class Runner:
     def _run_step(self, step: PassStep, round_info: str | None) -> bool:
         self._index += 1
         index = self._index
+        if step.pass_class.tolerance.lossy and self.context.reference is None:
+            # what reconstruct fits back to: the model before the first lossy pass
+            self.context.reference = self._snapshot
+            self._own_reference = True
         pass_ = step.build(self.context)
         self.listener("start", {"index": index, "pass": step.name, "step": str(step)})
         model_before = self._model
@@ -261,7 +272,8 @@ class Runner:
         if self.dump_dir is not None:
             path = snap.write(self.dump_dir / f"{index:02d}-{step.name}.onnx")
             record["dump"] = str(path)
-        self._snapshot.close()
+        if self._snapshot is not self.context.reference:
+            self._snapshot.close()
         self._snapshot = snap
         self._summary = summary
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 from onnxscript.optimizer import _constant_folding
 
 from graphopt.core.adapter import IrPassAdapter
-from graphopt.core.pass_base import Tolerance
+from graphopt.core.pass_base import PROVENANCE_KEY, Tolerance
 from graphopt.core.registry import option, register_pass
 
 
@@ -26,8 +27,34 @@ class FoldConstantsOptions:
             raise ValueError("size limits must be >= 0")
 
 
+#: Provenance tags of the in-graph weight decoders that storage passes emit on purpose
+#: (sparse values + bit mask, cluster indices + codebook); folding them would undo the pass.
+STORAGE_DECODERS = frozenset({"sparse-compress", "cluster-weights"})
+#: ConstantOfShape outputs up to this many elements are folded. onnxscript keeps every
+#: ConstantOfShape (so a large zeros tensor is not stored), which leaves PyTorch's Pad
+#: arithmetic (ConstantOfShape -> Concat -> ... -> pads) unfolded: on CREPE the pads of all
+#: six Pads stayed computed, and shape inference lost every shape after the first Pad.
+SMALL_CONSTANT_OF_SHAPE = 1024
+
+
+def _should_fold(node: ir.Node) -> bool | None:
+    """True/False to force the decision, None for onnxscript's default rules."""
+    if node.metadata_props.get(PROVENANCE_KEY) in STORAGE_DECODERS:
+        return False
+    if node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx") and node.inputs:
+        shape = node.inputs[0]
+        if shape is not None and shape.const_value is not None:
+            dims = shape.const_value.numpy().ravel()
+            if (dims >= 0).all() and int(np.prod(dims)) <= SMALL_CONSTANT_OF_SHAPE:
+                return True
+    return None
+
+
 class _SafeFolder(_constant_folding.FoldConstantsPass):
-    """onnxscript's folder, with two guards around its per-node evaluators.
+    """onnxscript's folder, with guards around its per-node evaluators.
+
+    * Small ConstantOfShape nodes are folded (see :data:`SMALL_CONSTANT_OF_SHAPE`); storage
+      decoders are never folded (see :data:`STORAGE_DECODERS`).
 
     * CastLike carrying ``saturate``/``round_mode`` is left alone: onnxscript 0.7.2 rewrites
       it to Cast without those attributes (float8 results change from NaN to 448).
@@ -62,6 +89,7 @@ class FoldConstantsPass(IrPassAdapter):
 
     def make_inner(self) -> ir.passes.PassBase:
         return _SafeFolder(
+            should_fold=_should_fold,
             shape_inference=self.options.shape_inference,
             input_size_limit=self.options.input_size_limit,
             output_size_limit=self.options.output_size_limit,

@@ -1,3 +1,3 @@
 """Sparsity passes: unstructured / N:M weight sparsification and structured pruning."""
 
-from graphopt.passes.sparsify import sparsify_weights  # noqa: F401
+from graphopt.passes.sparsify import prune_channels, reconstruct, sparsify_weights  # noqa: F401

@@ -1,0 +1,886 @@
+"""Channel dependency analysis: which output channels of which layers must be removed together.
+
+Removing output channel ``c`` of a Conv (or neuron ``c`` of a Gemm/MatMul) is only correct if
+every tensor that carries that channel shrinks with it and every op that reads it is rewritten
+to match. This module walks the graph once, in topological order, and tracks for each float
+tensor *where along which axis* the channels of which producers sit (:class:`Layout`):
+
+* a **space** is the output-channel set of one producer (a Conv with ``group=1``, a Gemm or a
+  MatMul with a constant weight);
+* a tensor's layout is its channel axis and, along it, ``outer`` repeats of a concatenation of
+  spaces (``segments``), each channel holding ``inner`` contiguous elements. ``Flatten`` or a
+  merging ``Reshape`` of ``[N, C, H, W]`` gives ``outer=1, inner=H*W``; ``Transpose`` then
+  ``Reshape`` as in CREPE's head gives ``outer=H``; ``Concat`` on the channel axis joins
+  segments;
+* ops that combine two channel tensors elementwise (a residual ``Add``) **tie** their spaces
+  (union-find): those producers must keep the same channel indices. A *group* is a set of tied
+  spaces; pruning chooses one kept-index set per group;
+* channel-wise ops (Relu and other unary ops, BatchNormalization, pooling, Pad, depthwise Conv,
+  per-channel constants of Add/Mul) are rewritten by slicing their parameters;
+* **sinks** read the channels and reduce over them: Conv (``group=1``), Gemm, MatMul with a
+  constant weight, ConvTranspose; their weights lose the matching input rows.
+
+Anything else that reads a channel tensor (LayerNormalization over the channel axis, Softmax
+over it, Shape, Split, a graph output, a non-constant second operand the pass cannot slice,
+an op it does not know) marks every space in that tensor's layout **unsafe**, with the reason;
+unsafe groups are left alone and reported. The analysis only reads the graph; :func:`apply`
+rewrites it for the chosen kept indices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+from graphopt.passes.quantize._emit import Namer, add_initializer
+
+from graphopt.ir import attr_value, const_array
+
+#: Node metadata that records, on a producer, which of its original output channels remain.
+CHANNELS_KEY = "pkg.graphopt.channels"
+
+# Ops that map each element to one element of the same shape (extra inputs are scalars or
+# broadcast constants handled like the second operand of a binary op).
+_UNARY = frozenset(
+    {
+        "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "Gelu", "Erf",
+        "Softplus", "Softsign", "HardSigmoid", "HardSwish", "Mish", "Clip", "Identity",
+        "Dropout", "Neg", "Abs", "Sqrt", "Exp", "Log", "Floor", "Ceil", "Round", "Sin",
+        "Cos", "Reciprocal", "ThresholdedRelu", "Shrink", "Sign", "IsNaN", "IsInf", "Not",
+        "Cast",
+    }
+)  # fmt: skip
+_BINARY = frozenset(
+    {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where",
+     "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Mod"}
+)  # fmt: skip
+_POOL = frozenset(
+    {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool"}
+)
+_REDUCE = frozenset(
+    {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+     "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp"}
+)  # fmt: skip
+_PRODUCERS = frozenset({"Conv", "Gemm", "MatMul"})
+_CHANNEL_NORM = frozenset({"BatchNormalization", "InstanceNormalization"})
+
+
+# ------------------------------------------------------------------------------ layouts
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where channels sit in one tensor: index along ``axis`` = o*S*inner + (off+c)*inner + j."""
+
+    rank: int
+    axis: int
+    segments: tuple[tuple[int, int], ...]  # (space id, size), in order along the axis
+    outer: int = 1
+    inner: int = 1
+
+    @property
+    def block(self) -> int:
+        return sum(size for _, size in self.segments)
+
+    @property
+    def length(self) -> int:
+        return self.outer * self.block * self.inner
+
+    def spaces(self) -> list[int]:
+        return [s for s, _ in self.segments]
+
+    def shape_key(self) -> tuple[Any, ...]:
+        return (self.rank, self.axis, self.outer, self.inner, tuple(n for _, n in self.segments))
+
+    def with_axis(self, rank: int, axis: int) -> Layout:
+        return dataclasses.replace(self, rank=rank, axis=axis)
+
+    def kept_indices(self, kept: dict[int, np.ndarray]) -> np.ndarray:
+        """Indices along the axis that remain when each space keeps ``kept[space]``."""
+        parts, off = [], 0
+        for space, size in self.segments:
+            parts.append(off + np.asarray(kept.get(space, np.arange(size)), dtype=np.int64))
+            off += size
+        chans = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        j = np.arange(self.inner, dtype=np.int64)
+        per_outer = (chans[:, None] * self.inner + j[None, :]).ravel()
+        o = np.arange(self.outer, dtype=np.int64) * (self.block * self.inner)
+        return (o[:, None] + per_outer[None, :]).ravel()
+
+    def new_length(self, kept: dict[int, np.ndarray]) -> int:
+        block = sum(len(kept[s]) if s in kept else n for s, n in self.segments)
+        return self.outer * block * self.inner
+
+
+# ------------------------------------------------------------------------------ records
+
+
+@dataclasses.dataclass
+class Space:
+    id: int
+    size: int
+    producer: ir.Node
+
+
+@dataclasses.dataclass
+class Slice:
+    """Slice input ``index`` of ``node`` (a constant) along ``axis`` by ``layout``'s kept set."""
+
+    node: ir.Node
+    index: int
+    axis: int
+    layout: Layout
+
+
+@dataclasses.dataclass
+class Sink:
+    """A layer that reduces over the channels of its input (``layout`` on the reduced axis)."""
+
+    node: ir.Node
+    layout: Layout
+    weight_axis: int  # the weight axis that matches the reduced input axis
+
+
+@dataclasses.dataclass
+class Analysis:
+    spaces: list[Space]
+    layouts: dict[ir.Value, Layout]
+    slices: list[Slice]
+    sinks: list[Sink]
+    depthwise: list[tuple[ir.Node, Layout]]
+    reshapes: list[tuple[ir.Node, int, Layout]]  # (Reshape node, output axis, output layout)
+    unsafe: dict[int, str]  # space id -> first reason
+    parent: list[int]
+
+    def find(self, s: int) -> int:
+        while self.parent[s] != s:
+            self.parent[s] = self.parent[self.parent[s]]
+            s = self.parent[s]
+        return s
+
+    def groups(self) -> list[list[int]]:
+        """Tied spaces, each list sorted, in the order of their first producer."""
+        by_root: dict[int, list[int]] = defaultdict(list)
+        for s in range(len(self.spaces)):
+            by_root[self.find(s)].append(s)
+        return sorted(by_root.values(), key=lambda g: g[0])
+
+    def group_unsafe(self, group: Sequence[int]) -> str | None:
+        for s in group:
+            if s in self.unsafe:
+                return self.unsafe[s]
+        return None
+
+
+# ------------------------------------------------------------------------------ analysis
+
+
+def _static_dims(value: ir.Value | None) -> list[int | None] | None:
+    if value is None or value.shape is None:
+        return None
+    return [d if isinstance(d, int) else None for d in value.shape]
+
+
+def _rank(value: ir.Value | None) -> int | None:
+    if value is None or value.shape is None:
+        return None
+    return len(value.shape)
+
+
+def _ints(value: ir.Value | None) -> list[int] | None:
+    a = const_array(value)
+    return None if a is None else [int(x) for x in np.asarray(a).ravel()]
+
+
+def _axes_of(node: ir.Node, input_index: int) -> list[int] | None:
+    """Axes given as an attribute (older opsets) or as input ``input_index`` (newer ones)."""
+    a = attr_value(node, "axes", None)
+    if a is not None:
+        return [int(x) for x in a]  # type: ignore[union-attr]
+    if len(node.inputs) > input_index and node.inputs[input_index] is not None:
+        return _ints(node.inputs[input_index])
+    return []
+
+
+_Dim = tuple[int, tuple[str, ...]]  # known factor, unknown factors (symbols)
+
+
+def _mul(a: _Dim, b: _Dim) -> _Dim:
+    return a[0] * b[0], tuple(sorted(a[1] + b[1]))
+
+
+def _divides(a: _Dim, b: _Dim) -> bool:
+    if a[0] == 0 or b[0] % a[0]:
+        return False
+    rest = list(b[1])
+    for sym in a[1]:
+        if sym not in rest:
+            return False
+        rest.remove(sym)
+    return True
+
+
+def _reshape_run(
+    dims: list[int | None], target: list[int], axis: int
+) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """Input dims [lo, hi) and output dims [j0, j1) that hold the same elements, axis in [lo, hi).
+
+    Unknown input dims are symbols, so ``[n, 4, 512, 1] -> [-1, 2048]`` pairs ``n`` with
+    ``-1`` and ``4*512`` with ``2048``. None where the runs cannot be told apart.
+    """
+    ins: list[_Dim] = [(d, ()) if d is not None else (1, (f"d{i}",)) for i, d in enumerate(dims)]
+    outs: list[_Dim | None] = []
+    for j, t in enumerate(target):
+        if t == 0:
+            if j >= len(ins):
+                return None
+            outs.append(ins[j])
+        elif t > 0:
+            outs.append((t, ()))
+        elif t == -1:
+            outs.append(None)
+        else:
+            return None
+    if outs.count(None) > 1:
+        return None
+    if None in outs:
+        total: _Dim = (1, ())
+        for d in ins:
+            total = _mul(total, d)
+        known: _Dim = (1, ())
+        for d in outs:
+            if d is not None:
+                known = _mul(known, d)
+        if not _divides(known, total):
+            return None
+        rest = list(total[1])
+        for sym in known[1]:
+            rest.remove(sym)
+        outs[outs.index(None)] = (total[0] // known[0], tuple(sorted(rest)))
+    full: list[_Dim] = [d for d in outs if d is not None]
+    i = j = 0
+    while i < len(ins) and j < len(full):
+        lo, j0 = i, j
+        pi, pj = ins[i], full[j]
+        i, j = i + 1, j + 1
+        while pi != pj:
+            if _divides(pi, pj) and i < len(ins):
+                pi = _mul(pi, ins[i])
+                i += 1
+            elif _divides(pj, pi) and j < len(full):
+                pj = _mul(pj, full[j])
+                j += 1
+            else:
+                return None
+        if lo <= axis < i:
+            return (lo, i), (j0, j)
+    return None
+
+
+class _Analyzer:
+    def __init__(self, graph: ir.Graph) -> None:
+        self.graph = graph
+        self.a = Analysis([], {}, [], [], [], [], {}, [])
+        self.outputs = {v for v in graph.outputs}
+        # values read inside subgraphs (If/Loop/Scan bodies capture outer values)
+        self.captured: set[ir.Value] = set()
+        for node in graph:
+            for attr in node.attributes.values():
+                if attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
+                    graphs = [attr.value] if attr.type == ir.AttributeType.GRAPH else attr.value
+                    for g in graphs:
+                        for n in ir.traversal.RecursiveGraphIterator(g):
+                            self.captured.update(v for v in n.inputs if v is not None)
+        self.handlers: dict[str, Any] = {}
+        for ops, fn in (
+            (_UNARY, self.unary),
+            (_BINARY, self.binary),
+            (_POOL, self.pool),
+            (_REDUCE, self.reduce),
+            (_CHANNEL_NORM, self.channel_norm),
+        ):
+            self.handlers.update(dict.fromkeys(ops, fn))
+        for name in dir(self):
+            if name.startswith("op_"):
+                self.handlers[name[3:]] = getattr(self, name)
+
+    # ---------------------------------------------------------------- helpers
+    def new_space(self, size: int, producer: ir.Node) -> int:
+        sid = len(self.a.spaces)
+        self.a.spaces.append(Space(sid, size, producer))
+        self.a.parent.append(sid)
+        return sid
+
+    def unsafe(self, layout: Layout, reason: str) -> None:
+        for s in layout.spaces():
+            self.a.unsafe.setdefault(s, reason)
+
+    def tie(self, x: Layout, y: Layout) -> bool:
+        if x.shape_key() != y.shape_key():
+            return False
+        for (s, _), (t, _) in zip(x.segments, y.segments):
+            rs, rt = self.a.find(s), self.a.find(t)
+            if rs != rt:
+                self.a.parent[max(rs, rt)] = min(rs, rt)
+        return True
+
+    def set(self, value: ir.Value | None, layout: Layout | None) -> None:
+        if value is None or layout is None:
+            return
+        self.a.layouts[value] = layout
+        if value in self.outputs:
+            self.unsafe(layout, f"'{value.name}' is a graph output")
+        if value in self.captured:
+            self.unsafe(layout, f"'{value.name}' is read inside a subgraph")
+
+    def reject(self, node: ir.Node, layouts: list[Layout], why: str) -> None:
+        for lay in layouts:
+            self.unsafe(lay, f"{node.op_type} '{node.name}': {why}")
+
+    # ---------------------------------------------------------------- walk
+    def run(self) -> Analysis:
+        for node in self.graph:
+            ins = [
+                (i, v, self.a.layouts[v])
+                for i, v in enumerate(node.inputs)
+                if v is not None and v in self.a.layouts
+            ]
+            if node.domain not in ("", "ai.onnx"):
+                if ins:
+                    self.reject(node, [lay for _, _, lay in ins], "custom-domain op")
+                continue
+            if not ins and node.op_type not in _PRODUCERS:
+                continue
+            handler = self.handlers.get(node.op_type)
+            if handler is not None:
+                handler(node, ins)
+            else:
+                self.reject(node, [lay for _, _, lay in ins], "op not understood")
+        return self.a
+
+    # ---------------------------------------------------------------- producers and sinks
+    def op_Conv(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
+        w = const_array(node.inputs[1] if len(node.inputs) > 1 else None)
+        group = int(attr_value(node, "group", 1))  # type: ignore[arg-type]
+        x_layout = next((lay for i, _, lay in ins if i == 0), None)
+        others = [lay for i, _, lay in ins if i != 0]
+        if others:
+            self.reject(node, others, "channels reach the weight or bias")
+        rank = _rank(node.outputs[0]) or (w.ndim if w is not None else None)
+        if w is None or rank is None:
+            if x_layout is not None:
+                self.reject(node, [x_layout], "weight is not constant")
+            return
+        if group == 1:
+            if x_layout is not None:
+                if x_layout.axis != 1 or x_layout.outer != 1 or x_layout.inner != 1:
+                    self.reject(node, [x_layout], "channels not on the channel axis")
+                elif x_layout.length != w.shape[1]:
+                    self.reject(node, [x_layout], "channel count does not match the weight")
+                else:
+                    self.a.sinks.append(Sink(node, x_layout, weight_axis=1))
+            sid = self.new_space(int(w.shape[0]), node)
+            self.set(node.outputs[0], Layout(rank, 1, ((sid, int(w.shape[0])),)))
+            return
+        # depthwise (one input channel per group, any multiplier of 1): channels pass through
+        if x_layout is not None:
+            if (
+                w.shape[1] == 1
+                and group == w.shape[0]
+                and x_layout.axis == 1
+                and x_layout.length == group
+            ):
+                self.a.depthwise.append((node, x_layout))
+                self.set(node.outputs[0], x_layout)
+            else:
+                self.reject(node, [x_layout], f"grouped convolution (group={group})")
+
+    def op_ConvTranspose(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
+        w = const_array(node.inputs[1] if len(node.inputs) > 1 else None)
+        group = int(attr_value(node, "group", 1))  # type: ignore[arg-type]
+        x_layout = next((lay for i, _, lay in ins if i == 0), None)
+        others = [lay for i, _, lay in ins if i != 0]
+        if others:
+            self.reject(node, others, "channels reach the weight or bias")
+        if x_layout is None:
+            return  # ConvTranspose output channels are not pruned (not a producer here)
+        ok = (
+            w is not None
+            and group == 1
+            and x_layout.axis == 1
+            and x_layout.outer == 1
+            and x_layout.inner == 1
+            and x_layout.length == w.shape[0]
+        )
+        if ok:
+            self.a.sinks.append(Sink(node, x_layout, weight_axis=0))
+        else:
+            self.reject(node, [x_layout], "unsupported ConvTranspose input")
+
+    def op_Gemm(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
+        w = const_array(node.inputs[1] if len(node.inputs) > 1 else None)
+        trans_a = int(attr_value(node, "transA", 0))  # type: ignore[arg-type]
+        trans_b = int(attr_value(node, "transB", 0))  # type: ignore[arg-type]
+        x_layout = next((lay for i, _, lay in ins if i == 0), None)
+        others = [lay for i, _, lay in ins if i != 0]
+        if others:
+            self.reject(node, others, "channels reach B or C")
+        if w is None or w.ndim != 2:
+            if x_layout is not None:
+                self.reject(node, [x_layout], "B is not a constant matrix")
+            return
+        k_axis = 1 if trans_b else 0
+        if x_layout is not None:
+            if x_layout.axis != (0 if trans_a else 1) or x_layout.length != w.shape[k_axis]:
+                self.reject(node, [x_layout], "channels not on the reduced axis")
+            else:
+                self.a.sinks.append(Sink(node, x_layout, weight_axis=k_axis))
+        n = int(w.shape[1 - k_axis])
+        c = node.inputs[2] if len(node.inputs) > 2 else None
+        if c is not None:
+            c_arr = const_array(c)
+            if c_arr is None or (c_arr.ndim == 2 and c_arr.shape[0] != 1) or c_arr.ndim > 2:
+                return  # C is not a per-column vector: output neurons stay
+        sid = self.new_space(n, node)
+        self.set(node.outputs[0], Layout(2, 1, ((sid, n),)))
+
+    def op_MatMul(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
+        w = const_array(node.inputs[1])
+        x_layout = next((lay for i, _, lay in ins if i == 0), None)
+        others = [lay for i, _, lay in ins if i != 0]
+        if others:
+            self.reject(node, others, "channels reach the second operand")
+        if w is None or w.ndim != 2:
+            if x_layout is not None:
+                self.reject(node, [x_layout], "second operand is not a constant matrix")
+            return
+        rank = _rank(node.outputs[0]) or _rank(node.inputs[0])
+        if x_layout is not None:
+            if x_layout.axis != x_layout.rank - 1 or x_layout.length != w.shape[0]:
+                self.reject(node, [x_layout], "channels not on the reduced (last) axis")
+            else:
+                self.a.sinks.append(Sink(node, x_layout, weight_axis=0))
+        if rank is None or rank < 2:
+            return
+        sid = self.new_space(int(w.shape[1]), node)
+        self.set(node.outputs[0], Layout(rank, rank - 1, ((sid, int(w.shape[1])),)))
+
+    # ---------------------------------------------------------------- channel-wise ops
+    def unary(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
+        x = next((lay for i, _, lay in ins if i == 0), None)
+        others = [lay for i, _, lay in ins if i != 0]
+        if others:
+            self.reject(node, others, "channels reach a parameter input")
+        if x is None:
+            return
+        if node.op_type == "Dropout" and len(node.outputs) > 1 and node.outputs[1].uses():
+            self.reject(node, [x], "its mask output is used")
+            return
+        self.set(node.outputs[0], x)
+
+    def binary(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
+        if not ins:
+            return
+        out_rank = _rank(node.outputs[0])
+        ranks = [_rank(v) for v in node.inputs if v is not None]
+        if out_rank is None and all(r is not None for r in ranks):
+            out_rank = max(r for r in ranks if r is not None)
+        layouts = [lay for _, _, lay in ins]
+        if out_rank is None:
+            self.reject(node, layouts, "unknown output rank")
+            return
+        aligned = [lay.with_axis(out_rank, lay.axis + out_rank - lay.rank) for lay in layouts]
+        first = aligned[0]
+        for other in aligned[1:]:
+            if not self.tie(first, other):
+                self.reject(node, layouts, "operands carry channels differently")
+                return
+        with_layout = {i for i, _, _ in ins}
+        for i, v in enumerate(node.inputs):
+            if v is None or i in with_layout:
+                continue
+            dims = _static_dims(v)
+            if dims is None:
+                self.reject(node, layouts, f"operand '{v.name}' has an unknown shape")
+                return
+            ax = first.axis - (out_rank - len(dims))
+            if ax < 0 or dims[ax] == 1:
+                continue  # broadcasts along the channel axis
+            if dims[ax] == first.length and const_array(v) is not None:
+                self.a.slices.append(Slice(node, i, ax, first))
+                continue
+            self.reject(node, layouts, f"operand '{v.name}' is not a per-channel constant")
+            return
+        self.set(node.outputs[0], first)
+
+    def channel_norm(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
+        x = next((lay for i, _, lay in ins if i == 0), None)
+        others = [lay for i, _, lay in ins if i != 0]
+        if others:
+            self.reject(node, others, "channels reach a parameter input")
+        if x is None:
+            return
+        if x.axis != 1:
+            self.reject(node, [x], "channels are not on axis 1")
+            return
+        if node.op_type == "BatchNormalization" and any(o.uses() for o in node.outputs[1:]):
+            self.reject(node, [x], "training-mode outputs are used")
+            return
+        for i in range(1, len(node.inputs)):
+            v = node.inputs[i]
+            a = const_array(v)
+            if a is None or a.ndim != 1 or a.shape[0] != x.length:
+                self.reject(node, [x], "parameters are not constant per-channel vectors")
+                return
+            self.a.slices.append(Slice(node, i, 0, x))
+        self.set(node.outputs[0], x)
+
+    def pool(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
+        x = ins[0][2]
+        if x.axis != 1:
+            self.reject(node, [x], "channels are not on axis 1")
+            return
+        if len(node.outputs) > 1 and node.outputs[1].uses():
+            self.reject(node, [x], "its indices output is used")
+            return
+        self.set(node.outputs[0], x)
+
+    def op_Pad(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
+        x = next((lay for i, _, lay in ins if i == 0), None)
+        others = [lay for i, _, lay in ins if i != 0]
+        if others:
+            self.reject(node, others, "channels reach pads or value")
+        if x is None:
+            return
+        pads = attr_value(node, "pads", None)
+        pads = [int(p) for p in pads] if pads is not None else _ints(node.inputs[1])  # type: ignore[union-attr]
+        axes = _axes_of(node, 3) if len(node.inputs) > 3 else []
+        if pads is None or axes is None:
+            self.reject(node, [x], "pads are not constant")
+            return
+        axes = [a % x.rank for a in axes] if axes else list(range(x.rank))
+        n = len(axes)
+        padded = {ax for k, ax in enumerate(axes) if pads[k] != 0 or pads[k + n] != 0}
+        if x.axis in padded:
+            self.reject(node, [x], "pads the channel axis")
+            return
+        self.set(node.outputs[0], x)
+
+    def op_Resize(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
+        x = next((lay for i, _, lay in ins if i == 0), None)
+        others = [lay for i, _, lay in ins if i != 0]
+        if others:
+            self.reject(node, others, "channels reach roi, scales or sizes")
+        if x is None:
+            return
+        scales = const_array(node.inputs[2] if len(node.inputs) > 2 else None)
+        sizes = node.inputs[3] if len(node.inputs) > 3 else None
+        if sizes is not None or scales is None or scales.size != x.rank or scales[x.axis] != 1:
+            self.reject(node, [x], "resizes the channel axis or uses sizes")
+            return
+        self.set(node.outputs[0], x)
+
+    def op_Upsample(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
+        self.op_Resize(node, ins)
+
+    def op_Transpose(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
+        x = ins[0][2]
+        perm = attr_value(node, "perm", None)
+        perm = list(perm) if perm is not None else list(reversed(range(x.rank)))  # type: ignore[call-overload]
+        self.set(node.outputs[0], x.with_axis(x.rank, perm.index(x.axis)))
+
+    def op_Unsqueeze(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
+        x = next((lay for i, _, lay in ins if i == 0), None)
+        if x is None:
+            return
+        axes = _axes_of(node, 1)
+        if axes is None:
+            self.reject(node, [x], "axes are not constant")
+            return
+        out_rank = x.rank + len(axes)
+        inserted = sorted(a % out_rank for a in axes)
+        kept = [i for i in range(out_rank) if i not in inserted]
+        self.set(node.outputs[0], x.with_axis(out_rank, kept[x.axis]))
+
+    def op_Squeeze(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
+        x = next((lay for i, _, lay in ins if i == 0), None)
+        if x is None:
+            return
+        axes = _axes_of(node, 1)
+        if not axes:  # squeeze every 1: needs the static shape
+            dims = _static_dims(node.inputs[0])
+            if dims is None or any(d is None for d in dims):
+                self.reject(node, [x], "squeezed axes unknown")
+                return
+            axes = [i for i, d in enumerate(dims) if d == 1]
+        removed = {a % x.rank for a in axes}
+        if x.axis in removed:
+            self.reject(node, [x], "squeezes the channel axis")
+            return
+        new_axis = x.axis - sum(1 for a in removed if a < x.axis)
+        self.set(node.outputs[0], x.with_axis(x.rank - len(removed), new_axis))
+
+    def reduce(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
+        x = next((lay for i, _, lay in ins if i == 0), None)
+        if x is None:
+            self.reject(node, [lay for _, _, lay in ins], "channels reach axes")
+            return
+        axes = _axes_of(node, 1)
+        if axes is None:
+            self.reject(node, [x], "axes are not constant")
+            return
+        noop = int(attr_value(node, "noop_with_empty_axes", 0))  # type: ignore[arg-type]
+        if not axes:
+            if noop:
+                self.set(node.outputs[0], x)
+            else:
+                self.reject(node, [x], "reduces over every axis")
+            return
+        reduced = {a % x.rank for a in axes}
+        if x.axis in reduced:
+            self.reject(node, [x], "reduces over the channel axis")
+            return
+        if int(attr_value(node, "keepdims", 1)):  # type: ignore[arg-type]
+            self.set(node.outputs[0], x)
+        else:
+            new_axis = x.axis - sum(1 for a in reduced if a < x.axis)
+            self.set(node.outputs[0], x.with_axis(x.rank - len(reduced), new_axis))
+
+    def op_Softmax(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
+        x = ins[0][2]
+        if int(attr_value(node, "axis", -1)) % x.rank == x.axis:  # type: ignore[call-overload]
+            self.reject(node, [x], "normalizes over the channel axis")
+        else:
+            self.set(node.outputs[0], x)
+
+    def op_LogSoftmax(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
+        self.op_Softmax(node, ins)
+
+    def op_LayerNormalization(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
+        x = next((lay for i, _, lay in ins if i == 0), None)
+        others = [lay for i, _, lay in ins if i != 0]
+        if others:
+            self.reject(node, others, "channels reach scale or bias")
+        if x is None:
+            return
+        axis = int(attr_value(node, "axis", -1)) % x.rank  # type: ignore[call-overload]
+        if x.axis >= axis:
+            self.reject(node, [x], "normalizes over the channel axis")
+        else:
+            self.set(node.outputs[0], x)
+
+    def op_Flatten(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
+        x = ins[0][2]
+        dims = _static_dims(node.inputs[0])
+        axis = int(attr_value(node, "axis", 1)) % (x.rank + 1)  # type: ignore[call-overload]
+        lo, hi = (0, axis) if x.axis < axis else (axis, x.rank)
+        self._merge(node, x, dims, lo, hi, 2, 0 if x.axis < axis else 1)
+
+    def op_Reshape(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
+        x = next((lay for i, _, lay in ins if i == 0), None)
+        if x is None:
+            self.reject(node, [lay for _, _, lay in ins], "channels reach the shape")
+            return
+        dims = _static_dims(node.inputs[0])
+        target = _ints(node.inputs[1])
+        if dims is None or target is None or int(attr_value(node, "allowzero", 0)):  # type: ignore[arg-type]
+            self.reject(node, [x], "shape is not constant or input shape unknown")
+            return
+        run = _reshape_run(dims, target, x.axis)
+        if run is None:
+            self.reject(node, [x], "cannot follow the channel axis through this Reshape")
+            return
+        (lo, hi), (j0, j1) = run
+        if j1 - j0 != 1:
+            self.reject(node, [x], "splits the channel axis")
+            return
+        self._merge(node, x, dims, lo, hi, len(target), j0, reshape=True)
+
+    def _merge(
+        self,
+        node: ir.Node,
+        x: Layout,
+        dims: list[int | None] | None,
+        lo: int,
+        hi: int,
+        out_rank: int,
+        out_axis: int,
+        *,
+        reshape: bool = False,
+    ) -> None:
+        """Input dims [lo, hi) become output dim ``out_axis``; the channel axis is among them."""
+        if lo == x.axis == hi - 1:
+            layout = x.with_axis(out_rank, out_axis)
+        else:
+            if dims is None or any(dims[k] is None for k in range(lo, hi) if k != x.axis):
+                self.reject(node, [x], "merged dims have unknown sizes")
+                return
+            before = int(np.prod([dims[k] for k in range(lo, x.axis)], dtype=np.int64))
+            after = int(np.prod([dims[k] for k in range(x.axis + 1, hi)], dtype=np.int64))
+            layout = dataclasses.replace(
+                x, rank=out_rank, axis=out_axis, outer=x.outer * before, inner=x.inner * after
+            )
+        if reshape:
+            self.a.reshapes.append((node, out_axis, layout))
+        self.set(node.outputs[0], layout)
+
+    def op_Concat(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
+        layouts = [lay for _, _, lay in ins]
+        rank = layouts[0].rank
+        axis = int(attr_value(node, "axis", 0)) % rank  # type: ignore[call-overload]
+        if any(lay.axis != axis for lay in layouts):
+            # concatenation along another axis: every operand must carry the same channels
+            if len(ins) != len([v for v in node.inputs if v is not None]):
+                self.reject(node, layouts, "operands without channels")
+                return
+            for other in layouts[1:]:
+                if not self.tie(layouts[0], other):
+                    self.reject(node, layouts, "operands carry channels differently")
+                    return
+            self.set(node.outputs[0], layouts[0])
+            return
+        if any(lay.outer != 1 or lay.inner != layouts[0].inner for lay in layouts):
+            self.reject(node, layouts, "concatenates flattened channels")
+            return
+        by_index = {i: lay for i, _, lay in ins}
+        segments: list[tuple[int, int]] = []
+        for i, v in enumerate(node.inputs):
+            if v is None:
+                continue
+            if i in by_index:
+                segments.extend(by_index[i].segments)
+                continue
+            dims = _static_dims(v)
+            if dims is None or dims[axis] is None or dims[axis] % layouts[0].inner:
+                self.reject(node, layouts, f"operand '{v.name}' has an unknown size")
+                return
+            size = dims[axis] // layouts[0].inner
+            fixed = self.new_space(size, node)  # channels nothing can remove
+            self.a.unsafe[fixed] = f"Concat '{node.name}': operand '{v.name}' has no producer"
+            segments.append((fixed, size))
+        self.set(
+            node.outputs[0],
+            Layout(rank, axis, tuple(segments), outer=1, inner=layouts[0].inner),
+        )
+
+
+def analyze(graph: ir.Graph) -> Analysis:
+    """Channel spaces, layouts, ties and rewrite records of ``graph`` (read only)."""
+    return _Analyzer(graph).run()
+
+
+# ------------------------------------------------------------------------------ rewriting
+
+
+def _own(
+    graph: ir.Graph, namer: Namer, node: ir.Node, index: int, owned: set[ir.Value]
+) -> ir.Value:
+    """Input ``index`` of ``node`` as an initializer only this node reads (copied if shared)."""
+    v = node.inputs[index]
+    assert v is not None and v.const_value is not None
+    if v in owned:
+        return v
+    readers = {id(user) for user, _ in v.uses()}
+    if len(readers) > 1 or v.is_graph_output() or v.name not in graph.initializers:
+        copy = add_initializer(graph, namer(f"{v.name or 'const'}_pruned"), v.const_value.numpy())
+        node.replace_input_with(index, copy)
+        v = copy
+    owned.add(v)
+    return v
+
+
+def _take(v: ir.Value, axis: int, idx: np.ndarray) -> None:
+    assert v.const_value is not None
+    arr = np.take(v.const_value.numpy(), idx, axis=axis)
+    v.const_value = ir.tensor(np.ascontiguousarray(arr), name=v.name)
+    v.shape = ir.Shape(arr.shape)
+
+
+def apply(graph: ir.Graph, analysis: Analysis, kept: dict[int, np.ndarray]) -> dict[str, Any]:
+    """Remove every channel not in ``kept`` (space id -> sorted kept indices) from the graph.
+
+    Spaces absent from ``kept`` keep all their channels. Returns counts for the report.
+    """
+    kept = {s: np.asarray(k, np.int64) for s, k in kept.items()}
+    namer = Namer(graph)
+    owned: set[ir.Value] = set()
+    stats: dict[str, int] = defaultdict(int)
+    pruned = {s for s, k in kept.items() if len(k) < analysis.spaces[s].size}
+    if not pruned:
+        return dict(stats)
+
+    def touches(layout: Layout) -> bool:
+        return any(s in pruned for s in layout.spaces())
+
+    # producers: output channels
+    for s in sorted(pruned):
+        space = analysis.spaces[s]
+        node, idx = space.producer, kept[s]
+        op = node.op_type
+        if op == "Conv":
+            _take(_own(graph, namer, node, 1, owned), 0, idx)
+            if len(node.inputs) > 2 and node.inputs[2] is not None:
+                _take(_own(graph, namer, node, 2, owned), 0, idx)
+        elif op == "Gemm":
+            trans_b = int(attr_value(node, "transB", 0))  # type: ignore[arg-type]
+            _take(_own(graph, namer, node, 1, owned), 0 if trans_b else 1, idx)
+            c = node.inputs[2] if len(node.inputs) > 2 else None
+            if c is not None and c.const_value is not None:
+                arr = c.const_value.numpy()
+                if arr.shape and arr.shape[-1] == space.size and space.size > 1:
+                    _take(_own(graph, namer, node, 2, owned), arr.ndim - 1, idx)
+        elif op == "MatMul":
+            _take(_own(graph, namer, node, 1, owned), 1, idx)
+        prev = node.metadata_props.get(CHANNELS_KEY)
+        original = json.loads(prev) if prev else {"original": space.size, "kept": None}
+        base = np.asarray(original["kept"] if original["kept"] is not None else range(space.size))
+        original["kept"] = [int(i) for i in base[idx]]
+        node.metadata_props[CHANNELS_KEY] = json.dumps(original, separators=(",", ":"))
+        stats["channels_removed"] += space.size - len(idx)
+        stats["layers_pruned"] += 1
+    # sinks: input rows
+    for sink in analysis.sinks:
+        if touches(sink.layout):
+            _take(
+                _own(graph, namer, sink.node, 1, owned),
+                sink.weight_axis,
+                sink.layout.kept_indices(kept),
+            )
+            stats["sinks_resized"] += 1
+    for sl in analysis.slices:
+        if touches(sl.layout):
+            _take(
+                _own(graph, namer, sl.node, sl.index, owned), sl.axis, sl.layout.kept_indices(kept)
+            )
+            stats["parameters_sliced"] += 1
+    for node, layout in analysis.depthwise:
+        if touches(layout):
+            idx = layout.kept_indices(kept)
+            _take(_own(graph, namer, node, 1, owned), 0, idx)
+            if len(node.inputs) > 2 and node.inputs[2] is not None:
+                _take(_own(graph, namer, node, 2, owned), 0, idx)
+            node.attributes["group"] = ir.AttrInt64("group", len(idx))
+            stats["depthwise_resized"] += 1
+    for node, out_axis, layout in analysis.reshapes:
+        if not touches(layout):
+            continue
+        shape_v = _own(graph, namer, node, 1, owned)
+        assert shape_v.const_value is not None
+        target = shape_v.const_value.numpy().copy()
+        if target[out_axis] not in (0, -1):
+            target[out_axis] = layout.new_length(kept)
+            shape_v.const_value = ir.tensor(target, name=shape_v.name)
+            stats["reshapes_fixed"] += 1
+    # value shapes along the channel axis
+    for value, layout in analysis.layouts.items():
+        if touches(layout) and value.shape is not None and len(value.shape) == layout.rank:
+            dims = list(value.shape)
+            if isinstance(dims[layout.axis], int):
+                dims[layout.axis] = layout.new_length(kept)
+                value.shape = ir.Shape(dims)
+    return dict(stats)
