@@ -1,0 +1,468 @@
+"""prune-channels and its channel dependency analysis.
+
+The central check is exactness of the rewrite: removing a set of channels must give the same
+outputs as the original model in which those channels are silenced where they are read (the
+sinks' matching weight rows zeroed). That holds through BatchNorm, residual Adds, Concat,
+depthwise Convs, Pad, pooling, Flatten/Transpose/Reshape into a Gemm, per-channel constants
+and an erf-GELU MLP, on random kept sets, and on the demo CNN. Unsafe structures are left
+alone with a reason. Then the pass: counts, criteria (second-order drops a duplicated
+channel that magnitude keeps), global scope, idempotence, options and errors.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx_ir as ir
+import pass_testing as pt
+import pytest
+from graphopt.passes.sparsify import channels as ch
+from graphopt.passes.sparsify.prune_channels import (
+    PruneChannelsPass,
+    global_counts,
+    keep_count,
+    layer_macs,
+)
+
+from graphopt import data, demo
+from graphopt import ir as gir
+from graphopt.core import run_pipeline
+from graphopt.core.pass_base import PassContext
+from graphopt.core.pipeline import parse
+from graphopt.errors import DataError, PipelineError
+
+PASS = "prune-channels"
+
+
+def _w(*shape: int, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed + sum(shape)).standard_normal(shape) * 0.3).astype(
+        np.float32
+    )
+
+
+def _silenced(model: ir.Model, analysis: ch.Analysis, kept: dict[int, np.ndarray]) -> ir.Model:
+    """A copy of ``model`` with the removed channels' rows of every sink set to zero."""
+    ref = pt.copy_model(model)
+    by_name = {n.name: n for n in ref.graph}
+    for sink in analysis.sinks:
+        if not any(s in kept for s in sink.layout.spaces()):
+            continue
+        node = by_name[sink.node.name]
+        w = node.inputs[1].const_value.numpy().copy()
+        drop = np.ones(w.shape[sink.weight_axis], bool)
+        drop[sink.layout.kept_indices(kept)] = False
+        index = [slice(None)] * w.ndim
+        index[sink.weight_axis] = drop
+        w[tuple(index)] = 0
+        node.inputs[1].const_value = ir.tensor(w, name=node.inputs[1].name)
+    return ref
+
+
+def _random_kept(analysis: ch.Analysis, seed: int = 0) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    kept: dict[int, np.ndarray] = {}
+    for group in analysis.groups():
+        if analysis.group_unsafe(group):
+            continue
+        n = analysis.spaces[group[0]].size
+        idx = np.sort(rng.choice(n, max(1, (2 * n) // 3), replace=False))
+        for s in group:
+            kept[s] = idx
+    return kept
+
+
+def assert_prune_exact(model: ir.Model, *, dims: dict[str, int] | None = None) -> dict:
+    """Prune random kept sets in place; outputs equal the silenced original's."""
+    analysis = ch.analyze(model.graph)
+    kept = _random_kept(analysis)
+    assert kept, "nothing prunable"
+    reference = _silenced(model, analysis, kept)
+    stats = ch.apply(model.graph, analysis, kept)
+    feeds = pt.random_feeds(reference, count=2, dims=dims or {"*": 2})
+    pt.assert_same_outputs(reference, model, pt.Tolerance.reassociation(), feeds)
+    import onnx
+
+    onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
+    return stats
+
+
+# ----------------------------------------------------------------------- structures
+def _chain(*, residual: bool = False, concat: bool = False, depthwise: bool = False) -> ir.Model:
+    """Conv-BN-Relu-(depthwise)-Pad-Conv with optional residual Add or channel Concat."""
+    c = 8
+    nodes = [
+        pt.node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        pt.node("BatchNormalization", ["c1", "g", "be", "mu", "var"], ["bn"]),
+        pt.node("Relu", ["bn"], ["r1"]),
+    ]
+    inits = [
+        pt.init("w1", _w(c, 3, 3, 3)),
+        pt.init("b1", _w(c)),
+        pt.init("g", np.abs(_w(c)) + 0.5),
+        pt.init("be", _w(c, seed=1)),
+        pt.init("mu", _w(c, seed=2)),
+        pt.init("var", np.abs(_w(c, seed=3)) + 0.5),
+        pt.init("scale", _w(1, c, 1, 1, seed=4)),
+        pt.init("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)),
+    ]
+    last = "r1"
+    if depthwise:
+        nodes.append(pt.node("Conv", ["r1", "wd", "bd"], ["dw"], group=c, pads=[1, 1, 1, 1]))
+        inits += [pt.init("wd", _w(c, 1, 3, 3, seed=5)), pt.init("bd", _w(c, seed=6))]
+        last = "dw"
+    nodes.append(pt.node("Mul", [last, "scale"], ["sc"]))
+    nodes.append(pt.node("Pad", ["sc", "pads"], ["pd"]))
+    nodes.append(pt.node("Conv", ["pd", "w2"], ["c2"]))
+    inits.append(pt.init("w2", _w(c, c, 3, 3, seed=7)))
+    last = "c2"
+    if residual:
+        nodes.append(pt.node("Add", ["c2", "r1"], ["res"]))
+        last = "res"
+    if concat:
+        nodes.append(pt.node("Conv", ["x", "w3"], ["c3"], pads=[1, 1, 1, 1]))
+        nodes.append(pt.node("Concat", [last, "c3"], ["cat"], axis=1))
+        inits.append(pt.init("w3", _w(4, 3, 3, 3, seed=8)))
+        last = "cat"
+    cin = c + (4 if concat else 0)
+    nodes += [
+        pt.node("MaxPool", [last], ["mp"], kernel_shape=[2, 2], strides=[2, 2]),
+        pt.node("Conv", ["mp", "w4"], ["out"]),
+    ]
+    inits.append(pt.init("w4", _w(5, cin, 1, 1, seed=9)))
+    return pt.make_model(nodes, [pt.vi("x", [2, 3, 6, 6])], [pt.vi("out", [2, 5, 3, 3])], inits)
+
+
+def test_chain_groups_sinks_and_parameters() -> None:
+    model = _chain()
+    a = ch.analyze(model.graph)
+    groups = {tuple(a.spaces[s].producer.name for s in g): a.group_unsafe(g) for g in a.groups()}
+    assert groups == {
+        ("c1_node",): None,
+        ("c2_node",): None,
+        ("out_node",): "'out' is a graph output",
+    }
+    assert sorted(s.node.name for s in a.sinks) == ["c2_node", "out_node"]
+    # BN's four parameters and the per-channel Mul constant are sliced with the first group
+    assert sorted((sl.node.op_type, sl.index) for sl in a.slices) == [
+        ("BatchNormalization", 1),
+        ("BatchNormalization", 2),
+        ("BatchNormalization", 3),
+        ("BatchNormalization", 4),
+        ("Mul", 1),
+    ]
+
+
+@pytest.mark.parametrize(
+    "kind", ["chain", "residual", "concat", "depthwise", "residual+concat+depthwise"]
+)
+def test_rewrite_is_exact(kind: str) -> None:
+    flags = {k: k in kind for k in ("residual", "concat", "depthwise")}
+    model = _chain(**flags)
+    stats = assert_prune_exact(model)
+    assert stats["channels_removed"] > 0
+    if flags["residual"]:
+        a = ch.analyze(pt.copy_model(_chain(**flags)).graph)
+        tied = [g for g in a.groups() if len(g) > 1]
+        assert [sorted(a.spaces[s].producer.name for s in g) for g in tied] == [
+            ["c1_node", "c2_node"]
+        ]
+    if flags["depthwise"]:
+        dw = next(n for n in model.graph if n.name == "dw_node")
+        assert dw.attributes["group"].value == dw.inputs[1].const_value.shape[0] < 8
+
+
+def _head(transposed: bool) -> ir.Model:
+    """Conv -> (Transpose) -> Flatten/Reshape -> Gemm (CREPE's and the demo's heads)."""
+    nodes = [pt.node("Conv", ["x", "w1", "b1"], ["c1"]), pt.node("Relu", ["c1"], ["r"])]
+    if transposed:
+        nodes += [
+            pt.node("Transpose", ["r"], ["t"], perm=[0, 2, 1, 3]),
+            pt.node("Reshape", ["t", "shape"], ["f"]),
+        ]
+    else:
+        nodes.append(pt.node("Flatten", ["r"], ["f"], axis=1))
+    nodes.append(pt.node("Gemm", ["f", "wg", "bg"], ["y"], transB=1))
+    return pt.make_model(
+        nodes,
+        [pt.vi("x", [2, 2, 4, 3])],
+        [pt.vi("y", [2, 7])],
+        [
+            pt.init("w1", _w(6, 2, 1, 1)),
+            pt.init("b1", _w(6)),
+            pt.init("shape", np.array([-1, 72], np.int64)),
+            pt.init("wg", _w(7, 72)),
+            pt.init("bg", _w(7)),
+        ],
+    )
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["flatten", "transpose-reshape"])
+def test_flattened_channels_into_gemm(transposed: bool) -> None:
+    model = _head(transposed)
+    a = ch.analyze(model.graph)
+    (sink,) = [s for s in a.sinks if s.node.op_type == "Gemm"]
+    # [2, 6, 4, 3]: Flatten gives 12 values per channel; Transpose(0,2,1,3) + Reshape gives
+    # 4 repeats of (6 channels x 3 values)
+    assert (sink.layout.outer, sink.layout.inner) == ((4, 3) if transposed else (1, 12))
+    stats = assert_prune_exact(model)
+    if transposed:
+        assert stats["reshapes_fixed"] == 1
+
+
+def _mlp(hidden_out: bool = False) -> ir.Model:
+    """MatMul + bias -> erf GELU -> MatMul + bias, on [batch, seq, 8]."""
+    nodes = [
+        pt.node("MatMul", ["x", "w1"], ["m1"]),
+        pt.node("Add", ["m1", "b1"], ["h"]),
+        pt.node("Div", ["h", "sqrt2"], ["hd"]),
+        pt.node("Erf", ["hd"], ["e"]),
+        pt.node("Add", ["e", "one"], ["e1"]),
+        pt.node("Mul", ["h", "e1"], ["g"]),
+        pt.node("Mul", ["g", "half"], ["gelu"]),
+        pt.node("MatMul", ["gelu", "w2"], ["m2"]),
+        pt.node("Add", ["m2", "b2"], ["y"]),
+    ]
+    outputs = [pt.vi("y", ["batch", 5, 8])]
+    if hidden_out:
+        outputs.append(pt.vi("gelu", ["batch", 5, 16]))
+    return pt.make_model(
+        nodes,
+        [pt.vi("x", ["batch", 5, 8])],
+        outputs,
+        [
+            pt.init("w1", _w(8, 16)),
+            pt.init("b1", _w(16)),
+            pt.init("sqrt2", np.array(1.4142135, np.float32)),
+            pt.init("one", np.array(1.0, np.float32)),
+            pt.init("half", np.array(0.5, np.float32)),
+            pt.init("w2", _w(16, 8)),
+            pt.init("b2", _w(8)),
+        ],
+    )
+
+
+def test_mlp_neurons_through_gelu() -> None:
+    model = _mlp()
+    a = ch.analyze(model.graph)
+    safe = [g for g in a.groups() if a.group_unsafe(g) is None]
+    assert [a.spaces[g[0]].producer.name for g in safe] == ["m1_node"]
+    assert_prune_exact(model, dims={"batch": 3})
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("output", "graph output"),
+        ("layernorm", "normalizes over the channel axis"),
+        ("softmax", "normalizes over the channel axis"),
+        ("split-reshape", "splits the channel axis"),
+        ("shape", "op not understood"),
+        ("add-input", "is not a per-channel constant"),
+        ("grouped", "grouped convolution"),
+    ],
+)
+def test_unsafe_structures_are_left_alone(case: str, reason: str) -> None:
+    inits = [pt.init("w1", _w(4, 8)), pt.init("w2", _w(8, 3))]
+    nodes = [pt.node("MatMul", ["x", "w1"], ["h"])]
+    outputs = [pt.vi("y", [2, 3])]
+    x_shape = [2, 4]
+    if case == "output":
+        nodes.append(pt.node("MatMul", ["h", "w2"], ["y"]))
+        outputs.append(pt.vi("h", [2, 8]))
+    elif case == "layernorm":
+        nodes += [
+            pt.node("LayerNormalization", ["h", "g"], ["n"], axis=-1),
+            pt.node("MatMul", ["n", "w2"], ["y"]),
+        ]
+        inits.append(pt.init("g", np.ones(8, np.float32)))
+    elif case == "softmax":
+        nodes += [pt.node("Softmax", ["h"], ["n"], axis=1), pt.node("MatMul", ["n", "w2"], ["y"])]
+    elif case == "split-reshape":
+        nodes += [
+            pt.node("Reshape", ["h", "s"], ["n"]),
+            pt.node("ReduceSum", ["n", "ax"], ["r"], keepdims=0),
+            pt.node("MatMul", ["r", "w3"], ["y"]),
+        ]
+        inits += [
+            pt.init("s", np.array([2, 2, 4], np.int64)),
+            pt.init("ax", np.array([2], np.int64)),
+            pt.init("w3", _w(2, 3)),
+        ]
+    elif case == "shape":
+        nodes += [
+            pt.node("Shape", ["h"], ["sh"]),
+            pt.node("Cast", ["sh"], ["shf"], to=1),
+            pt.node("ReduceSum", ["shf"], ["tot"], keepdims=1),
+            pt.node("MatMul", ["h", "w2"], ["m"]),
+            pt.node("Add", ["m", "tot"], ["y"]),
+        ]
+    elif case == "add-input":
+        nodes += [pt.node("Add", ["h", "z"], ["n"]), pt.node("MatMul", ["n", "w2"], ["y"])]
+    elif case == "grouped":
+        x_shape = [2, 4, 5]
+        inits = [pt.init("w1", _w(8, 4, 1)), pt.init("wg", _w(8, 4, 1)), pt.init("w2", _w(3, 8, 5))]
+        nodes = [
+            pt.node("Conv", ["x", "w1"], ["h"]),
+            pt.node("Conv", ["h", "wg"], ["g"], group=2),
+            pt.node("Conv", ["g", "w2"], ["y3"]),
+            pt.node("Flatten", ["y3"], ["y"]),
+        ]
+    inputs = [pt.vi("x", x_shape)]
+    if case == "add-input":
+        inputs.append(pt.vi("z", [2, 8]))
+    model = pt.make_model(nodes, inputs, outputs, inits)
+    before = pt.to_bytes(model)
+    a = ch.analyze(model.graph)
+    first = next(g for g in a.groups() if a.spaces[g[0]].producer.name == "h_node")
+    assert reason in (a.group_unsafe(first) or "")
+    result, p = pt.run_pass(model, PASS, ratio=0.5, round_to=1, min_channels=1)
+    groups = {tuple(e["producers"]): e for e in p.details["groups"]}
+    assert reason in groups[("h_node",)]["left_alone"]
+    if case not in ("grouped",):  # the other producers there have nothing to prune safely
+        assert not result.modified and pt.to_bytes(model) == before
+
+
+def test_concat_with_a_graph_input_keeps_that_segment() -> None:
+    model = pt.make_model(
+        [
+            pt.node("Conv", ["x", "w1"], ["a"]),
+            pt.node("Concat", ["a", "x"], ["cat"], axis=1),
+            pt.node("Conv", ["cat", "w2"], ["y"]),
+        ],
+        [pt.vi("x", [1, 3, 4, 4])],
+        [pt.vi("y", [1, 2, 4, 4])],
+        [pt.init("w1", _w(6, 3, 1, 1)), pt.init("w2", _w(2, 9, 1, 1))],
+    )
+    a = ch.analyze(model.graph)
+    sink = next(s for s in a.sinks if s.node.name == "y_node")
+    assert [n for _, n in sink.layout.segments] == [6, 3]
+    producers = [g for g in a.groups() if a.spaces[g[0]].producer.name == "a_node"]
+    assert a.group_unsafe(producers[0]) is None  # the Conv's own channels still go
+    assert_prune_exact(model)
+
+
+def test_demo_model_rewrite_is_exact() -> None:
+    model = gir.load_model(demo.demo_files()[0])
+    run_pipeline(model, "cleanup", verify_each=False)
+    stats = assert_prune_exact(model, dims={"batch": 3})
+    assert stats["layers_pruned"] == 4 and stats["sinks_resized"] == 4
+
+
+# ----------------------------------------------------------------------- counts
+@pytest.mark.parametrize(
+    ("original", "ratio", "round_to", "want"),
+    [(64, 0.3, 8, 48), (64, 0.3, 1, 45), (16, 0.3, 8, 8), (12, 0.5, 8, 8), (7, 0.9, 8, 7),
+     (2048, 0.3, 8, 1432), (10, 0.95, 1, 8)],
+)  # fmt: skip
+def test_keep_count(original: int, ratio: float, round_to: int, want: int) -> None:
+    assert keep_count(original, ratio, round_to, min_channels=8) == want
+
+
+def test_global_counts_follow_scores_with_caps() -> None:
+    low = np.linspace(0.1, 0.5, 32)  # a group that matters little
+    high = np.linspace(1.5, 2.5, 32)
+    counts = global_counts([low, high], [32, 32], 0.4, max_ratio=0.75, round_to=1, min_channels=4)
+    assert counts == [8, 30]  # 24 (the cap) from the weak group, the other 2 from the strong
+    assert sum(32 - c for c in counts) == round(0.4 * 64)
+
+
+# ----------------------------------------------------------------------- the pass
+def _demo_samples(model: ir.Model, n: int = 200) -> tuple[data.Samples, data.Samples, np.ndarray]:
+    with np.load(demo.demo_files()[1]) as npz:
+        x, y = npz["input"], npz["label"]
+    calib = data.from_arrays(model, {"input": x[:n]}, source="calib", batch=50)
+    test = data.from_arrays(model, {"input": x[n:]}, source="test", batch=50)
+    return calib, test, y[n:]
+
+
+def test_pass_on_demo_counts_macs_and_records_kept_channels() -> None:
+    model = gir.load_model(demo.demo_files()[0])
+    run_pipeline(model, "cleanup", verify_each=False)
+    macs = layer_macs(model)
+    original = pt.copy_model(model)
+    _, p = pt.apply_and_check(model, PASS, feeds=pt.random_feeds(model, dims={"batch": 4}))
+    assert p.details["macs"] == {"before": macs, "after": layer_macs(model)}
+    assert p.details["macs"]["after"] < 0.6 * macs
+    convs = {n.name: n for n in model.graph if n.op_type == "Conv"}
+    rec = json.loads(convs["/3/Conv"].metadata_props[ch.CHANNELS_KEY])
+    assert rec["original"] == 32 and len(rec["kept"]) == 24  # 32 * 0.7 rounded to 8s
+    # the kept filters are the original ones, restricted to the kept input channels
+    kept0 = json.loads(convs["/0/Conv"].metadata_props[ch.CHANNELS_KEY])["kept"]
+    w0 = next(n for n in original.graph if n.name == "/3/Conv").inputs[1].const_value.numpy()
+    w = convs["/3/Conv"].inputs[1].const_value.numpy()
+    np.testing.assert_array_equal(w, w0[rec["kept"]][:, kept0])
+    entry = next(e for e in p.details["groups"] if e["producers"] == ["/15/Gemm"])
+    assert "graph output" in entry["left_alone"]
+
+
+def test_second_order_drops_a_duplicated_channel_magnitude_keeps() -> None:
+    """Channels 0 and 1 compute the same map: removing one costs nothing once the sink
+    compensates, and second-order sees it; magnitude ranks both as the strongest."""
+    w1 = _w(6, 8, 1, 1)  # 8 inputs: apart from the duplicate, the channels are independent
+    w1[0] *= 4
+    w1[1] = w1[0]
+    model = pt.make_model(
+        [pt.node("Conv", ["x", "w1"], ["h"]), pt.node("Conv", ["h", "w2"], ["y"])],
+        [pt.vi("x", [4, 8, 5, 5])],
+        [pt.vi("y", [4, 2, 5, 5])],
+        [pt.init("w1", w1), pt.init("w2", _w(2, 6, 1, 1))],
+    )
+    feeds = pt.random_feeds(model, count=3)
+    samples = data.Samples(feeds, "random")
+
+    def kept_after(criterion: str) -> list[int]:
+        m = pt.copy_model(model)
+        cls = PruneChannelsPass
+        p = cls(cls.Options(ratio=0.2, round_to=1, min_channels=1, criterion=criterion),
+                PassContext(data=samples))  # fmt: skip
+        p(m)
+        h = next(n for n in m.graph if n.name == "h_node")
+        return json.loads(h.metadata_props[ch.CHANNELS_KEY])["kept"]
+
+    assert {0, 1} <= set(kept_after("magnitude"))
+    assert not {0, 1} <= set(kept_after("second-order"))
+
+
+@pytest.mark.parametrize("criterion", ["activation", "second-order", "entropy"])
+def test_data_criteria(criterion: str) -> None:
+    model = gir.load_model(demo.demo_files()[0])
+    run_pipeline(model, "cleanup", verify_each=False)
+    calib, _, _ = _demo_samples(model)
+    cls = PruneChannelsPass
+    with pytest.raises(DataError, match="needs calibration data"):
+        cls(cls.Options(criterion=criterion))(pt.copy_model(model))
+    p = cls(cls.Options(criterion=criterion), PassContext(data=calib))
+    assert p(model).modified and p.stats["groups_pruned"] == 4
+    again = cls(cls.Options(criterion=criterion), PassContext(data=calib))
+    assert not again(model).modified and not again.stats
+
+
+def test_global_scope_is_idempotent_and_removes_the_ratio() -> None:
+    model = gir.load_model(demo.demo_files()[0])
+    run_pipeline(model, "cleanup", verify_each=False)
+    total = sum(
+        ch.analyze(model.graph).spaces[g[0]].size
+        for g in ch.analyze(model.graph).groups()
+        if ch.analyze(model.graph).group_unsafe(g) is None
+    )
+    _, p = pt.run_pass(model, PASS, scope="global", ratio=0.4, round_to=1)
+    removed = p.stats["channels_removed"]
+    assert removed == round(0.4 * total)
+    pt.assert_idempotent(model, PASS, scope="global", ratio=0.4, round_to=1)
+
+
+def test_exclude_and_options() -> None:
+    model = gir.load_model(demo.demo_files()[0])
+    run_pipeline(model, "cleanup", verify_each=False)
+    _, p = pt.run_pass(model, PASS, exclude=["/0/Conv", "/3/Conv", "/7/Conv", "/12/Gemm"])
+    assert not p.stats
+    assert sum(e.get("left_alone") == "excluded" for e in p.details["groups"]) == 4
+    for bad, msg in [
+        ("ratio=1.5", "ratio must be in"),
+        ("criterion=gradient", "expected one of"),
+        ("scope=global,ratio=0.95", "above max_ratio"),
+        ("round_to=0", "round_to must be"),
+    ]:
+        with pytest.raises(PipelineError, match=msg):
+            parse(f"prune-channels{{{bad}}}")
