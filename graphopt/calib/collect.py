@@ -141,9 +141,42 @@ def _add_outputs(proto: onnx.ModelProto, names: Sequence[str], model: ir.Model) 
         present.add(name)
 
 
+def _keep_only(proto: onnx.ModelProto, names: Sequence[str]) -> None:
+    """Make ``names`` the only graph outputs and drop the nodes they do not depend on."""
+    del proto.graph.output[:]
+    _add_outputs_proto(proto, names)
+    needed = set(names)
+    keep = []
+    for node in reversed(proto.graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+            for attr in node.attribute:  # subgraphs may read outer values
+                for g in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                    for n in g.node:
+                        needed.update(i for i in n.input if i)
+    del proto.graph.node[:]
+    proto.graph.node.extend(reversed(keep))
+    inits = [t for t in proto.graph.initializer if t.name in needed]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(inits)
+
+
+def _add_outputs_proto(proto: onnx.ModelProto, names: Sequence[str]) -> None:
+    for name in names:
+        proto.graph.output.append(onnx.ValueInfoProto(name=name))
+
+
 @contextlib.contextmanager
-def augmented_session(model: ir.Model, names: Sequence[str]) -> Iterator[Any]:
-    """A CPU session (optimizations off) of a copy of ``model`` with ``names`` as outputs.
+def augmented_session(
+    model: ir.Model, names: Sequence[str], *, optimize: bool = False, only: bool = False
+) -> Iterator[Any]:
+    """A CPU session of a copy of ``model`` with ``names`` as outputs.
+
+    Graph optimizations are off unless ``optimize`` (tensors named as outputs survive ORT's
+    fusions either way, but with optimizations off every intermediate value is computed
+    exactly as the graph says). ``only`` makes ``names`` the only outputs and drops the
+    nodes they do not need, so a tensor early in the graph costs only the graph up to it.
 
     The copy goes through a temporary folder: onnx_ir writes the weights to an external data
     file tensor by tensor, the small weightless proto gets the extra outputs, and ONNX Runtime
@@ -155,10 +188,13 @@ def augmented_session(model: ir.Model, names: Sequence[str]) -> Iterator[Any]:
     try:
         gir.save_model(model, tmp / "model.onnx", external_data=True)
         proto = onnx.load_model(str(tmp / "model.onnx"), load_external_data=False)
-        _add_outputs(proto, names, model)
+        if only:
+            _keep_only(proto, names)
+        else:
+            _add_outputs(proto, names, model)
         onnx.save_model(proto, str(tmp / "augmented.onnx"))
         del proto
-        yield runtime.make_session(str(tmp / "augmented.onnx"), optimize=False)
+        yield runtime.make_session(str(tmp / "augmented.onnx"), optimize=optimize)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -195,16 +231,23 @@ def stream_tensors(
     *,
     label: str = "calibrating",
     progress: bool = True,
+    optimize: bool = False,
+    only: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yield, feed by feed, the named tensors (graph inputs or node outputs) of ``model``.
 
-    One augmented CPU session (optimizations off) serves every feed; each feed's tensors are
-    yielded as they come and dropped by the caller, so memory stays at one feed's worth.
+    One augmented CPU session serves every feed (see :func:`augmented_session` for
+    ``optimize`` and ``only``); each feed's tensors are yielded as they come and dropped by
+    the caller, so memory stays at one feed's worth.
     """
     _check_samples(model, samples)
     inputs = {v.name for v in model.graph.inputs}
     fetch = [n for n in dict.fromkeys(names) if n not in inputs]
-    session = augmented_session(model, fetch) if fetch else contextlib.nullcontext()
+    session = (
+        augmented_session(model, fetch, optimize=optimize, only=only)
+        if fetch
+        else contextlib.nullcontext()
+    )
     with session as sess, _progress(progress, label) as bar:
         task = bar.add_task(label, total=len(samples.feeds))
         for i, feed in enumerate(samples.feeds):

@@ -29,7 +29,7 @@ class FoldConstantsOptions:
 
 #: Provenance tags of the in-graph weight decoders that storage passes emit on purpose
 #: (sparse values + bit mask, cluster indices + codebook); folding them would undo the pass.
-STORAGE_DECODERS = frozenset({"sparse-compress", "cluster-weights"})
+STORAGE_DECODERS = frozenset({"compress-sparse", "cluster-weights"})
 #: ConstantOfShape outputs up to this many elements are folded. onnxscript keeps every
 #: ConstantOfShape (so a large zeros tensor is not stored), which leaves PyTorch's Pad
 #: arithmetic (ConstantOfShape -> Concat -> ... -> pads) unfolded: on CREPE the pads of all

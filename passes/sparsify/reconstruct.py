@@ -307,7 +307,10 @@ class ReconstructPass(GraphoptPass):
         return bool(fitted)
 
     def _outputs(self, model: ir.Model, names: list[str]) -> list[dict[str, np.ndarray]]:
-        return list(stream_tensors(model, self.context.data, names, label="reconstruct: checking"))
+        fetched = stream_tensors(
+            model, self.context.data, names, label="reconstruct: checking", optimize=True
+        )
+        return list(fetched)
 
     # ----------------------------------------------------------------- reference
     def _reference(self) -> ir.Model | None:
@@ -481,7 +484,7 @@ class ReconstructPass(GraphoptPass):
         rng = np.random.default_rng(self.context.seed)
         per_feed = [max(1, math.ceil(self.options.max_rows / n_feeds)) for _ in layers]
         for f, got in enumerate(
-            stream_tensors(reference, samples, names, label="reconstruct: original")
+            stream_tensors(reference, samples, names, label="reconstruct: original", optimize=True)
         ):
             for k, lay in enumerate(layers):
                 if lay.method == "output":
@@ -541,7 +544,9 @@ class ReconstructPass(GraphoptPass):
         samples = self.context.data
         names = [lay.x_cur for lay in batch]
         for f, got in enumerate(
-            stream_tensors(model, samples, names, label="reconstruct: fitting")
+            stream_tensors(
+                model, samples, names, label="reconstruct: fitting", optimize=True, only=True
+            )
         ):
             for lay in batch:
                 x = self._inputs(lay, got[lay.x_cur], lay.rows[f]).astype(np.float64)
