@@ -283,15 +283,20 @@ def plots(report: dict[str, Any]) -> list[tuple[str, str]] | None:
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
-th { background: #f0f0f0; } td.l { text-align: left; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; white-space: nowrap; }
+th { background: #f0f0f0; } td.l, th.l { text-align: left; }
+.wide { overflow-x: auto; max-width: 100%; }
 .note { color: #8a5a00; } img { max-width: 100%; margin: 1em 0; display: block; }
 """
 
 
 def html_page(report: dict[str, Any]) -> str:
     esc = html.escape
-    head = "".join(f"<th>{esc(c)}</th>" for c in COLUMNS)
+    left = (0, 1, len(COLUMNS) - 1)
+    head = "".join(
+        f'<th class="l">{esc(c)}</th>' if i in left else f"<th>{esc(c)}</th>"
+        for i, c in enumerate(COLUMNS)
+    )
     body = []
     for row in report["results"]:
         cells = row_cells(row)
@@ -312,9 +317,9 @@ def html_page(report: dict[str, Any]) -> str:
         "<h1>graphopt bench</h1>",
         f"<p>machine: {esc(_machine_line(report))}</p>",
         f"<p>settings: {esc(_settings_line(report))}</p>",
-        f'<table id="results"><thead><tr>{head}</tr></thead><tbody>',
+        f'<div class="wide"><table id="results"><thead><tr>{head}</tr></thead><tbody>',
         *body,
-        "</tbody></table>",
+        "</tbody></table></div>",
     ]
     skips = _skips(report)
     if skips:
