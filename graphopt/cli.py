@@ -605,6 +605,12 @@ def _nullcontext() -> Any:
     help="Ray cluster to use (e.g. ray://head:10001 or auto); default: start a local one.",
 )
 @click.option(
+    "--ray-shared-fs",
+    is_flag=True,
+    help="With --ray-address: every node sees RECIPE's files and OUT at the same paths; "
+    "read them in place instead of shipping them through Ray's object store.",
+)
+@click.option(
     "--resume/--no-resume",
     default=True,
     show_default=True,
@@ -618,6 +624,7 @@ def sweep(
     bench_jobs: int,
     backend: str,
     ray_address: str | None,
+    ray_shared_fs: bool,
     resume: bool,
     dry_run: bool,
 ) -> None:
@@ -642,6 +649,7 @@ def sweep(
         bench_jobs=bench_jobs,
         backend=backend,
         ray_address=ray_address,
+        ray_shared_fs=True if ray_shared_fs else None,
         resume=resume,
     )
     if dry_run:

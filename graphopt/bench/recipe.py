@@ -471,8 +471,11 @@ def _model_entry(
         for p, batch in ((data, 1), (calib, calib_batch)):
             if p is not None:
                 gdata.load_data(model, p, batch=batch)
+        if settings["metric"] == "top1" and data is None:
+            raise UsageError("metric top1 needs labels: give this model data = ... with 'label'")
         check_metric(settings["metric"], str(data) if data else None)
     except GraphoptError as exc:
+        exc.message = exc.message.removeprefix("--metric: ")
         raise type(exc)(f"recipe {chk.path}: {where}: {exc.message}", hint=exc.hint) from None
     specs = gdata.input_specs(model)
     batch_dims = {s.dims[0] for s in specs if s.dims and not isinstance(s.dims[0], int)}

@@ -239,6 +239,10 @@ def check_page(
         if not info["complete"] or info["natural"][0] == 0:
             problems.append(f"{name}: the browser could not decode it")
             continue
+        if w < 1 or h < 1:
+            info["on_screenshot"] = False
+            problems.append(f"{name}: not displayed (a {w}x{h} px box): the page shows no plot")
+            continue
         if w < 100 or h < 100:
             problems.append(f"{name}: shown at {w}x{h} px, too small to read")
         if y + h > rgb.shape[0]:

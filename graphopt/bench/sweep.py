@@ -65,6 +65,7 @@ class SweepOptions:
     bench_jobs: int = 1
     backend: str = "local"
     ray_address: str | None = None
+    ray_shared_fs: bool | None = None  # None: ship files when ray_address is given
     resume: bool = True
 
 
@@ -361,7 +362,7 @@ def make_backend(options: SweepOptions, store: Store, recipe: Recipe) -> Backend
     if options.backend == "ray":
         from graphopt.bench.sweep_ray import RayBackend
 
-        return RayBackend(store, recipe, options.ray_address)
+        return RayBackend(store, recipe, options.ray_address, options.ray_shared_fs)
     raise UsageError(f"--backend: unknown backend '{options.backend}' (choose from local, ray)")
 
 
