@@ -518,3 +518,94 @@ def test_ray_backend_without_ray_is_a_usage_error(
     assert res.code == EXIT_USAGE, res.err
     assert "pip install 'graphopt[ray]'" in res.err
     assert os.path.isdir(tmp_path / "o")  # created before the backend was asked for
+
+
+# ----------------------------------------------------------------------------- scheduling
+
+
+class FakeBackend:
+    """Records what ran together; finishes the oldest running task on each wait."""
+
+    name = "fake"
+
+    def __init__(self, failing: set[str] = frozenset()) -> None:
+        self.now: list[sw.Task] = []
+        self.starts: list[tuple[str, list[str]]] = []  # (task, tasks running with it)
+        self.failing = failing
+
+    def submit(self, task: sw.Task) -> None:
+        self.now.append(task)
+        self.starts.append((task.id, [t.id for t in self.now]))
+
+    def running(self) -> list[sw.Task]:
+        return list(self.now)
+
+    def wait(self, timeout: float) -> list[tuple[sw.Task, dict[str, Any]]]:
+        task = self.now.pop(0)
+        return [(task, {"status": "error" if task.id in self.failing else "ok", "id": task.id})]
+
+    def cancel_all(self) -> None:
+        self.now.clear()
+
+    def close(self) -> None:
+        pass
+
+
+def _task(kind: str, name: str, exclusive: bool, opt: str | None = None) -> sw.Task:
+    spec = {"definition": {}, "run_id": "r", "optimize_key": opt}
+    return sw.Task(kind, name, name, spec, exclusive)
+
+
+@pytest.mark.parametrize("timed", [True, False], ids=["timed-pass", "no-timed-pass"])
+@pytest.mark.parametrize("bench_jobs", [1, 2])
+def test_schedule_rules(tmp_path: Path, bench_jobs: int, timed: bool) -> None:
+    """Optimizations run --jobs at a time, those with timing passes alone; no cell starts
+    before every optimization finished; cells run alone (or --bench-jobs at a time); a cell
+    whose optimization failed is recorded as failed without running."""
+    from graphopt.bench.sweep_store import Store
+
+    store = Store(tmp_path / "out")
+    store.create()
+    names = ("a", "b", "c", "timed") if timed else ("a", "b", "c")
+    opts = [_task("optimize", n, n == "timed") for n in names]
+    cells = [_task("bench", f"x{i}", bench_jobs == 1, opt) for i, opt in enumerate("abc")]
+    cells += [_task("bench", "y", bench_jobs == 1, "b"), _task("bench", "z", bench_jobs == 1)]
+    backend = FakeBackend(failing={"b"})
+    options = sw.SweepOptions(out=store.root, jobs=2, bench_jobs=bench_jobs)
+    sw._schedule(backend, opts, cells, options, store, sw._Quiet())
+    starts = dict(backend.starts)
+    order = [name for name, _ in backend.starts]
+    assert max(len(w) for n, w in backend.starts if n in "abc") == 2  # --jobs 2
+    if timed:
+        assert starts["timed"] == ["timed"]  # alone
+    benches = [n for n in order if n[0] in "xyz"]
+    for n in benches:
+        assert not set(starts[n]) & set(names), f"{n} started while optimizing"
+    assert sorted(benches) == ["x0", "x2", "z"]  # x1 and y depend on the failed 'b'
+    assert max(len(starts[n]) for n in benches) == bench_jobs
+    for name in ("x1", "y"):
+        (cell,) = [t for t in cells if t.id == name]
+        stored = store.read_cell(cell.key)
+        assert stored["status"] == "error" and stored["error"]["type"] == "OptimizeFailed"
+
+
+def test_skipped_ep_cells(capsys: pytest.CaptureFixture[str], demo_paths, tmp_path: Path) -> None:
+    """A CUDA cell where CUDA cannot run is a skipped cell, not a failure; a sweep in which
+    every cell was skipped fails (as graphopt bench does when no EP could run)."""
+    model, _ = demo_paths
+    text = recipe_text(model, None, pipelines='none = ""\n', batches="[1]", bench_extra="")
+    text = text.replace('eps = ["cpu"]', 'eps = ["cpu", "cuda"]')
+    report = sw.run_sweep(
+        load_recipe(write(tmp_path, text)), sw.SweepOptions(out=tmp_path / "o", backend="inline")
+    )
+    cells = _cells(report)
+    assert cells["digits/none/cpu/b1"]["status"] == "ok"
+    cuda = cells["digits/none/cuda/b1"]
+    if cuda["status"] == "ok":
+        pytest.skip("CUDA runs here")
+    assert cuda["status"] == "skipped" and "CUDAExecutionProvider" in cuda["reason"]
+    assert sw.failure_message(report) is None
+    res = cli(
+        capsys, "sweep", write(tmp_path, text.replace('"cpu", ', "")), "--out", tmp_path / "o"
+    )
+    assert res.code == 1 and "no cell could run: all 1 were skipped" in res.err

@@ -671,6 +671,10 @@ def failure_message(report: dict[str, Any]) -> str | None:
     """One line naming the failed cells, or None when none failed."""
     bad = [c for c in report["cells"] if c["status"] == "error"]
     bad_opt = [o for o in report["optimized"] if o["status"] == "error"]
+    skipped = [c for c in report["cells"] if c["status"] == "skipped"]
+    if not bad and skipped and len(skipped) == len(report["cells"]):
+        # as graphopt bench: a skipped EP is a note, but a sweep that measured nothing fails
+        return f"no cell could run: all {len(skipped)} were skipped ({skipped[0]['reason']})"
     if not bad:
         return None
     first = bad[0]["error"] or {}
