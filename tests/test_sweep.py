@@ -609,3 +609,16 @@ def test_skipped_ep_cells(capsys: pytest.CaptureFixture[str], demo_paths, tmp_pa
         capsys, "sweep", write(tmp_path, text.replace('"cpu", ', "")), "--out", tmp_path / "o"
     )
     assert res.code == 1 and "no cell could run: all 1 were skipped" in res.err
+
+
+def test_one_sweep_per_folder(demo_paths, tmp_path: Path) -> None:
+    from graphopt.bench.sweep_store import Store
+    from graphopt.errors import UsageError
+
+    model, data = demo_paths
+    rec = load_recipe(write(tmp_path, recipe_text(model, data, pipelines='none = ""\n')))
+    store = Store(tmp_path / "o")
+    store.create()
+    with store.lock(), pytest.raises(UsageError, match=r"another sweep .* is running"):
+        sw.run_sweep(rec, sw.SweepOptions(out=tmp_path / "o", backend="inline"))
+    assert os.listdir(store.cells_root) == []

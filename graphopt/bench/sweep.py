@@ -403,9 +403,19 @@ def run_sweep(
         raise UsageError("--jobs and --bench-jobs must be at least 1")
     if options.backend != "ray" and options.ray_address:
         raise UsageError("--ray-address needs --backend ray")
-    say = listener or _Quiet()
     store = Store(options.out)
     store.create()
+    with store.lock():
+        return _run_locked(recipe, options, store, listener or _Quiet(), write)
+
+
+def _run_locked(
+    recipe: Recipe,
+    options: SweepOptions,
+    store: Store,
+    say: Listener,
+    write: Callable[[dict[str, Any]], list[Path]] | None,
+) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:12]
     t_start = time.perf_counter()
 

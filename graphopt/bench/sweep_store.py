@@ -15,11 +15,12 @@ Keys are hashes of definitions (see :mod:`graphopt.bench.recipe`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,34 @@ class Store:
             raise UsageError(f"--out: folder {self.root.parent} does not exist")
         for d in (self.root, self.cells_root, self.optimized_root, self.logs_root):
             d.mkdir(exist_ok=True)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold ``OUT/.lock`` while a sweep runs: a second sweep on the same folder (a resume
+        started while the first still runs) is refused. The OS drops the lock when the
+        process dies, even by SIGKILL, so a killed sweep never leaves a stale lock."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            yield
+            return
+        fh = open(self.root / ".lock", "a+")  # held open while locked
+        try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.seek(0)
+                owner = fh.read().strip() or "?"
+                raise UsageError(
+                    f"--out {self.root}: another sweep (pid {owner}) is running in this folder"
+                ) from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+            yield
+        finally:
+            fh.close()
 
     # cells
     def cell_path(self, key: str) -> Path:
