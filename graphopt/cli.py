@@ -654,18 +654,24 @@ def sweep(
     )
     if dry_run:
         store = Store(out)
+        kept, todo, to_optimize, _ = sw.plan(rec, store, resume=resume)
         table = Table(
-            title=escape(f"sweep {rec.name}: {len(rec.cells)} cells"), title_justify="left"
+            title=escape(
+                f"sweep {rec.name}: {len(rec.cells)} cells, {len(todo)} to run, "
+                f"{len(to_optimize)} model(s) to optimize"
+            ),
+            title_justify="left",
         )
         for col in ("cell", "key", "state"):
             table.add_column(col)
         for c in rec.cells:
-            prev = store.read_cell(c.key) if resume else None
-            state = (
-                prev.get("status", "?") + " (kept)"
-                if prev and prev.get("status") == "ok"
-                else (f"to run (was {prev['status']})" if prev else "to run")
-            )
+            prev = store.read_cell(c.key)
+            if c.key in kept:
+                state = "ok (kept)"
+            elif prev and resume:
+                state = f"to run (was {prev.get('status')})"
+            else:
+                state = "to run"
             table.add_row(escape(c.id), c.key, escape(state))
         _console.print(table)
         return

@@ -26,6 +26,7 @@ from onnx import TensorProto, helper
 
 from graphopt.bench import sweep as sw
 from graphopt.bench.recipe import load_recipe
+from graphopt.bench.sweep_store import Store
 from graphopt.cli import main
 from graphopt.errors import EXIT_INPUT, EXIT_USAGE
 
@@ -272,7 +273,9 @@ def test_relative_paths_and_dry_run(
     assert rec.models[0].path == (tmp_path / "m.onnx").resolve()
     res = cli(capsys, "sweep", recipe, "--dry-run", "--out", tmp_path / "o")
     assert res.code == 0, res.err
-    assert res.out.count("to run") == 4 and "digits/cleanup/cpu/b4" in res.out
+    rows = [line for line in res.out.splitlines() if "digits/" in line]
+    assert len(rows) == 4 and all("to run" in r for r in rows)
+    assert "4 cells, 4 to run, 1 model(s) to optimize" in res.out
 
 
 # ----------------------------------------------------------------------------- a real sweep
@@ -562,7 +565,6 @@ def test_schedule_rules(tmp_path: Path, bench_jobs: int, timed: bool) -> None:
     """Optimizations run --jobs at a time, those with timing passes alone; no cell starts
     before every optimization finished; cells run alone (or --bench-jobs at a time); a cell
     whose optimization failed is recorded as failed without running."""
-    from graphopt.bench.sweep_store import Store
 
     store = Store(tmp_path / "out")
     store.create()
@@ -612,7 +614,6 @@ def test_skipped_ep_cells(capsys: pytest.CaptureFixture[str], demo_paths, tmp_pa
 
 
 def test_one_sweep_per_folder(demo_paths, tmp_path: Path) -> None:
-    from graphopt.bench.sweep_store import Store
     from graphopt.errors import UsageError
 
     model, data = demo_paths
@@ -622,3 +623,37 @@ def test_one_sweep_per_folder(demo_paths, tmp_path: Path) -> None:
     with store.lock(), pytest.raises(UsageError, match=r"another sweep .* is running"):
         sw.run_sweep(rec, sw.SweepOptions(out=tmp_path / "o", backend="inline"))
     assert os.listdir(store.cells_root) == []
+
+
+def test_rebuilt_model_is_measured_again(swept: dict[str, Any], tmp_path: Path) -> None:
+    """Cells keep only what they measured on the optimized model stored now: a deleted (or
+    rebuilt) optimized model is built again and all its cells are measured again."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(swept["out"], out)
+    rec = load_recipe(swept["recipe"])
+    (opt,) = swept["report"]["optimized"]
+    shutil.rmtree(out / "optimized" / opt["key"])
+    kept, todo, to_optimize, _ = sw.plan(rec, Store(out), resume=True)
+    assert {c.id for c in todo} == {"digits/cleanup/cpu/b1", "digits/cleanup/cpu/b4"}
+    assert [t.key for t in to_optimize] == [opt["key"]] and len(kept) == 2
+    report = sw.run_sweep(rec, sw.SweepOptions(out=out, backend="inline"))
+    cells = _cells(report)
+    assert [cid for cid, c in cells.items() if not c["reused"]] == [
+        "digits/cleanup/cpu/b1",
+        "digits/cleanup/cpu/b4",
+    ]
+    build = report["optimized"][0]
+    for cid in ("digits/cleanup/cpu/b1", "digits/cleanup/cpu/b4"):
+        stored = json.loads((out / "cells" / f"{cells[cid]['key']}.json").read_text())
+        assert (
+            stored["optimize_run_id"]
+            == json.loads((out / "optimized" / build["key"] / "result.json").read_text())["run_id"]
+        )
+    # a cell that measured another build than the stored one is measured again
+    cell = out / "cells" / f"{cells['digits/cleanup/cpu/b4']['key']}.json"
+    data = json.loads(cell.read_text())
+    cell.write_text(json.dumps(dict(data, optimize_run_id="older")))
+    _, todo, to_optimize, cached = sw.plan(rec, Store(out), resume=True)
+    assert [c.id for c in todo] == ["digits/cleanup/cpu/b4"] and not to_optimize and cached

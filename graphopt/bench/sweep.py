@@ -385,6 +385,39 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def plan(
+    recipe: Recipe, store: Store, *, resume: bool
+) -> tuple[set[str], list[Cell], list[OptimizeTask], set[str]]:
+    """What a run does: (keys of kept cells, cells to measure, optimizations to run, keys of
+    cached optimized models used).
+
+    A cell is kept when its stored result is ok and, for an optimized model, measured the
+    build stored now (a model rebuilt since, by a --no-resume run cut short say, may differ:
+    passes that time the model decide on the machine's state). When a model is (re)built,
+    all its cells are measured again. Failed and skipped cells always run again.
+    """
+    done_cells: set[str] = set()
+    builds: dict[str, str] = {}  # optimize key -> run_id of the stored ok build
+    if resume:
+        for t in recipe.optimize_tasks:
+            prev = store.read_optimized(t.key)
+            if prev is not None and prev.get("status") == "ok":
+                builds[t.key] = prev["run_id"]
+        for cell in recipe.cells:
+            prev = store.read_cell(cell.key)
+            if prev is None or prev.get("status") != "ok":
+                continue
+            if cell.optimize_key and prev.get("optimize_run_id") != builds.get(cell.optimize_key):
+                continue
+            done_cells.add(cell.key)
+    needed = {c.optimize_key for c in recipe.cells if c.key not in done_cells and c.optimize_key}
+    rebuilt = needed - set(builds)
+    todo = [c for c in recipe.cells if c.key not in done_cells or c.optimize_key in rebuilt]
+    done_cells -= {c.key for c in todo}
+    to_optimize = [t for t in recipe.optimize_tasks if t.key in rebuilt]
+    return done_cells, todo, to_optimize, needed & set(builds)
+
+
 def run_sweep(
     recipe: Recipe,
     options: SweepOptions,
@@ -420,24 +453,8 @@ def _run_locked(
     t_start = time.perf_counter()
 
     # what is finished already
-    done_cells: set[str] = set()
-    done_opt: set[str] = set()
-    if options.resume:
-        for cell in recipe.cells:
-            prev = store.read_cell(cell.key)
-            if prev is not None and prev.get("status") == "ok":
-                done_cells.add(cell.key)
-        for t in recipe.optimize_tasks:
-            prev = store.read_optimized(t.key)
-            if prev is not None and prev.get("status") == "ok":
-                done_opt.add(t.key)
-    todo_cells = [c for c in recipe.cells if c.key not in done_cells]
-    needed_opt = {c.optimize_key for c in todo_cells if c.optimize_key is not None}
-    opt_tasks = [
-        _optimize_task(t, store, run_id)
-        for t in recipe.optimize_tasks
-        if t.key in needed_opt and t.key not in done_opt
-    ]
+    done_cells, todo_cells, to_optimize, cached = plan(recipe, store, resume=options.resume)
+    opt_tasks = [_optimize_task(t, store, run_id) for t in to_optimize]
     opt_tasks.sort(key=lambda t: t.exclusive)  # shared-machine work first, timing passes last
     exclusive_bench = options.bench_jobs == 1
     bench_tasks = [_bench_task(c, store, run_id, exclusive_bench) for c in todo_cells]
@@ -448,18 +465,18 @@ def _run_locked(
     for t, c in zip(bench_tasks, todo_cells, strict=True):
         t.resources = ray_request(recipe, c.ep, c.model.bench["threads"])
 
-    plan = {
+    info = {
         "cells": len(recipe.cells),
         "cells_to_run": len(bench_tasks),
         "cells_reused": len(done_cells),
         "optimize_to_run": len(opt_tasks),
-        "optimize_reused": len(needed_opt & done_opt),
+        "optimize_reused": len(cached),
         "backend": options.backend,
         "jobs": options.jobs,
         "bench_jobs": options.bench_jobs,
         "out": str(store.root),
     }
-    say.begin(plan)
+    say.begin(info)
     interrupted = False
     backend: Backend | None = None
     try:
@@ -542,6 +559,9 @@ def _schedule(
                 store.write_cell(result)
                 say.finished(task, result)
         while (task := startable()) is not None:
+            okey = task.spec.get("optimize_key")
+            if okey:  # which build of the optimized model this cell measures
+                task.spec["optimize_run_id"] = (store.read_optimized(okey) or {}).get("run_id")
             backend.submit(task)
             say.started(task)
         for task, result in backend.wait(0.25):

@@ -133,6 +133,7 @@ def run_bench_task(spec: dict[str, Any], models: list[Path] | None = None) -> di
     from graphopt.errors import RuntimeFailure
 
     result = _base(spec, CELL_SCHEMA)
+    result["optimize_run_id"] = spec.get("optimize_run_id")
     t0 = time.perf_counter()
     s = dict(spec["settings"])
     paths = models or [Path(p) for p in spec["models"]]
