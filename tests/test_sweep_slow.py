@@ -36,7 +36,9 @@ metric = "top1"
 [pipelines]
 none = ""
 cleanup = "cleanup"
-int8 = "cpu-int8"
+# cpu-int8 without its latency guard: the guard times int8 against float on this machine, so
+# two separate builds (a direct run and a killed one) may decide differently under load
+int8 = "cleanup,qdq-insert{{target=cpu,smooth=0.7}},sort-topologically"
 
 [models.digits]
 path = "{model}"
@@ -170,7 +172,11 @@ def test_ray_cuda_cells_ask_for_a_gpu(recipe: Path, ray_instance: Any, tmp_path:
         .replace('eps = ["cpu"]', 'eps = ["cuda"]')
         .replace("batches = [1, 4]", "batches = [1]")
     )
-    text = text.replace('cleanup = "cleanup"\nint8 = "cpu-int8"\n', "")
+    text = (
+        text[: text.index("[pipelines]")]
+        + '[pipelines]\nnone = ""\n'
+        + text[text.index("[models.digits]") :]
+    )
     path = tmp_path / "cuda.toml"
     path.write_text(text)
     rec = load_recipe(path)

@@ -140,6 +140,15 @@ def opt_cells(o: dict[str, Any]) -> list[str]:
     ]
 
 
+def _opt_notes(report: dict[str, Any]) -> list[str]:
+    """Each optimized model's pass findings, prefixed with model/pipeline."""
+    return [
+        f"{o['model']}/{o['pipeline']}: {note}"
+        for o in report["optimized"]
+        for note in (o.get("summary") or {}).get("notes", [])
+    ]
+
+
 def _problems(report: dict[str, Any]) -> list[str]:
     out = []
     for c in report["cells"]:
@@ -218,6 +227,9 @@ def markdown(report: dict[str, Any]) -> str:
         ]
         for o in report["optimized"]:
             lines.append("| " + " | ".join(md(x) for x in opt_cells(o)) + " |")
+        notes = _opt_notes(report)
+        if notes:
+            lines += ["", "What the passes decided:", "", *(f"- {md(n)}" for n in notes)]
         lines += ["", "Pipelines as run (normalized):", ""]
         seen = set()
         for o in report["optimized"]:
@@ -290,6 +302,9 @@ def html_page(report: dict[str, Any], *, plots: bool = True) -> str:
                 "<tr>" + "".join(f'<td class="l">{esc(x)}</td>' for x in opt_cells(o)) + "</tr>"
             )
         parts.append("</tbody></table></div>")
+        notes = _opt_notes(report)
+        if notes:
+            parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
     if plots:
         for m in rec["models"]:
             view = model_bench_view(report, m["name"])

@@ -71,6 +71,8 @@ def _base(spec: dict[str, Any], schema: str) -> dict[str, Any]:
 
 def optimize_summary(report: dict[str, Any]) -> dict[str, Any]:
     """The few numbers of an optimize report the sweep tables show."""
+    from graphopt.report import detail_notes
+
     before, after = report.get("before", {}), report.get("after", {})
     verify = report.get("verify", {})
     final = verify.get("final_vs_reference") or {}
@@ -86,6 +88,12 @@ def optimize_summary(report: dict[str, Any]) -> dict[str, Any]:
             "max_abs": final.get("max_abs"),
             "cosine": final.get("cosine"),
         },
+        # what the passes decided (fusion, nodes kept float, the int8 latency guard's verdict)
+        "notes": [
+            f"{rec['pass']}: {note}"
+            for rec in report.get("passes", [])
+            for note in detail_notes(rec.get("details") or {})
+        ],
     }
 
 
