@@ -127,12 +127,19 @@ def _skips(report: dict[str, Any]) -> list[str]:
 # ----------------------------------------------------------------------------- console
 
 
+# A terminal gets fewer columns than the files (all of them squeezed into 150 characters
+# wrap every cell); p90, the round medians and max abs are in the markdown, HTML and JSON.
+CONSOLE = tuple(c for c in COLUMNS if c not in ("p90 ms", "round medians ms", "max abs"))
+
+
 def console_tables(report: dict[str, Any]) -> list[Any]:
     table = Table(title="graphopt bench", title_justify="left", caption_justify="left")
-    for col in COLUMNS:
+    for col in CONSOLE:
         table.add_column(col, justify="left" if col in ("model", "EP", "metric") else "right")
+    pick = [COLUMNS.index(c) for c in CONSOLE]
     for row in report["results"]:
-        table.add_row(*(escape(c) for c in row_cells(row)))
+        cells = row_cells(row)
+        table.add_row(*(escape(cells[i]) for i in pick))
     table.caption = escape(_machine_line(report))
     out: list[Any] = [table]
     out += [f"[yellow]{escape(line)}[/]" for line in _skips(report)]
@@ -270,7 +277,7 @@ def plots(report: dict[str, Any]) -> list[tuple[str, str]] | None:
         ax.bar(xs, ys, width=width, yerr=[lo, hi], capsize=3, label=f"{model} [{ep}]")
     ax.set_xticks(range(len(batches)), [str(b) for b in batches])
     ax.set_xlabel("batch size")
-    ax.set_ylabel("p50 latency (ms); bars: round medians min–max")
+    ax.set_ylabel("p50 latency (ms); error bars: round medians min–max")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     out.append(("latency per batch size", _png(fig)))
@@ -283,15 +290,20 @@ def plots(report: dict[str, Any]) -> list[tuple[str, str]] | None:
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
-th { background: #f0f0f0; } td.l { text-align: left; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; white-space: nowrap; }
+th { background: #f0f0f0; } td.l, th.l { text-align: left; }
+.wide { overflow-x: auto; max-width: 100%; }
 .note { color: #8a5a00; } img { max-width: 100%; margin: 1em 0; display: block; }
 """
 
 
 def html_page(report: dict[str, Any]) -> str:
     esc = html.escape
-    head = "".join(f"<th>{esc(c)}</th>" for c in COLUMNS)
+    left = (0, 1, len(COLUMNS) - 1)
+    head = "".join(
+        f'<th class="l">{esc(c)}</th>' if i in left else f"<th>{esc(c)}</th>"
+        for i, c in enumerate(COLUMNS)
+    )
     body = []
     for row in report["results"]:
         cells = row_cells(row)
@@ -312,9 +324,9 @@ def html_page(report: dict[str, Any]) -> str:
         "<h1>graphopt bench</h1>",
         f"<p>machine: {esc(_machine_line(report))}</p>",
         f"<p>settings: {esc(_settings_line(report))}</p>",
-        f'<table id="results"><thead><tr>{head}</tr></thead><tbody>',
+        f'<div class="wide"><table id="results"><thead><tr>{head}</tr></thead><tbody>',
         *body,
-        "</tbody></table>",
+        "</tbody></table></div>",
     ]
     skips = _skips(report)
     if skips:
