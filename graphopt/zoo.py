@@ -58,6 +58,7 @@ __all__ = [
     "export_crepe",
     "export_minilm",
     "minilm_inputs",
+    "text_corpus",
 ]
 
 OPSET = 17
@@ -263,6 +264,27 @@ def minilm_inputs(texts: Sequence[str], seq_len: int | None = 128) -> dict[str, 
         "input_ids": np.ascontiguousarray(enc["input_ids"], dtype=np.int64),
         "attention_mask": np.ascontiguousarray(enc["attention_mask"], dtype=np.int64),
     }
+
+
+@functools.lru_cache(maxsize=1)
+def text_corpus() -> list[str]:
+    """Real English sentences that ship with every Python: the documentation topics of
+    ``pydoc_data`` (about a thousand after filtering), for calibrating and evaluating text
+    models offline. Deterministic for a given Python version; code-like fragments (with
+    ``=``, brackets, ``>>>`` and the like) and very short or long sentences are dropped.
+    """
+    from pydoc_data.topics import topics
+
+    text = " ".join(topics[key] for key in sorted(topics))
+    out: list[str] = []
+    for sentence in re.split(r"(?<=[.!?])\s+", text):
+        sentence = " ".join(sentence.split())
+        if not 40 <= len(sentence) <= 200 or not re.match(r"^[A-Z][a-z]", sentence):
+            continue
+        if re.search(r"[>{}=\[\]_*`|]", sentence):
+            continue
+        out.append(sentence)
+    return list(dict.fromkeys(out))
 
 
 def _minilm_module() -> Any:

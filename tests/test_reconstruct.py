@@ -278,3 +278,39 @@ def test_demo_top1_restored_after_pruning() -> None:
     acc = demo.top1_accuracy(rebuilt, test, y[200:])
     assert acc_pruned < base - 0.2  # pruning alone breaks this small CNN
     assert acc >= base - 0.01  # reconstruct brings it back within a point
+
+
+def test_after_quantization_the_int32_biases_are_corrected() -> None:
+    """On a QDQ model the int8 weights stay; each layer's int32 bias absorbs its mean error
+    against the float original (bias correction), requantized with the bias's own scale."""
+    path, npz = demo.demo_files()
+    with np.load(npz) as f:
+        x = f["input"]
+    model = gir.load_model(path)
+    calib = data.from_arrays(model, {"input": x[:200]}, source="calib", batch=50)
+    pipeline = "cleanup,qdq-insert{target=cpu,reduce_range=true},reconstruct,reconstruct"
+    result = run_pipeline(model, pipeline, context=PassContext(data=calib), samples=calib.head(2))
+    first, second = result.steps[-2], result.steps[-1]
+    assert first["modified"] and not second["modified"]  # idempotent
+    assert {v["method"] for v in first["details"]["layers"].values()} == {"bias"}
+    err = first["details"]["relative_error"]
+    assert err["after"] < 0.5 * err["before"]
+    quantized = gir.load_model(path)  # the same pipeline without reconstruct
+    run_pipeline(
+        quantized,
+        "cleanup,qdq-insert{target=cpu,reduce_range=true}",
+        context=PassContext(data=calib),
+    )
+    ints = {
+        name: v.const_value.numpy()
+        for name, v in model.graph.initializers.items()
+        if v.const_value is not None
+        and v.const_value.dtype in (ir.DataType.INT8, ir.DataType.INT32)
+    }
+    before = {
+        name: v.const_value.numpy()
+        for name, v in quantized.graph.initializers.items()
+        if name in ints
+    }
+    changed = {n for n in ints if not np.array_equal(ints[n], before[n])}
+    assert changed and all(ints[n].dtype == np.int32 for n in changed)  # biases only

@@ -22,6 +22,11 @@ Two fits, chosen per layer (``method=auto``):
   are folded through ``A``: exact where removed channels are linear in the kept ones, and
   cheap (a channels x channels system) whatever the kernel size.
 
+After quantization (``qdq-insert``), a layer whose weight is a DequantizeLinear of integers
+keeps its integer weights; its bias absorbs the layer's mean error against the original
+(**bias correction**), and an int32 bias is requantized with its own scale, so ONNX Runtime
+still fuses the group into an integer kernel.
+
 With ``sequential=true`` the layers are fit in dependency order, each on inputs produced by
 the already refit layers before it (so later layers also absorb what earlier fits left);
 layers that do not depend on each other share one calibration run. The pass then compares
@@ -64,7 +69,9 @@ class ReconstructOptions:
         "changed", "changed: layers whose weights differ from the original; all: every match"
     )
     method: Literal["auto", "output", "input"] = option(
-        "auto", "output-space least squares, input-space channel regression, or auto by size"
+        "auto",
+        "output-space least squares, input-space channel regression, or auto by size"
+        " (quantized layers: bias correction)",
     )
     max_features: int = option(8192, "auto: layers with more inputs per output use input space")
     max_rows: int = option(8192, "sampled rows (output positions) per layer")
@@ -94,6 +101,7 @@ class _Layer:
     x_cur: str  # input name in the current model
     x_ref: str  # input name in the original model
     y_ref: str  # output (after a MatMul's bias Add) name in the original model
+    y_cur: str  # the same output in the current model
     out_kept: np.ndarray | None  # original output channels this layer still computes
     w: np.ndarray  # current weight as [O, K] (Conv: K = C/group * taps)
     b: np.ndarray | None  # current bias [O]
@@ -151,6 +159,50 @@ def _weight_hash(w: np.ndarray, b: np.ndarray | None) -> str:
     return h.hexdigest()[:16]
 
 
+def _dq_of(value: ir.Value | None) -> ir.Node | None:
+    """The DequantizeLinear of constants that computes ``value``, if that is what it is."""
+    node = value.producer() if value is not None else None
+    if node is None or node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
+        return None
+    if any(v is not None and const_array(v) is None for v in node.inputs):
+        return None
+    return node
+
+
+def _read(value: ir.Value | None) -> np.ndarray | None:
+    """A constant's data, or a DequantizeLinear of constants evaluated in float64."""
+    a = const_array(value)
+    if a is not None:
+        return a
+    dq = _dq_of(value)
+    if dq is None:
+        return None
+    q = const_array(dq.inputs[0]).astype(np.float64)  # type: ignore[union-attr]
+    scale = const_array(dq.inputs[1]).astype(np.float64)  # type: ignore[union-attr]
+    zp = const_array(dq.inputs[2]) if len(dq.inputs) > 2 else None
+    zp = np.zeros_like(scale) if zp is None else zp.astype(np.float64)
+    if scale.ndim == 1 and scale.size > 1 and q.ndim > 1:  # per axis
+        shape = [1] * q.ndim
+        shape[int(attr_value(dq, "axis", 1)) % q.ndim] = scale.size  # type: ignore[call-overload]
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return (q - zp) * scale
+
+
+def _bias_of(node: ir.Node, bias_add: ir.Node | None, n: int) -> np.ndarray | None:
+    """The layer's bias as a float64 [n] (Gemm: times beta), None where it has none."""
+    if node.op_type in ("Conv", "Gemm"):
+        c = _read(node.inputs[2]) if len(node.inputs) > 2 else None
+        if c is None:
+            return None
+        beta = float(attr_value(node, "beta", 1.0)) if node.op_type == "Gemm" else 1.0  # type: ignore[arg-type]
+        return np.broadcast_to(c.astype(np.float64).ravel(), (n,)) * beta
+    if bias_add is None:
+        return None
+    value = next(v for v in bias_add.inputs if v is not node.outputs[0])
+    c = _read(value)
+    return None if c is None else c.astype(np.float64).ravel()
+
+
 def _bias_add(node: ir.Node, n: int) -> tuple[ir.Node, int] | None:
     """A MatMul's only consumer when it is ``Add(y, constant [n])``: (Add node, bias index)."""
     out = node.outputs[0]
@@ -161,7 +213,7 @@ def _bias_add(node: ir.Node, n: int) -> tuple[ir.Node, int] | None:
     if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.inputs) != 2:
         return None
     other = 1 - idx
-    c = const_array(add.inputs[other])
+    c = _read(add.inputs[other])
     if c is None or c.size != n or c.shape[-1] != n:
         return None
     return add, other
@@ -335,7 +387,12 @@ class ReconstructPass(GraphoptPass):
             label = node.name or node.op_type
             w_val = node.inputs[1] if len(node.inputs) > 1 else None
             w = const_array(w_val)
-            if w is None or w.dtype != np.float32 or node.inputs[0] is None:
+            quantized = w is None and _dq_of(w_val) is not None
+            if quantized:
+                w = _read(w_val)
+            elif w is None or w.dtype != np.float32:
+                continue
+            if node.inputs[0] is None:
                 continue
             ref = ref_nodes.get(node.name) if node.name else None
             if ref is None or ref.op_type != node.op_type:
@@ -352,7 +409,7 @@ class ReconstructPass(GraphoptPass):
             ):
                 self.details["skipped"][label] = "Gemm with transA or beta=0"
                 continue
-            lay = self._layer(node, ref, w, w_ref)
+            lay = self._layer(node, ref, w, w_ref, quantized)
             if lay is None:
                 continue
             ref_rows = lay.w_ref if lay.out_kept is None else lay.w_ref[lay.out_kept]
@@ -365,47 +422,29 @@ class ReconstructPass(GraphoptPass):
         return out
 
     def _layer(
-        self, node: ir.Node, ref: ir.Node, w: np.ndarray, w_ref: np.ndarray
+        self, node: ir.Node, ref: ir.Node, w: np.ndarray, w_ref: np.ndarray, quantized: bool
     ) -> _Layer | None:
         o = self.options
         label = node.name or node.op_type
         rows = _as_rows(node, w)
         rows_ref = _as_rows(ref, w_ref)
-        b = b_ref = None
         y_ref = ref.outputs[0].name
-        bias_add = None
-        if node.op_type in ("Conv", "Gemm"):
-            if len(node.inputs) > 2 and node.inputs[2] is not None:
-                c = const_array(node.inputs[2])
-                if c is None or c.size not in (1, rows.shape[0]):
-                    self.details["skipped"][label] = "bias is not a constant vector"
-                    return None
-                beta = float(attr_value(node, "beta", 1.0)) if node.op_type == "Gemm" else 1.0  # type: ignore[arg-type]
-                b = np.broadcast_to(c.astype(np.float64).ravel(), (rows.shape[0],)) * beta
-            if len(ref.inputs) > 2 and ref.inputs[2] is not None:
-                c = const_array(ref.inputs[2])
-                if c is not None and c.size in (1, rows_ref.shape[0]):
-                    beta = float(attr_value(ref, "beta", 1.0)) if ref.op_type == "Gemm" else 1.0  # type: ignore[arg-type]
-                    b_ref = (
-                        np.broadcast_to(c.astype(np.float64).ravel(), (rows_ref.shape[0],)) * beta
-                    )
-        else:
+        bias_add = ref_add = None
+        if node.op_type == "MatMul":
             found = _bias_add(node, rows.shape[0])
             if found is not None:
-                add, idx = found
-                ref_add = next((u for u, _ in ref.outputs[0].uses() if u.name == add.name), None)
-                if ref_add is None:
-                    found = None
-                else:
-                    bias_add = add
-                    b = const_array(add.inputs[idx]).astype(np.float64).ravel()  # type: ignore[union-attr]
+                uses = ref.outputs[0].uses()
+                ref_add = next((u for u, _ in uses if u.name == found[0].name), None)
+                if ref_add is not None:
+                    bias_add = found[0]
                     y_ref = ref_add.outputs[0].name
-                    rb = _bias_add(ref, rows_ref.shape[0])
-                    b_ref = (
-                        const_array(ref_add.inputs[rb[1]]).astype(np.float64).ravel()  # type: ignore[union-attr]
-                        if rb is not None
-                        else None
-                    )
+        elif len(node.inputs) > 2 and node.inputs[2] is not None:
+            c = _read(node.inputs[2])
+            if c is None or c.size not in (1, rows.shape[0]):
+                self.details["skipped"][label] = "bias is not a constant vector"
+                return None
+        b = _bias_of(node, bias_add, rows.shape[0])
+        b_ref = _bias_of(ref, ref_add, rows_ref.shape[0])
         kept = None
         rec = node.metadata_props.get(CHANNELS_KEY)
         if rec:
@@ -416,11 +455,15 @@ class ReconstructPass(GraphoptPass):
         ):
             self.details["skipped"][label] = "output channels do not match the original"
             return None
+        if quantized and b is None:
+            self.details["skipped"][label] = "quantized weights and no bias to correct"
+            return None
         lay = _Layer(
             node=node,
             x_cur=node.inputs[0].name,  # type: ignore[union-attr]
             x_ref=ref.inputs[0].name,  # type: ignore[union-attr]
             y_ref=y_ref,
+            y_cur=(bias_add or node).outputs[0].name,
             out_kept=kept,
             w=rows,
             b=b,
@@ -428,6 +471,9 @@ class ReconstructPass(GraphoptPass):
             b_ref=b_ref,
             bias_add=bias_add,
         )
+        if quantized:  # integer weights stay: correct the bias (the mean error per output)
+            lay.method = "bias"
+            return lay
         zeros = float((rows == 0).mean())
         features = rows.shape[1] + 1
         method = o.method
@@ -487,7 +533,7 @@ class ReconstructPass(GraphoptPass):
             stream_tensors(reference, samples, names, label="reconstruct: original", optimize=True)
         ):
             for k, lay in enumerate(layers):
-                if lay.method == "output":
+                if lay.method in ("output", "bias"):
                     y = got[lay.y_ref]
                     where = _sample_positions(self._out_positions(lay, y), per_feed[k], rng)
                     lay.rows[f] = where
@@ -524,6 +570,12 @@ class ReconstructPass(GraphoptPass):
         return rows.astype(np.float32)
 
     @staticmethod
+    def _gather_current(lay: _Layer, y: np.ndarray, where: tuple[np.ndarray, ...]) -> np.ndarray:
+        if lay.node.op_type == "Conv":
+            return y[(where[0], slice(None), *where[1:])].astype(np.float64)
+        return y.reshape(-1, y.shape[-1])[where[0]].astype(np.float64)
+
+    @staticmethod
     def _gather_features(lay: _Layer, x: np.ndarray, where: tuple[np.ndarray, ...]) -> np.ndarray:
         if lay.node.op_type == "Conv":
             return x[(where[0], slice(None), *where[1:])].astype(np.float32)
@@ -542,15 +594,21 @@ class ReconstructPass(GraphoptPass):
     # ----------------------------------------------------------------- fitting
     def _fit_stage(self, model: ir.Model, batch: list[_Layer]) -> None:
         samples = self.context.data
-        names = [lay.x_cur for lay in batch]
+        names = [lay.y_cur if lay.method == "bias" else lay.x_cur for lay in batch]
         for f, got in enumerate(
             stream_tensors(
                 model, samples, names, label="reconstruct: fitting", optimize=True, only=True
             )
         ):
             for lay in batch:
-                x = self._inputs(lay, got[lay.x_cur], lay.rows[f]).astype(np.float64)
                 y = lay.targets.pop(f).astype(np.float64)
+                if lay.method == "bias":  # the mean error per output channel
+                    now = self._gather_current(lay, got[lay.y_cur], lay.rows[f])
+                    err = (y - now).sum(axis=0)
+                    lay.cross = err if lay.cross is None else lay.cross + err
+                    lay.gram = np.array(y.shape[0] + (0 if lay.gram is None else lay.gram))
+                    continue
+                x = self._inputs(lay, got[lay.x_cur], lay.rows[f]).astype(np.float64)
                 g = lay.group if lay.method == "output" else 1
                 r = x.shape[0]
                 xg = x.reshape(r, g, -1)
@@ -575,6 +633,8 @@ class ReconstructPass(GraphoptPass):
         assert lay.gram is not None and lay.cross is not None
         n_out = lay.w.shape[0]
         b0 = lay.b if lay.b is not None else np.zeros(n_out)
+        if lay.method == "bias":
+            return lay.w, b0 + lay.cross / max(int(lay.gram), 1)
         if lay.method == "output":
             g = lay.gram.shape[0]
             og = n_out // g
@@ -605,35 +665,28 @@ class ReconstructPass(GraphoptPass):
         graph = model.graph
         namer = Namer(graph)
         node = lay.node
-        w_val = node.inputs[1]
-        assert w_val is not None and w_val.const_value is not None
-        shape = tuple(w_val.const_value.shape)
-        arr = _from_rows(node, w_rows, shape)
-        if lay.mask is not None:
-            keep = _from_rows(node, lay.mask.astype(np.float64), shape) != 0
-            arr = np.where(keep, arr, np.float32(0))
-        self._set_const(graph, namer, node, 1, arr)
-        b32 = b.astype(np.float32)
+        if lay.method != "bias":  # quantized weights stay as they are
+            w_val = node.inputs[1]
+            assert w_val is not None and w_val.const_value is not None
+            shape = tuple(w_val.const_value.shape)
+            arr = _from_rows(node, w_rows, shape)
+            if lay.mask is not None:
+                keep = _from_rows(node, lay.mask.astype(np.float64), shape) != 0
+                arr = np.where(keep, arr, np.float32(0))
+            self._set_const(graph, namer, node, 1, arr)
+            lay.w = _as_rows(node, arr)
         if node.op_type in ("Conv", "Gemm"):
             if node.op_type == "Gemm":
-                b32 = b32 / np.float32(attr_value(node, "beta", 1.0))
-            c = node.inputs[2] if len(node.inputs) > 2 else None
-            if c is not None:
-                c_shape = c.const_value.shape if c.const_value is not None else (len(b32),)
-                same = int(np.prod(tuple(c_shape))) == b32.size
-                self._set_const(
-                    graph, namer, node, 2, b32.reshape(tuple(c_shape) if same else b32.shape)
-                )
+                b = b / float(attr_value(node, "beta", 1.0))  # type: ignore[arg-type]
+            if len(node.inputs) > 2 and node.inputs[2] is not None:
+                self._set_param(graph, namer, node, 2, b)
             else:
-                self._add_bias(graph, namer, node, b32)
+                self._add_bias(graph, namer, node, b.astype(np.float32))
         elif lay.bias_add is not None:
             add = lay.bias_add
             idx = next(i for i, v in enumerate(add.inputs) if v is not node.outputs[0])
-            c = add.inputs[idx].const_value  # type: ignore[union-attr]
-            assert c is not None
-            self._set_const(graph, namer, add, idx, b32.reshape(tuple(c.shape)))
-        lay.w = _as_rows(node, arr)
-        lay.b = b if (node.op_type != "MatMul" or lay.bias_add is not None) else None
+            self._set_param(graph, namer, add, idx, b)
+        lay.b = _bias_of(node, lay.bias_add, lay.w.shape[0])  # as stored (rounded)
         old = node.metadata_props.get(RECONSTRUCT_KEY)
         node.metadata_props[RECONSTRUCT_KEY] = _weight_hash(lay.w, lay.b)
 
@@ -644,6 +697,31 @@ class ReconstructPass(GraphoptPass):
                 node.metadata_props[RECONSTRUCT_KEY] = old
 
         self._undo.append(undo_meta)
+
+    def _set_param(
+        self, graph: ir.Graph, namer: Namer, node: ir.Node, index: int, values: np.ndarray
+    ) -> None:
+        """Store float ``values`` in input ``index``: a float constant, or the integers behind
+        a DequantizeLinear (requantized with its scale and zero point, e.g. an int32 bias)."""
+        v = node.inputs[index]
+        assert v is not None
+        dq = _dq_of(v) if v.const_value is None else None
+        if dq is None:
+            shape = tuple(v.const_value.shape)  # type: ignore[union-attr]
+            arr = np.asarray(values, np.float32)
+            self._set_const(
+                graph, namer, node, index, arr.reshape(shape) if arr.size == np.prod(shape) else arr
+            )
+            return
+        q_val = dq.inputs[0]
+        q = const_array(q_val)
+        scale = const_array(dq.inputs[1]).astype(np.float64)  # type: ignore[union-attr]
+        zp = const_array(dq.inputs[2]) if len(dq.inputs) > 2 else None
+        zp = np.zeros_like(scale) if zp is None else zp.astype(np.float64)
+        assert q is not None
+        info = np.iinfo(q.dtype)
+        new = np.clip(np.round(values.reshape(q.shape) / scale + zp), info.min, info.max)
+        self._set_const(graph, namer, dq, 0, new.astype(q.dtype))
 
     def _set_const(
         self, graph: ir.Graph, namer: Namer, node: ir.Node, index: int, arr: np.ndarray
