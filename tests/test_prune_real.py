@@ -82,7 +82,7 @@ def test_minilm_reports_what_it_leaves_alone(zoo, tmp_path: Path) -> None:
 
 def test_crepe_half_pruned_keeps_pitch_only_with_reconstruct(zoo, tmp_path: Path) -> None:
     model = zoo.cached("crepe-full", lambda p: zoo.export_crepe(p, "full"))
-    calib, _ = zoo.crepe_frames(np.geomspace(90.0, 900.0, 64), seed=1)
+    calib, _ = zoo.crepe_frames(np.geomspace(90.0, 900.0, 128), seed=1)  # as bench_prune
     frames, true = zoo.crepe_frames(np.geomspace(100.0, 800.0, 64), seed=0)
     data = tmp_path / "tones.npz"
     np.savez(data, frames=calib)
