@@ -98,6 +98,11 @@ class SparsifyWeightsOptions:
     min_size: int = option(4096, "weights with fewer elements are left dense")
     exclude: list[str] = option([], "node names left dense")
     skip_first_last: bool = option(True, "leave the first and last weighted layers dense")
+    skip_sensitive: float = option(
+        0.0,
+        "leave dense a layer whose pruning alone moves the outputs on DATA by more than this"
+        " relative squared error (0: off)",
+    )
 
     def __post_init__(self) -> None:
         if not (isinstance(self.sparsity, (int, float)) and 0.0 <= self.sparsity < 1.0):
@@ -279,6 +284,8 @@ class SparsifyWeightsPass(GraphoptPass):
                     )
                     for t in pending
                 }
+            if o.skip_sensitive > 0:
+                pending = self._drop_sensitive(model, pending, new)
             for t in pending:
                 arr = new[id(t)].astype(np.float32)
                 zeroed = int((arr == 0).sum() - (t.array == 0).sum())
@@ -311,6 +318,43 @@ class SparsifyWeightsPass(GraphoptPass):
                 all_zeros += int((a == 0).sum())
         self.details["model_float_sparsity"] = all_zeros / all_size if all_size else 0.0
         return changed
+
+    # ----------------------------------------------------------------- sensitivity
+    def _drop_sensitive(
+        self, model: ir.Model, pending: list[_Target], new: dict[int, np.ndarray]
+    ) -> list[_Target]:
+        """Measure each layer pruned alone (one session each); keep the insensitive ones."""
+        samples = self.context.data
+        if samples is None or len(samples.feeds) == 0:
+            raise DataError("sparsify{skip_sensitive} measures on calibration data (DATA)")
+        feeds = samples.feeds
+
+        def outputs() -> list[list[np.ndarray]]:
+            return runtime.run_feeds(runtime.make_session(model), feeds)
+
+        dense = outputs()
+        keep, sensitivity = [], {}
+        for t in pending:
+            value = t.weight.const_value
+            t.weight.const_value = ir.tensor(new[id(t)].astype(np.float32), name=t.weight.name)
+            try:
+                got = outputs()
+            finally:
+                t.weight.const_value = value
+            num = sum(
+                float(np.square(np.asarray(g, np.float64) - w).sum())
+                for gs, ws in zip(got, dense)
+                for g, w in zip(gs, ws)
+            )
+            den = sum(float(np.square(np.asarray(w, np.float64)).sum()) for ws in dense for w in ws)
+            err = num / den if den > 0 else 0.0
+            sensitivity[t.name] = err
+            if err > self.options.skip_sensitive:
+                self._skip(t.node.name or t.node.op_type, f"sensitive ({err:.3g})")
+            else:
+                keep.append(t)
+        self.details["sensitivity"] = sensitivity
+        return keep
 
     # ----------------------------------------------------------------- matching
     def _skip(self, what: str, reason: str) -> None:
