@@ -110,3 +110,22 @@ def test_compress_sparse_pass_is_exact_and_survives_cleanup(tmp_path) -> None:
     out = tmp_path / "compressed.onnx"
     gir.save_model(model, out)
     assert out.stat().st_size < 0.8 * dense.stat().st_size
+
+
+def test_embedding_tables_on_request() -> None:
+    table = np.random.default_rng(2).standard_normal((300, 16)).astype(np.float32)
+    model = pt.make_model(
+        [pt.node("Gather", ["table", "ids"], ["y"], axis=0)],
+        [pt.vi("ids", ["batch", 5], pt.INT64)],
+        [pt.vi("y", ["batch", 5, 16])],
+        [pt.init("table", table)],
+    )
+    pt.assert_noop(model, "cluster-weights", min_size=0)  # tables only when asked
+    _, p = pt.run_pass(model, "cluster-weights", min_size=0, embeddings=True, k=256)
+    assert list(p.details["layers"]) == ["table"]
+    got = _decoded(model, "table")
+    assert len(np.unique(got)) <= 256
+    assert np.linalg.norm(got - table) / np.linalg.norm(table) < 0.02
+    ids = np.array([[0, 5, 299, 7, 7]], np.int64)
+    _, outs = pt.run_model(model, [{"ids": ids}])
+    np.testing.assert_array_equal(outs[0][0], got[ids])

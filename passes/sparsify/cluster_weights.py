@@ -1,6 +1,7 @@
 """cluster-weights: weight sharing by k-means, stored as a codebook and indices.
 
-Each Conv/Gemm/MatMul weight (float32, at least ``min_size`` elements) is replaced by ``k``
+Each Conv/Gemm/MatMul weight and each Gather table (embeddings; float32, at least
+``min_size`` elements) is replaced by ``k``
 shared values, chosen per layer by one-dimensional k-means (Lloyd's iterations from
 quantile starts, exact on the sorted values), and stored as a float32 codebook plus one index
 per weight: 4 bits per index when ``k <= 16`` (two per byte), 8 bits otherwise. A small
@@ -42,6 +43,7 @@ class ClusterWeightsOptions:
     k: int = option(16, "shared values per layer: 2..16 stores 4-bit indices, up to 256 8-bit")
     min_size: int = option(4096, "weights with fewer elements are left as they are")
     exclude: list[str] = option([], "node names whose weights are left as they are")
+    embeddings: bool = option(False, "also share the values of Gather tables (embeddings)")
 
     def __post_init__(self) -> None:
         if not 2 <= self.k <= 256:
@@ -117,11 +119,16 @@ class ClusterWeightsPass(GraphoptPass):
         shared: dict[str, ir.Value] = {}
         done: set[str] = set()
         for node in list(graph):
-            if node.op_type not in _WEIGHTED or node.domain not in ("", "ai.onnx"):
+            if node.domain not in ("", "ai.onnx") or node.name in o.exclude:
                 continue
-            if len(node.inputs) < 2 or node.inputs[1] is None or node.name in o.exclude:
+            if node.op_type in _WEIGHTED and len(node.inputs) > 1:
+                w = node.inputs[1]
+            elif node.op_type == "Gather" and o.embeddings and node.inputs:
+                w = node.inputs[0]  # the table; its indices are computed
+            else:
                 continue
-            w = node.inputs[1]
+            if w is None:
+                continue
             arr = const_array(w)
             if (
                 arr is None
