@@ -6,7 +6,6 @@ reference, the task metric, the reports and the error paths are.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -17,24 +16,12 @@ import onnx
 import onnx.numpy_helper
 import onnxruntime
 import pytest
+from cli_testing import cli
 
 from graphopt.bench.report import pareto_front
 from graphopt.cli import main
 
 FAST = ("--threads", "1", "--warmup", "1", "--repeat", "3", "--rounds", "2")
-
-
-@dataclasses.dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> Result:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return Result(code, out, err)
 
 
 def _top1(model: Path, data: Path) -> float:

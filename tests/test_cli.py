@@ -27,6 +27,7 @@ import onnx
 import onnx.numpy_helper
 import onnxruntime
 import pytest
+from cli_testing import Result, cli
 from onnx import TensorProto, helper
 
 import graphopt
@@ -45,28 +46,6 @@ SUMMARY_KEYS = {
     "value_dtypes",
     "serialized_bytes",
 }
-
-
-@dataclasses.dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def flat_err(self) -> str:
-        """stderr with rich's line wrapping undone (runs of whitespace become one space)."""
-        return " ".join(self.err.split())
-
-    @property
-    def flat_out(self) -> str:
-        return " ".join(self.out.split())
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> Result:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return Result(code, out, err)
 
 
 def sha256(path: Path) -> str:

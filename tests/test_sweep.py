@@ -8,7 +8,6 @@ Chromium) are in test_sweep_slow.py.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -22,6 +21,7 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
+from cli_testing import cli
 from onnx import TensorProto, helper
 
 from graphopt.bench import sweep as sw
@@ -31,19 +31,6 @@ from graphopt.cli import main
 from graphopt.errors import EXIT_INPUT, EXIT_USAGE
 
 FAST = "threads = 1\nwarmup = 1\nrepeat = 3\nrounds = 2\n"
-
-
-@dataclasses.dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> Result:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return Result(code, out, err)
 
 
 def recipe_text(
