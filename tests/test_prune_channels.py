@@ -65,8 +65,9 @@ def _random_kept(analysis: ch.Analysis, seed: int = 0) -> dict[int, np.ndarray]:
     for group in analysis.groups():
         if analysis.group_unsafe(group):
             continue
-        n = analysis.spaces[group[0]].size
-        idx = np.sort(rng.choice(n, max(1, (2 * n) // 3), replace=False))
+        n, unit = analysis.spaces[group[0]].size, analysis.group_unit(group)
+        heads = np.sort(rng.choice(n // unit, max(1, (2 * n // unit) // 3), replace=False))
+        idx = (heads[:, None] * unit + np.arange(unit)[None, :]).ravel()
         for s in group:
             kept[s] = idx
     return kept
@@ -284,9 +285,9 @@ def test_unsafe_structures_are_left_alone(case: str, reason: str) -> None:
             pt.node("ReduceSum", ["n", "ax"], ["r"], keepdims=0),
             pt.node("MatMul", ["r", "w3"], ["y"]),
         ]
-        inits += [
-            pt.init("s", np.array([2, 2, 4], np.int64)),
-            pt.init("ax", np.array([2], np.int64)),
+        inits += [  # 8 channels into three axes: not a [heads, head_dim] split
+            pt.init("s", np.array([2, 2, 2, 2], np.int64)),
+            pt.init("ax", np.array([2, 3], np.int64)),
             pt.init("w3", _w(2, 3)),
         ]
     elif case == "shape":
@@ -466,3 +467,56 @@ def test_exclude_and_options() -> None:
     ]:
         with pytest.raises(PipelineError, match=msg):
             parse(f"prune-channels{{{bad}}}")
+
+
+# ----------------------------------------------------------------------- attention heads
+def _bert(layers: int = 2) -> ir.Model:
+    """A BERT-style encoder (hidden 64, 4 heads of 16, FFN 128, sequence 16)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from shaped_models import build_bert_encoder
+
+    model = ir.serde.deserialize_model(
+        build_bert_encoder(layers=layers, hidden=64, heads=4, ffn=128, seq=16)
+    )
+    run_pipeline(model, "cleanup", verify_each=False)
+    return model
+
+
+def test_attention_heads_are_one_group_that_goes_in_whole_heads() -> None:
+    model = _bert()
+    a = ch.analyze(model.graph)
+    groups = {tuple(a.spaces[s].producer.name for s in g): g for g in a.groups()}
+    qkv = groups[("l0.q.matmul", "l0.k.matmul", "l0.v.matmul")]
+    assert a.group_unsafe(qkv) is None and a.group_unit(qkv) == 16
+    assert a.group_unit(groups[("l0.ffn1.matmul",)]) == 1
+    assert a.group_unsafe(groups[("l0.attn_out.matmul",)])  # the residual stream
+    assert_prune_exact(model, dims={"batch": 2})  # random whole heads; QK^T and PV tie them
+
+
+def test_head_pruning_rewrites_the_reshapes() -> None:
+    model = _bert()
+    original = pt.copy_model(model)
+    _, p = pt.run_pass(model, PASS, ratio=0.5)
+    split = [
+        n for n in model.graph if n.op_type == "Reshape" and n.outputs[0].name.endswith("q.heads")
+    ]
+    assert [list(n.inputs[1].const_value.numpy()) for n in split] == [[0, -1, 2, 16]] * 2
+    merged = [n for n in model.graph if n.name.endswith("context.merged")]
+    assert [list(n.inputs[1].const_value.numpy()) for n in merged] == [[0, -1, 32]] * 2
+    for name in ("l0.q.matmul", "l1.v.matmul"):
+        node = next(n for n in model.graph if n.name == name)
+        kept = json.loads(node.metadata_props[ch.CHANNELS_KEY])["kept"]
+        heads = np.asarray(kept).reshape(2, 16)  # two whole heads of 16 channels
+        np.testing.assert_array_equal(heads, heads[:, :1] + np.arange(16))
+        assert set(heads[:, 0] % 16) == {0}
+    entry = next(e for e in p.details["groups"] if e["producers"][0] == "l0.q.matmul")
+    assert entry["kept"] == 32
+    feeds = [{"input_ids": np.arange(32, dtype=np.int64).reshape(2, 16) + 1000,
+              "attention_mask": np.ones((2, 16), np.int64)}]  # fmt: skip
+    _, want = pt.run_model(original, feeds)
+    _, got = pt.run_model(model, feeds)
+    assert got[0][0].shape == want[0][0].shape
+    pt.assert_idempotent(model, PASS, ratio=0.5)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -75,17 +76,24 @@ _CHANNEL_NORM = frozenset({"BatchNormalization", "InstanceNormalization"})
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """Where channels sit in one tensor: index along ``axis`` = o*S*inner + (off+c)*inner + j."""
+    """Where channels sit in one tensor: index along ``axis`` = o*S*inner + (off+c)*inner + j.
+
+    With ``unit > 1`` each index along the axis stands for ``unit`` consecutive channels (the
+    heads axis after a Reshape splits channels into [heads, head_dim]); such channels can only
+    go a whole unit at a time.
+    """
 
     rank: int
     axis: int
-    segments: tuple[tuple[int, int], ...]  # (space id, size), in order along the axis
+    segments: tuple[tuple[int, int], ...]  # (space id, size in channels), in order
     outer: int = 1
     inner: int = 1
+    unit: int = 1
 
     @property
     def block(self) -> int:
-        return sum(size for _, size in self.segments)
+        """Indices along the axis per ``outer`` repetition, divided by ``inner``."""
+        return sum(size for _, size in self.segments) // self.unit
 
     @property
     def length(self) -> int:
@@ -95,7 +103,8 @@ class Layout:
         return [s for s, _ in self.segments]
 
     def shape_key(self) -> tuple[Any, ...]:
-        return (self.rank, self.axis, self.outer, self.inner, tuple(n for _, n in self.segments))
+        sizes = tuple(n for _, n in self.segments)
+        return (self.rank, self.axis, self.outer, self.inner, self.unit, sizes)
 
     def with_axis(self, rank: int, axis: int) -> Layout:
         return dataclasses.replace(self, rank=rank, axis=axis)
@@ -107,13 +116,15 @@ class Layout:
             parts.append(off + np.asarray(kept.get(space, np.arange(size)), dtype=np.int64))
             off += size
         chans = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        if self.unit > 1:
+            chans = np.unique(chans // self.unit)
         j = np.arange(self.inner, dtype=np.int64)
         per_outer = (chans[:, None] * self.inner + j[None, :]).ravel()
         o = np.arange(self.outer, dtype=np.int64) * (self.block * self.inner)
         return (o[:, None] + per_outer[None, :]).ravel()
 
     def new_length(self, kept: dict[int, np.ndarray]) -> int:
-        block = sum(len(kept[s]) if s in kept else n for s, n in self.segments)
+        block = sum(len(kept[s]) if s in kept else n for s, n in self.segments) // self.unit
         return self.outer * block * self.inner
 
 
@@ -125,6 +136,7 @@ class Space:
     id: int
     size: int
     producer: ir.Node
+    unit: int = 1  # channels go in whole units of this many (attention heads)
 
 
 @dataclasses.dataclass
@@ -169,6 +181,10 @@ class Analysis:
         for s in range(len(self.spaces)):
             by_root[self.find(s)].append(s)
         return sorted(by_root.values(), key=lambda g: g[0])
+
+    def group_unit(self, group: Sequence[int]) -> int:
+        """Channels of the group go in whole units of this many (1, or the head size)."""
+        return math.lcm(*(self.spaces[s].unit for s in group))
 
     def group_unsafe(self, group: Sequence[int]) -> str | None:
         for s in group:
@@ -227,8 +243,9 @@ def _divides(a: _Dim, b: _Dim) -> bool:
 
 def _reshape_run(
     dims: list[int | None], target: list[int], axis: int
-) -> tuple[tuple[int, int], tuple[int, int]] | None:
-    """Input dims [lo, hi) and output dims [j0, j1) that hold the same elements, axis in [lo, hi).
+) -> tuple[tuple[int, int], tuple[int, int], list[_Dim]] | None:
+    """Input dims [lo, hi) and output dims [j0, j1) that hold the same elements, axis in [lo, hi),
+    and the output dims resolved.
 
     Unknown input dims are symbols, so ``[n, 4, 512, 1] -> [-1, 2048]`` pairs ``n`` with
     ``-1`` and ``4*512`` with ``2048``. None where the runs cannot be told apart.
@@ -278,7 +295,7 @@ def _reshape_run(
             else:
                 return None
         if lo <= axis < i:
-            return (lo, i), (j0, j)
+            return (lo, i), (j0, j), full
     return None
 
 
@@ -384,7 +401,7 @@ class _Analyzer:
             return
         if group == 1:
             if x_layout is not None:
-                if x_layout.axis != 1 or x_layout.outer != 1 or x_layout.inner != 1:
+                if (x_layout.axis, x_layout.outer, x_layout.inner, x_layout.unit) != (1, 1, 1, 1):
                     self.reject(node, [x_layout], "channels not on the channel axis")
                 elif x_layout.length != w.shape[1]:
                     self.reject(node, [x_layout], "channel count does not match the weight")
@@ -418,6 +435,7 @@ class _Analyzer:
             and x_layout.axis == 1
             and x_layout.outer == 1
             and x_layout.inner == 1
+            and x_layout.unit == 1
             and x_layout.length == w.shape[0]
         )
         if ok:
@@ -436,7 +454,11 @@ class _Analyzer:
             return
         k_axis = 1 if trans_b else 0
         if x_layout is not None:
-            if x_layout.axis != (0 if trans_a else 1) or x_layout.length != w.shape[k_axis]:
+            if (
+                x_layout.axis != (0 if trans_a else 1)
+                or x_layout.length != w.shape[k_axis]
+                or x_layout.unit != 1
+            ):
                 self.reject(node, [x_layout], "channels not on the reduced axis")
             else:
                 self.a.sinks.append(Sink(node, x_layout, weight_axis=k_axis))
@@ -451,6 +473,9 @@ class _Analyzer:
 
     def op_MatMul(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
         w = const_array(node.inputs[1])
+        if w is None and ins:
+            self.batched_matmul(node, ins)
+            return
         x_layout = self.data_input(node, ins, "channels reach the second operand")
         if w is None or w.ndim != 2:
             if x_layout is not None:
@@ -458,7 +483,11 @@ class _Analyzer:
             return
         rank = _rank(node.outputs[0]) or _rank(node.inputs[0])
         if x_layout is not None:
-            if x_layout.axis != x_layout.rank - 1 or x_layout.length != w.shape[0]:
+            if (
+                x_layout.axis != x_layout.rank - 1
+                or x_layout.length != w.shape[0]
+                or x_layout.unit != 1
+            ):
                 self.reject(node, [x_layout], "channels not on the reduced (last) axis")
             else:
                 self.a.sinks.append(Sink(node, x_layout, weight_axis=0))
@@ -466,6 +495,36 @@ class _Analyzer:
             return
         sid = self.new_space(int(w.shape[1]), node)
         self.set(node.outputs[0], Layout(rank, rank - 1, ((sid, int(w.shape[1])),)))
+
+    def batched_matmul(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
+        """A MatMul of two activations (attention): channels may ride its batch axes (heads)."""
+        layouts = [lay for _, _, lay in ins]
+        out_rank = _rank(node.outputs[0])
+        ranks = [_rank(v) for v in node.inputs]
+        if out_rank is None or None in ranks:
+            self.reject(node, layouts, "unknown ranks")
+            return
+        aligned = []
+        for _, _, lay in ins:
+            if lay.axis >= lay.rank - 2:
+                self.reject(node, layouts, "channels on a matrix axis of a MatMul of activations")
+                return
+            aligned.append(lay.with_axis(out_rank, lay.axis + out_rank - lay.rank))
+        first = aligned[0]
+        for other in aligned[1:]:
+            if not self.tie(first, other):
+                self.reject(node, layouts, "operands carry channels differently")
+                return
+        with_layout = {i for i, _, _ in ins}
+        for i, v in enumerate(node.inputs):
+            if i in with_layout or v is None:
+                continue
+            dims = _static_dims(v)
+            ax = first.axis - (out_rank - len(dims)) if dims is not None else 0
+            if dims is None or (ax >= 0 and dims[ax] != 1):
+                self.reject(node, layouts, f"operand '{v.name}' carries no channels")
+                return
+        self.set(node.outputs[0], first)
 
     # ---------------------------------------------------------------- channel-wise ops
     def unary(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
@@ -677,11 +736,31 @@ class _Analyzer:
         if run is None:
             self.reject(node, [x], "cannot follow the channel axis through this Reshape")
             return
-        (lo, hi), (j0, j1) = run
-        if j1 - j0 != 1:
+        (lo, hi), (j0, j1), full = run
+        if j1 - j0 == 1:
+            self._merge(node, x, dims, lo, hi, len(target), j0, reshape=True)
+            return
+        # [.., C, ..] -> [.., heads, head_dim, ..]: channels go in whole heads from here on
+        heads, head_dim = (full[j0], full[j0 + 1]) if j1 - j0 == 2 else ((0, ()), (0, ()))
+        ok = (
+            hi - lo == 1
+            and x.unit == 1
+            and x.outer == 1
+            and x.inner == 1
+            and not heads[1]
+            and not head_dim[1]
+            and heads[0] * head_dim[0] == x.length
+            and all(size % head_dim[0] == 0 for _, size in x.segments)
+        )
+        if not ok:
             self.reject(node, [x], "splits the channel axis")
             return
-        self._merge(node, x, dims, lo, hi, len(target), j0, reshape=True)
+        unit = head_dim[0]
+        for space in x.spaces():
+            self.a.spaces[space].unit = math.lcm(self.a.spaces[space].unit, unit)
+        layout = Layout(len(target), j0, x.segments, unit=unit)
+        self.a.reshapes.append((node, j0, layout))
+        self.set(node.outputs[0], layout)
 
     def _merge(
         self,
@@ -698,6 +777,15 @@ class _Analyzer:
         """Input dims [lo, hi) become output dim ``out_axis``; the channel axis is among them."""
         if lo == x.axis == hi - 1:
             layout = x.with_axis(out_rank, out_axis)
+        elif x.unit > 1:  # [.., heads, head_dim, ..] merged back: channel by channel again
+            rest = [dims[k] for k in range(x.axis + 1, hi)] if dims is not None else [None]
+            after = int(np.prod(rest, dtype=np.int64)) if None not in rest else 0
+            if lo != x.axis or x.inner != 1 or not after or after % x.unit:
+                self.reject(node, [x], "merges whole heads with other dims")
+                return
+            layout = dataclasses.replace(
+                x, rank=out_rank, axis=out_axis, unit=1, inner=after // x.unit
+            )
         else:
             if dims is None or any(dims[k] is None for k in range(lo, hi) if k != x.axis):
                 self.reject(node, [x], "merged dims have unknown sizes")
@@ -726,7 +814,7 @@ class _Analyzer:
                     return
             self.set(node.outputs[0], layouts[0])
             return
-        if any(lay.outer != 1 or lay.inner != layouts[0].inner for lay in layouts):
+        if any(lay.outer != 1 or lay.unit != 1 or lay.inner != layouts[0].inner for lay in layouts):
             self.reject(node, layouts, "concatenates flattened channels")
             return
         by_index = {i: lay for i, _, lay in ins}

@@ -282,38 +282,39 @@ class PruneChannelsPass(GraphoptPass):
         if not candidates:
             return []
         current = [analysis.spaces[g[0]].size for g, _, _ in candidates]
-        if o.scope == "layer":
-            counts = [
-                min(cur, keep_count(orig, o.ratio, o.round_to, o.min_channels))
-                for (_, orig, _), cur in zip(candidates, current)
-            ]
-            todo = [k for k, (n, cur) in enumerate(zip(counts, current)) if n < cur]
-            if not todo:
-                return []
-            scores = self._scores(model, analysis, [candidates[k][0] for k in todo])
-            return [
-                (candidates[k][0], np.sort(np.argsort(-sc, kind="stable")[: counts[k]]))
-                for k, sc in zip(todo, scores)
-            ]
+        units = [analysis.group_unit(g) for g, _, _ in candidates]
+        # groups that go in whole units (attention heads) are decided unit by unit, per group
+        per_group = [k for k, u in enumerate(units) if o.scope == "layer" or u > 1]
+        counts = {}
+        for k in per_group:
+            u, (_, orig, _) = units[k], candidates[k]
+            if u > 1:
+                counts[k] = u * keep_count(orig // u, o.ratio, 1, 1)
+            else:
+                counts[k] = keep_count(orig, o.ratio, o.round_to, o.min_channels)
+            counts[k] = min(current[k], counts[k])
+        rest = [k for k in range(len(candidates)) if k not in counts]
         done = json.loads(model.metadata_props.get(_GLOBAL_KEY, "{}")).get("ratio", 0.0)
-        if done >= o.ratio:
+        if rest and done >= o.ratio:  # a global run reached this ratio already
+            counts.update((k, current[k]) for k in rest)
+            rest = []
+        keys = [k for k in counts if counts[k] < current[k]] + rest
+        if not keys:
             return []
-        scores = [
-            _normalised(sc) for sc in self._scores(model, analysis, [c[0] for c in candidates])
-        ]
-        counts = global_counts(
-            scores,
-            [orig for _, orig, _ in candidates],
-            o.ratio,
-            max_ratio=o.max_ratio,
-            round_to=o.round_to,
-            min_channels=o.min_channels,
-        )
-        return [
-            (candidates[k][0], np.sort(np.argsort(-scores[k], kind="stable")[:n]))
-            for k, n in enumerate(counts)
-            if n < current[k]
-        ]
+        groups = [candidates[k][0] for k in keys]
+        ranked = dict(zip(keys, self._scores(model, analysis, groups)))
+        if rest:
+            chosen = global_counts(
+                [_normalised(ranked[k]) for k in rest],
+                [candidates[k][1] for k in rest],
+                o.ratio,
+                max_ratio=o.max_ratio,
+                round_to=o.round_to,
+                min_channels=o.min_channels,
+            )
+            counts.update(zip(rest, chosen))
+        todo = [k for k in keys if counts[k] < current[k]]
+        return [(candidates[k][0], _top(ranked[k], counts[k], units[k])) for k in todo]
 
     # ----------------------------------------------------------------- importance
     def _scores(
@@ -427,6 +428,14 @@ class PruneChannelsPass(GraphoptPass):
             wf = w[f]
             out[c] = float(np.trace(wf.T @ np.linalg.solve(block, wf)))
         return out
+
+
+def _top(score: np.ndarray, n: int, unit: int) -> np.ndarray:
+    """Sorted indices of the ``n`` best channels, taken ``unit`` at a time."""
+    if unit == 1:
+        return np.sort(np.argsort(-score, kind="stable")[:n])
+    heads = np.sort(np.argsort(-score.reshape(-1, unit).sum(axis=1), kind="stable")[: n // unit])
+    return (heads[:, None] * unit + np.arange(unit)[None, :]).ravel()
 
 
 def _normalised(v: np.ndarray) -> np.ndarray:
