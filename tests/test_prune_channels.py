@@ -75,7 +75,7 @@ def _random_kept(analysis: ch.Analysis, seed: int = 0) -> dict[int, np.ndarray]:
 
 def assert_prune_exact(model: ir.Model, *, dims: dict[str, int] | None = None) -> dict:
     """Prune random kept sets in place; outputs equal the silenced original's."""
-    analysis = ch.analyze(model.graph)
+    analysis = ch.analyze(model.graph, ch.symbolic_shapes(model))
     kept = _random_kept(analysis)
     assert kept, "nothing prunable"
     reference = _silenced(model, analysis, kept)
@@ -520,3 +520,52 @@ def test_head_pruning_rewrites_the_reshapes() -> None:
     _, got = pt.run_model(model, feeds)
     assert got[0][0].shape == want[0][0].shape
     pt.assert_idempotent(model, PASS, ratio=0.5)
+
+
+def test_shared_computed_head_shapes_get_a_concat_each() -> None:
+    """Two branches split into heads by one Concat-built [B, S, 4, 16] (as CSE leaves
+    PyTorch exports); one keeps 3 heads, the other 1: each gets its own target."""
+    nodes = [
+        pt.node("Shape", ["x"], ["shape"]),
+        pt.node("Slice", ["shape", "zero", "two"], ["bs"]),
+        pt.node("Concat", ["bs", "heads", "dim"], ["split"], axis=0),
+        pt.node("Concat", ["bs", "width"], ["merge"], axis=0),
+    ]
+    inits = [
+        pt.init("zero", np.array([0], np.int64)),
+        pt.init("two", np.array([2], np.int64)),
+        pt.init("heads", np.array([4], np.int64)),
+        pt.init("dim", np.array([16], np.int64)),
+        pt.init("width", np.array([64], np.int64)),
+    ]
+    for b in ("a", "b"):
+        nodes += [
+            pt.node("MatMul", ["x", f"w{b}"], [f"h{b}"]),
+            pt.node("Reshape", [f"h{b}", "split"], [f"s{b}"]),
+            pt.node("Relu", [f"s{b}"], [f"r{b}"]),
+            pt.node("Reshape", [f"r{b}", "merge"], [f"m{b}"]),
+            pt.node("MatMul", [f"m{b}", f"v{b}"], [f"o{b}"]),
+        ]
+        inits += [pt.init(f"w{b}", _w(8, 64, seed=ord(b))), pt.init(f"v{b}", _w(64, 8, seed=3))]
+    nodes.append(pt.node("Add", ["oa", "ob"], ["y"]))
+    model = pt.make_model(nodes, [pt.vi("x", ["B", "S", 8])], [pt.vi("y", ["B", "S", 8])], inits)
+    a = ch.analyze(model.graph, ch.symbolic_shapes(model))
+    group = {a.spaces[g[0]].producer.name: g for g in a.groups()}
+    assert a.group_unit(group["ha_node"]) == a.group_unit(group["hb_node"]) == 16
+    heads = {"ha_node": [0, 1, 3], "hb_node": [2]}
+    kept = {
+        s: (np.asarray(heads[name])[:, None] * 16 + np.arange(16)).ravel()
+        for name, g in group.items()
+        if name in heads
+        for s in g
+    }
+    reference = _silenced(model, a, kept)
+    stats = ch.apply(model.graph, a, kept)
+    assert stats["reshapes_fixed"] == 4
+    feeds = pt.random_feeds(reference, count=2, dims={"B": 2, "S": 3})
+    pt.assert_same_outputs(reference, model, pt.Tolerance.reassociation(), feeds)
+    targets = {n.name: n.inputs[1].producer().inputs for n in model.graph if n.op_type == "Reshape"}
+    assert targets["sa_node"][1].const_value.numpy().tolist() == [3]
+    assert targets["sb_node"][1].const_value.numpy().tolist() == [1]
+    assert targets["ma_node"][1].const_value.numpy().tolist() == [48]
+    assert targets["mb_node"][1].const_value.numpy().tolist() == [16]

@@ -196,12 +196,6 @@ class Analysis:
 # ------------------------------------------------------------------------------ analysis
 
 
-def _static_dims(value: ir.Value | None) -> list[int | None] | None:
-    if value is None or value.shape is None:
-        return None
-    return [d if isinstance(d, int) else None for d in value.shape]
-
-
 def _rank(value: ir.Value | None) -> int | None:
     if value is None or value.shape is None:
         return None
@@ -241,16 +235,16 @@ def _divides(a: _Dim, b: _Dim) -> bool:
     return True
 
 
-def _reshape_run(
-    dims: list[int | None], target: list[int], axis: int
-) -> tuple[tuple[int, int], tuple[int, int], list[_Dim]] | None:
-    """Input dims [lo, hi) and output dims [j0, j1) that hold the same elements, axis in [lo, hi),
-    and the output dims resolved.
+def _as_dims(dims: Sequence[int | str | None], tag: str) -> list[_Dim]:
+    """Dims as (known factor, symbols): a name is a symbol, an unknown dim a fresh one."""
+    return [
+        (d, ()) if isinstance(d, int) else (1, (d if d else f"?{tag}{i}",))
+        for i, d in enumerate(dims)
+    ]
 
-    Unknown input dims are symbols, so ``[n, 4, 512, 1] -> [-1, 2048]`` pairs ``n`` with
-    ``-1`` and ``4*512`` with ``2048``. None where the runs cannot be told apart.
-    """
-    ins: list[_Dim] = [(d, ()) if d is not None else (1, (f"d{i}",)) for i, d in enumerate(dims)]
+
+def _resolve_target(ins: list[_Dim], target: list[int]) -> list[_Dim] | None:
+    """A Reshape's constant target (0 copies, -1 infers) as dims."""
     outs: list[_Dim | None] = []
     for j, t in enumerate(target):
         if t == 0:
@@ -279,29 +273,103 @@ def _reshape_run(
         for sym in known[1]:
             rest.remove(sym)
         outs[outs.index(None)] = (total[0] // known[0], tuple(sorted(rest)))
-    full: list[_Dim] = [d for d in outs if d is not None]
+    return [d for d in outs if d is not None]
+
+
+def _reshape_run(
+    ins: list[_Dim], outs: list[_Dim], axis: int
+) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """Input dims [lo, hi) and output dims [j0, j1) that hold the same elements, axis in [lo, hi).
+
+    Unknown dims are symbols, so ``[n, 4, 512, 1] -> [-1, 2048]`` pairs ``n`` with ``-1`` and
+    ``4*512`` with ``2048``. None where the runs cannot be told apart.
+    """
     i = j = 0
-    while i < len(ins) and j < len(full):
+    while i < len(ins) and j < len(outs):
         lo, j0 = i, j
-        pi, pj = ins[i], full[j]
+        pi, pj = ins[i], outs[j]
         i, j = i + 1, j + 1
         while pi != pj:
             if _divides(pi, pj) and i < len(ins):
                 pi = _mul(pi, ins[i])
                 i += 1
-            elif _divides(pj, pi) and j < len(full):
-                pj = _mul(pj, full[j])
+            elif _divides(pj, pi) and j < len(outs):
+                pj = _mul(pj, outs[j])
                 j += 1
             else:
                 return None
         if lo <= axis < i:
-            return (lo, i), (j0, j), full
+            return (lo, i), (j0, j)
     return None
 
 
+def shape_slot(node: ir.Node, j: int) -> tuple[ir.Node, int, int] | None:
+    """Where element ``j`` of a Reshape's target is a constant: (node, input, element).
+
+    The target itself, or one constant input of the Concat that builds it (PyTorch exports
+    build ``[batch, seq, heads, head_dim]`` from Shape values and constants).
+    """
+    target = node.inputs[1]
+    if const_array(target) is not None:
+        return node, 1, j
+    concat = target.producer() if target is not None else None
+    if concat is None or concat.op_type != "Concat" or int(attr_value(concat, "axis", 0)) != 0:  # type: ignore[call-overload]
+        return None
+    offset = 0
+    for k, part in enumerate(concat.inputs):
+        if part is None or part.shape is None or len(part.shape) != 1:
+            return None
+        n = part.shape[0]
+        if not isinstance(n, int):
+            return None
+        if offset <= j < offset + n:
+            return (concat, k, j - offset) if const_array(part) is not None else None
+        offset += n
+    return None
+
+
+def symbolic_shapes(model: ir.Model) -> dict[str, list[int | str | None]] | None:
+    """Value shapes with consistent symbolic dims, from ONNX Runtime's symbolic shape inference.
+
+    ONNX's own inference gives every computed Reshape target fresh unknown dims, so the
+    ``[batch, seq, 12, 32]`` that a PyTorch export builds from ``Shape`` values cannot be
+    matched to its input; ORT's ``SymbolicShapeInference`` follows Shape/Gather/Concat and
+    names them ``batch``/``sequence`` on both sides. None where it cannot run.
+    """
+    import logging
+
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        proto = ir.serde.serialize_model(model)
+        del proto.graph.value_info[:]
+        level = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)
+        try:
+            out = SymbolicShapeInference.infer_shapes(
+                proto, auto_merge=True, guess_output_rank=True
+            )
+        finally:
+            logging.getLogger().setLevel(level)
+    except Exception:  # an unsupported op, a model past 2 GB, ...: fall back to onnx_ir's
+        return None
+    shapes: dict[str, list[int | str | None]] = {}
+    for v in [*out.graph.value_info, *out.graph.input, *out.graph.output]:
+        t = v.type.tensor_type
+        if t.HasField("shape"):
+            shapes[v.name] = [
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in t.shape.dim
+            ]
+    return shapes
+
+
 class _Analyzer:
-    def __init__(self, graph: ir.Graph) -> None:
+    def __init__(
+        self, graph: ir.Graph, shapes: dict[str, list[int | str | None]] | None = None
+    ) -> None:
         self.graph = graph
+        self.shapes = shapes or {}
         self.a = Analysis([], {}, [], [], [], [], {}, [])
         self.outputs = {v for v in graph.outputs}
         # values read inside subgraphs (If/Loop/Scan bodies capture outer values)
@@ -327,6 +395,21 @@ class _Analyzer:
                 self.handlers[name[3:]] = getattr(self, name)
 
     # ---------------------------------------------------------------- helpers
+    def static(self, value: ir.Value | None) -> list[int | None] | None:
+        """Dims of ``value`` that are known numbers (None elsewhere)."""
+        dims = self.dims(value)
+        return None if dims is None else [d if isinstance(d, int) else None for d in dims]
+
+    def dims(self, value: ir.Value | None) -> list[int | str | None] | None:
+        """Dims of ``value``: ints, symbol names, or None where unknown."""
+        if value is None:
+            return None
+        if value.name in self.shapes:
+            return self.shapes[value.name]
+        if value.shape is None:
+            return None
+        return [d if isinstance(d, int) else (d.value if d.value else None) for d in value.shape]
+
     def new_space(self, size: int, producer: ir.Node) -> int:
         sid = len(self.a.spaces)
         self.a.spaces.append(Space(sid, size, producer))
@@ -519,7 +602,7 @@ class _Analyzer:
         for i, v in enumerate(node.inputs):
             if i in with_layout or v is None:
                 continue
-            dims = _static_dims(v)
+            dims = self.static(v)
             ax = first.axis - (out_rank - len(dims)) if dims is not None else 0
             if dims is None or (ax >= 0 and dims[ax] != 1):
                 self.reject(node, layouts, f"operand '{v.name}' carries no channels")
@@ -557,7 +640,7 @@ class _Analyzer:
         for i, v in enumerate(node.inputs):
             if v is None or i in with_layout:
                 continue
-            dims = _static_dims(v)
+            dims = self.static(v)
             if dims is None:
                 self.reject(node, layouts, f"operand '{v.name}' has an unknown shape")
                 return
@@ -657,7 +740,7 @@ class _Analyzer:
             return
         axes = _axes_of(node, 1)
         if not axes:  # squeeze every 1: needs the static shape
-            dims = _static_dims(node.inputs[0])
+            dims = self.static(node.inputs[0])
             if dims is None or any(d is None for d in dims):
                 self.reject(node, [x], "squeezed axes unknown")
                 return
@@ -717,7 +800,7 @@ class _Analyzer:
 
     def op_Flatten(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
         x = ins[0][2]
-        dims = _static_dims(node.inputs[0])
+        dims = self.static(node.inputs[0])
         axis = int(attr_value(node, "axis", 1)) % (x.rank + 1)  # type: ignore[call-overload]
         lo, hi = (0, axis) if x.axis < axis else (axis, x.rank)
         self._merge(node, x, dims, lo, hi, 2, 0 if x.axis < axis else 1)
@@ -727,21 +810,31 @@ class _Analyzer:
         if x is None:
             self.reject(node, [lay for _, _, lay in ins], "channels reach the shape")
             return
-        dims = _static_dims(node.inputs[0])
+        dims = self.dims(node.inputs[0])
         target = _ints(node.inputs[1])
-        if dims is None or target is None or int(attr_value(node, "allowzero", 0)):  # type: ignore[arg-type]
-            self.reject(node, [x], "shape is not constant or input shape unknown")
+        if dims is None or int(attr_value(node, "allowzero", 0)):  # type: ignore[arg-type]
+            self.reject(node, [x], "input shape unknown")
             return
-        run = _reshape_run(dims, target, x.axis)
+        ins_d = _as_dims(dims, "in")
+        if target is not None:
+            outs = _resolve_target(ins_d, target)
+        else:  # computed: the output's (symbolic) shape says what it holds
+            out_dims = self.dims(node.outputs[0])
+            outs = _as_dims(out_dims, "out") if out_dims is not None else None
+        run = _reshape_run(ins_d, outs, x.axis) if outs is not None else None
         if run is None:
             self.reject(node, [x], "cannot follow the channel axis through this Reshape")
             return
-        (lo, hi), (j0, j1), full = run
+        (lo, hi), (j0, j1) = run
+        static = [d if isinstance(d, int) else None for d in dims]
+        if target is None and shape_slot(node, j0) is None:
+            self.reject(node, [x], "the shape is computed where the channel count sits")
+            return
         if j1 - j0 == 1:
-            self._merge(node, x, dims, lo, hi, len(target), j0, reshape=True)
+            self._merge(node, x, static, lo, hi, len(outs), j0, reshape=True)
             return
         # [.., C, ..] -> [.., heads, head_dim, ..]: channels go in whole heads from here on
-        heads, head_dim = (full[j0], full[j0 + 1]) if j1 - j0 == 2 else ((0, ()), (0, ()))
+        heads, head_dim = (outs[j0], outs[j0 + 1]) if j1 - j0 == 2 else ((0, ()), (0, ()))
         ok = (
             hi - lo == 1
             and x.unit == 1
@@ -758,7 +851,7 @@ class _Analyzer:
         unit = head_dim[0]
         for space in x.spaces():
             self.a.spaces[space].unit = math.lcm(self.a.spaces[space].unit, unit)
-        layout = Layout(len(target), j0, x.segments, unit=unit)
+        layout = Layout(len(outs), j0, x.segments, unit=unit)
         self.a.reshapes.append((node, j0, layout))
         self.set(node.outputs[0], layout)
 
@@ -825,7 +918,7 @@ class _Analyzer:
             if i in by_index:
                 segments.extend(by_index[i].segments)
                 continue
-            dims = _static_dims(v)
+            dims = self.static(v)
             if dims is None or dims[axis] is None or dims[axis] % layouts[0].inner:
                 self.reject(node, layouts, f"operand '{v.name}' has an unknown size")
                 return
@@ -839,9 +932,12 @@ class _Analyzer:
         )
 
 
-def analyze(graph: ir.Graph) -> Analysis:
-    """Channel spaces, layouts, ties and rewrite records of ``graph`` (read only)."""
-    return _Analyzer(graph).run()
+def analyze(graph: ir.Graph, shapes: dict[str, list[int | str | None]] | None = None) -> Analysis:
+    """Channel spaces, layouts, ties and rewrite records of ``graph`` (read only).
+
+    ``shapes`` (see :func:`symbolic_shapes`) overrides the values' recorded shapes by name.
+    """
+    return _Analyzer(graph, shapes).run()
 
 
 # ------------------------------------------------------------------------------ rewriting
@@ -862,6 +958,31 @@ def _own(
         v = copy
     owned.add(v)
     return v
+
+
+def _own_target(graph: ir.Graph, namer: Namer, reshape: ir.Node) -> None:
+    """Give a Reshape whose computed target other nodes share a Concat of its own.
+
+    Common-subexpression elimination merges the identical ``[batch, seq, heads, head_dim]``
+    of every layer into one Concat; a layer that loses heads must not change the others'.
+    """
+    target = reshape.inputs[1]
+    concat = target.producer() if target is not None else None
+    if concat is None or concat.op_type != "Concat":
+        return
+    if len(target.uses()) == 1 and not target.is_graph_output():
+        return
+    clone = ir.node(
+        "Concat",
+        list(concat.inputs),
+        attributes={"axis": 0},
+        name=namer(f"{concat.name or 'Concat'}_pruned"),
+    )
+    clone.outputs[0].name = namer(f"{target.name}_pruned")
+    clone.outputs[0].dtype = target.dtype
+    clone.outputs[0].shape = target.shape
+    graph.insert_before(reshape, clone)
+    reshape.replace_input_with(1, clone.outputs[0])
 
 
 def _take(v: ir.Value, axis: int, idx: np.ndarray) -> None:
@@ -939,11 +1060,16 @@ def apply(graph: ir.Graph, analysis: Analysis, kept: dict[int, np.ndarray]) -> d
     for node, out_axis, layout in analysis.reshapes:
         if not touches(layout):
             continue
-        shape_v = _own(graph, namer, node, 1, owned)
+        _own_target(graph, namer, node)
+        slot = shape_slot(node, out_axis)
+        if slot is None:
+            continue
+        holder, index, element = slot
+        shape_v = _own(graph, namer, holder, index, owned)
         assert shape_v.const_value is not None
         target = shape_v.const_value.numpy().copy()
-        if target[out_axis] not in (0, -1):
-            target[out_axis] = layout.new_length(kept)
+        if target[element] not in (0, -1):
+            target[element] = layout.new_length(kept)
             shape_v.const_value = ir.tensor(target, name=shape_v.name)
             stats["reshapes_fixed"] += 1
     # value shapes along the channel axis

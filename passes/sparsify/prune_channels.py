@@ -224,7 +224,7 @@ class PruneChannelsPass(GraphoptPass):
 
     def run(self, model: ir.Model) -> bool:
         o = self.options
-        analysis = ch.analyze(model.graph)
+        analysis = ch.analyze(model.graph, ch.symbolic_shapes(model))
         macs_before = layer_macs(model)
         report: list[dict[str, Any]] = []
         candidates: list[tuple[list[int], int, dict[str, Any]]] = []  # group, original, entry
