@@ -17,13 +17,20 @@ tensor *where along which axis* the channels of which producers sit (:class:`Lay
   spaces; pruning chooses one kept-index set per group;
 * channel-wise ops (Relu and other unary ops, BatchNormalization, pooling, Pad, depthwise Conv,
   per-channel constants of Add/Mul) are rewritten by slicing their parameters;
+* attention heads: a Reshape that splits channels into ``[heads, head_dim]`` gives a layout
+  whose indices are whole heads (``unit``), MatMuls of two activations tie the channels on
+  their batch axes (Q with K in ``QK^T``, the probabilities with V), and the Reshape that
+  merges heads back restores channels; the group then loses whole heads. Targets built from
+  ``Shape`` values (PyTorch exports) are followed with ONNX Runtime's symbolic shape
+  inference (:func:`symbolic_shapes`), and their constant elements rewritten;
 * **sinks** read the channels and reduce over them: Conv (``group=1``), Gemm, MatMul with a
   constant weight, ConvTranspose; their weights lose the matching input rows.
 
 Anything else that reads a channel tensor (LayerNormalization over the channel axis, Softmax
-over it, Shape, Split, a graph output, a non-constant second operand the pass cannot slice,
-an op it does not know) marks every space in that tensor's layout **unsafe**, with the reason;
-unsafe groups are left alone and reported. The analysis only reads the graph; :func:`apply`
+over it, Shape, Split, a split into anything but [heads, head_dim], a graph output, a
+non-constant second operand the pass cannot slice, an op it does not know) marks every space
+in that tensor's layout **unsafe**, with the reason; unsafe groups are left alone and
+reported. The analysis only reads the graph; :func:`apply`
 rewrites it for the chosen kept indices.
 """
 
