@@ -74,6 +74,7 @@ class Case:
     feed1: dict[str, np.ndarray]
     feed8: dict[str, np.ndarray]
     int8: bool = False  # also prune -> reconstruct -> int8 (latency)
+    prune_options: str = ""  # extra prune-channels options for the curve
 
 
 def _batches(arrays: dict[str, np.ndarray], size: int) -> list[dict[str, np.ndarray]]:
@@ -151,7 +152,7 @@ def _minilm(quick: bool) -> Case:
     return Case(
         "minilm", "MiniLM-L6 (seq 128)", model, calib, 8, _batches(evals, 16), metric,
         "cosine_docs", [0.3] if quick else [0.1, 0.2, 0.3, 0.5],
-        _first(everyday, 1), _first(everyday, 8),
+        _first(everyday, 1), _first(everyday, 8), prune_options=",heads=false",
     )  # fmt: skip
 
 
@@ -304,16 +305,28 @@ def bench_case(case: Case, work: Path, rounds: int, quick: bool) -> dict[str, An
     rows.append(dense_rec)
     ref = f'reference="{r.dense_path}"'
     curve = []
+    opts = case.prune_options
     for ratio in case.ratios:
-        pruned = r.run(f"prune {ratio}", f"prune-channels{{ratio={ratio},criterion={CRITERION}}}")
+        spec = f"prune-channels{{ratio={ratio},criterion={CRITERION}{opts}}}"
+        pruned = r.run(f"prune {ratio}", spec)
         rebuilt = r.run(
             f"prune {ratio} + reconstruct", f"reconstruct{{{ref}}}", r.models[pruned["name"]]
         )
         pruned["ratio"] = rebuilt["ratio"] = ratio
         rows += [pruned, rebuilt]
         curve.append((ratio, pruned, rebuilt))
+    if opts:  # the same cut without the extra options (MiniLM: with its attention heads)
+        full = r.run("prune 0.3 (heads too)", f"prune-channels{{ratio=0.3,criterion={CRITERION}}}")
+        rows += [
+            full,
+            r.run(
+                "prune 0.3 (heads too) + reconstruct",
+                f"reconstruct{{{ref}}}",
+                r.models[full["name"]],
+            ),
+        ]
     if case.metric is not None:  # the real models
-        mag = r.run("prune 0.3 magnitude", "prune-channels{ratio=0.3}")
+        mag = r.run("prune 0.3 magnitude", f"prune-channels{{ratio=0.3{opts}}}")
         rows += [
             mag,
             r.run(

@@ -569,3 +569,13 @@ def test_shared_computed_head_shapes_get_a_concat_each() -> None:
     assert targets["sb_node"][1].const_value.numpy().tolist() == [1]
     assert targets["ma_node"][1].const_value.numpy().tolist() == [48]
     assert targets["mb_node"][1].const_value.numpy().tolist() == [16]
+
+
+def test_heads_can_be_left_alone() -> None:
+    model = _bert(layers=1)
+    _, p = pt.run_pass(model, PASS, ratio=0.5, heads=False)
+    by_first = {e["producers"][0]: e for e in p.details["groups"]}
+    assert by_first["l0.q.matmul"]["left_alone"] == "attention heads (heads=false)"
+    assert by_first["l0.ffn1.matmul"]["kept"] == 64
+    split = next(n for n in model.graph if n.outputs[0].name == "l0.q.heads")
+    assert split.inputs[1].const_value.numpy().tolist() == [0, -1, 4, 16]

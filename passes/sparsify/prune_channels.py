@@ -72,6 +72,7 @@ class PruneChannelsOptions:
     min_channels: int = option(8, "never keep fewer channels than this in a group")
     max_ratio: float = option(0.9, "scope=global: at most this fraction removed per group")
     exclude: list[str] = option([], "producer node names whose channels are kept")
+    heads: bool = option(True, "also remove whole attention heads (Q/K/V split into heads)")
 
     def __post_init__(self) -> None:
         if not (isinstance(self.ratio, (int, float)) and 0.0 <= self.ratio < 1.0):
@@ -238,6 +239,8 @@ class PruneChannelsPass(GraphoptPass):
             reason = analysis.group_unsafe(group)
             if reason is None and any(p.name in o.exclude for p in producers if p.name):
                 reason = "excluded"
+            if reason is None and not o.heads and analysis.group_unit(group) > 1:
+                reason = "attention heads (heads=false)"
             if reason is not None:
                 entry["left_alone"] = reason
             else:
