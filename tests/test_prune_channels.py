@@ -579,3 +579,29 @@ def test_heads_can_be_left_alone() -> None:
     assert by_first["l0.ffn1.matmul"]["kept"] == 64
     split = next(n for n in model.graph if n.outputs[0].name == "l0.q.heads")
     assert split.inputs[1].const_value.numpy().tolist() == [0, -1, 4, 16]
+
+
+def test_the_pass_proves_its_rewrite(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An analysis that wrongly lets channels through a Softmax over them is caught: the
+    pruned model no longer equals the original with the removed channels silenced."""
+    model = pt.make_model(
+        [
+            pt.node("MatMul", ["x", "w1"], ["h"]),
+            pt.node("Softmax", ["h"], ["s"], axis=-1),
+            pt.node("MatMul", ["s", "w2"], ["y"]),
+        ],
+        [pt.vi("x", [2, 4])],
+        [pt.vi("y", [2, 3])],
+        [pt.init("w1", _w(4, 16)), pt.init("w2", _w(16, 3))],
+    )
+    _, p = pt.run_pass(pt.copy_model(model), PASS, ratio=0.5, round_to=1, min_channels=1)
+    assert not p.stats  # left alone: the Softmax normalizes over the channels
+
+    def wrong(self, node, ins) -> None:  # type: ignore[no-untyped-def]
+        self.set(node.outputs[0], ins[0][2])
+
+    monkeypatch.setattr(ch._Analyzer, "op_Softmax", wrong)
+    with pytest.raises(RuntimeError, match="graphopt bug"):
+        pt.run_pass(pt.copy_model(model), PASS, ratio=0.5, round_to=1, min_channels=1)
+    _, p = pt.run_pass(model, PASS, ratio=0.5, round_to=1, min_channels=1, check=False)
+    assert p.stats["channels_removed"] == 8 and "check" not in p.details

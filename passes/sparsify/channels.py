@@ -40,7 +40,7 @@ import dataclasses
 import json
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -999,10 +999,19 @@ def _take(v: ir.Value, axis: int, idx: np.ndarray) -> None:
     v.shape = ir.Shape(arr.shape)
 
 
-def apply(graph: ir.Graph, analysis: Analysis, kept: dict[int, np.ndarray]) -> dict[str, Any]:
+def apply(
+    graph: ir.Graph,
+    analysis: Analysis,
+    kept: dict[int, np.ndarray],
+    *,
+    silenced: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """Remove every channel not in ``kept`` (space id -> sorted kept indices) from the graph.
 
     Spaces absent from ``kept`` keep all their channels. Returns counts for the report.
+    First the rows that read removed channels are zeroed in every sink (they are cut a moment
+    later, so this changes nothing in the result); ``silenced`` is called at that point, when
+    the model is the exact reference the pruned one must reproduce.
     """
     kept = {s: np.asarray(k, np.int64) for s, k in kept.items()}
     namer = Namer(graph)
@@ -1014,6 +1023,20 @@ def apply(graph: ir.Graph, analysis: Analysis, kept: dict[int, np.ndarray]) -> d
 
     def touches(layout: Layout) -> bool:
         return any(s in pruned for s in layout.spaces())
+
+    if silenced is not None:
+        for sink in analysis.sinks:
+            if touches(sink.layout):
+                w = _own(graph, namer, sink.node, 1, owned)
+                assert w.const_value is not None
+                arr = w.const_value.numpy().copy()
+                drop = np.ones(arr.shape[sink.weight_axis], bool)
+                drop[sink.layout.kept_indices(kept)] = False
+                index: list[Any] = [slice(None)] * arr.ndim
+                index[sink.weight_axis] = drop
+                arr[tuple(index)] = 0
+                w.const_value = ir.tensor(arr, name=w.name)
+        silenced()
 
     # producers: output channels
     for s in sorted(pruned):
