@@ -277,6 +277,7 @@ def test_shared_weight_skipped() -> None:
         ({"pattern": "2:4", "scope": "global"}, "scope must be layer"),
         ({"pattern": "2:4", "sparsity": 0.7}, "conflicts"),
         ({"min_size": -1}, "min_size"),
+        ({"skip_sensitive": -0.5}, "skip_sensitive must be"),
     ],
 )
 def test_invalid_options(options: dict, message: str) -> None:
@@ -393,3 +394,24 @@ def test_sensitive_layers_are_measured_and_left_dense() -> None:
         assert (sens[name] > 0.05) == dense
         assert info["sparsity"] == (0.0 if dense else pytest.approx(0.7, abs=0.01))
     assert accuracy[""] < 0.5 < 0.97 < accuracy[",skip_sensitive=0.05"]
+
+
+def test_embedding_tables_on_request() -> None:
+    table = _rng(3).standard_normal((500, 16)).astype(np.float32)
+    w = _rng(4).standard_normal((16, 8)).astype(np.float32)
+    model = pt.make_model(
+        [pt.node("Gather", ["table", "ids"], ["e"], axis=0), pt.node("MatMul", ["e", "w"], ["y"])],
+        [pt.vi("ids", ["batch", 4], pt.INT64)],
+        [pt.vi("y", ["batch", 4, 8])],
+        [pt.init("table", table), pt.init("w", w)],
+    )
+    pt.assert_noop(model, PASS, min_size=0, skip_first_last=True)  # no table unless asked
+    _, p = pt.run_pass(model, PASS, min_size=0, skip_first_last=True, embeddings=True)
+    got = pt.initializer_array(model, "table")
+    assert int((got == 0).sum()) == round(0.5 * table.size)
+    kept = got != 0
+    assert np.abs(table[kept]).min() >= np.abs(table[~kept]).max()  # the smallest went
+    assert list(p.details["layers"]) == ["table"]
+    pt.assert_idempotent(model, PASS, min_size=0, skip_first_last=True, embeddings=True)
+    with pytest.raises(PipelineError, match="unstructured sparsity only"):
+        parse("sparsify{pattern=2:4,embeddings=true}")

@@ -98,6 +98,9 @@ class SparsifyWeightsOptions:
     min_size: int = option(4096, "weights with fewer elements are left dense")
     exclude: list[str] = option([], "node names left dense")
     skip_first_last: bool = option(True, "leave the first and last weighted layers dense")
+    embeddings: bool = option(
+        False, "also zero the smallest entries of Gather tables (embeddings; by magnitude)"
+    )
     skip_sensitive: float = option(
         0.0,
         "leave dense a layer whose pruning alone moves the outputs on DATA by more than this"
@@ -116,6 +119,10 @@ class SparsifyWeightsOptions:
             )
         if self.min_size < 0:
             raise ValueError(f"min_size must be >= 0, got {self.min_size}")
+        if not self.skip_sensitive >= 0:
+            raise ValueError(f"skip_sensitive must be >= 0, got {self.skip_sensitive}")
+        if self.embeddings and nm is not None:
+            raise ValueError("embeddings=true works with unstructured sparsity only")
         if nm is not None:
             if self.scope == "global":
                 raise ValueError(f"pattern {self.pattern} is per group of M; scope must be layer")
@@ -402,7 +409,29 @@ class SparsifyWeightsPass(GraphoptPass):
                     self._skip(label, f"reduction_not_multiple_of_{nm[1]}")
                 else:
                     targets.append(t)
+        if o.embeddings:
+            targets += self._tables(graph)
         return targets
+
+    def _tables(self, graph: ir.Graph) -> list[_Target]:
+        """Gather tables (embeddings) as targets; their importance is always the magnitude."""
+        o = self.options
+        out = []
+        for node in graph:
+            if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or not node.inputs:
+                continue
+            w = node.inputs[0]
+            a = _const(w)
+            if w is None or a is None or a.dtype != np.float32 or a.size < max(o.min_size, 1):
+                continue
+            label = node.name or node.op_type
+            if node.name and node.name in o.exclude:
+                self._skip(label, "excluded")
+            elif w.name not in graph.initializers or len(w.uses()) != 1 or w.is_graph_output():
+                self._skip(label, "shared_weight")
+            else:
+                out.append(_Target(node, w, np.array(a, dtype=np.float32)))
+        return out
 
     def _at_target(self, t: _Target, nm: tuple[int, int] | None) -> bool:
         if nm is not None:
@@ -414,11 +443,14 @@ class SparsifyWeightsPass(GraphoptPass):
     # ----------------------------------------------------------------- importance
     def _importance(self, model: ir.Model, targets: list[_Target]) -> dict[int, np.ndarray]:
         crit = self.options.criterion
+        tables = [t for t in targets if t.node.op_type == "Gather"]
+        out = {id(t): np.abs(t.array).astype(np.float64) for t in tables}
+        layers = [t for t in targets if t.node.op_type != "Gather"]
         if crit == "magnitude":
-            return {id(t): np.abs(t.array).astype(np.float64) for t in targets}
-        sums = self._channel_sums(model, targets)
-        out = {}
-        for t in targets:
+            out.update((id(t), np.abs(t.array).astype(np.float64)) for t in layers)
+            return out
+        sums = self._channel_sums(model, layers) if layers else {}
+        for t in layers:
             ss = sums[id(t)]
             if crit == "activation":
                 out[id(t)] = np.abs(t.array) * t.channel_scale(np.sqrt(ss))
