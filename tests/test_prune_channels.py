@@ -605,3 +605,76 @@ def test_the_pass_proves_its_rewrite(monkeypatch: pytest.MonkeyPatch) -> None:
         pt.run_pass(pt.copy_model(model), PASS, ratio=0.5, round_to=1, min_channels=1)
     _, p = pt.run_pass(model, PASS, ratio=0.5, round_to=1, min_channels=1, check=False)
     assert p.stats["channels_removed"] == 8 and "check" not in p.details
+
+
+# ----------------------------------------------------------------------- Split
+def _c2f() -> ir.Model:
+    """A YOLOv8-style block: Conv -> Split in halves -> one half through a Conv -> Concat of
+    both halves and that Conv -> Conv."""
+    return pt.make_model(
+        [
+            pt.node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+            pt.node("Relu", ["c1"], ["r1"]),
+            pt.node("Split", ["r1", "halves"], ["a", "b"], axis=1),
+            pt.node("Conv", ["b", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+            pt.node("Relu", ["c2"], ["r2"]),
+            pt.node("Concat", ["a", "b", "r2"], ["cat"], axis=1),
+            pt.node("Conv", ["cat", "w3"], ["y"]),
+        ],
+        [pt.vi("x", [2, 3, 6, 6])],
+        [pt.vi("y", [2, 5, 6, 6])],
+        [
+            pt.init("w1", _w(16, 3, 3, 3)),
+            pt.init("b1", _w(16)),
+            pt.init("halves", np.array([8, 8], np.int64)),
+            pt.init("w2", _w(8, 8, 3, 3, seed=1)),
+            pt.init("w3", _w(5, 24, 1, 1, seed=2)),
+        ],
+    )
+
+
+def test_split_parts_are_pruned_on_their_own() -> None:
+    model = _c2f()
+    a = ch.analyze(model.graph)
+    labels = {a.spaces[g[0]].label: a.group_unsafe(g) for g in a.groups()}
+    assert labels == {
+        "c1_node[0:8]": None,
+        "c1_node[8:16]": None,
+        "c2_node": None,
+        "y_node": "'y' is a graph output",
+    }
+    stats = assert_prune_exact(model)
+    assert stats["splits_resized"] == 1 and stats["layers_pruned"] == 2  # c1 (both parts), c2
+    split = next(n for n in model.graph if n.op_type == "Split")
+    assert split.inputs[1].const_value.numpy().tolist() == [5, 5]
+
+
+def test_split_pass_is_idempotent_and_refuses_tied_channels() -> None:
+    model = _c2f()
+    _, p = pt.run_pass(model, PASS, ratio=0.5, round_to=1, min_channels=1)
+    assert p.stats["splits_resized"] == 1
+    split = next(n for n in model.graph if n.op_type == "Split")
+    assert split.inputs[1].const_value.numpy().tolist() == [4, 4]
+    pt.assert_idempotent(model, PASS, ratio=0.5, round_to=1, min_channels=1)
+    # a split of channels tied to another producer (residual Add) is left alone
+    model = pt.make_model(
+        [
+            pt.node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+            pt.node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
+            pt.node("Add", ["c1", "c0"], ["s"]),
+            pt.node("Split", ["s", "halves"], ["a", "b"], axis=1),
+            pt.node("Concat", ["b", "a"], ["cat"], axis=1),
+            pt.node("Conv", ["cat", "w3"], ["y"]),
+        ],
+        [pt.vi("x", [2, 3, 6, 6])],
+        [pt.vi("y", [2, 5, 6, 6])],
+        [
+            pt.init("w1", _w(16, 3, 3, 3)),
+            pt.init("w0", _w(16, 3, 3, 3, seed=4)),
+            pt.init("halves", np.array([8, 8], np.int64)),
+            pt.init("w3", _w(5, 16, 1, 1, seed=2)),
+        ],
+    )
+    a = ch.analyze(model.graph)
+    tied_group = next(g for g in a.groups() if a.spaces[g[0]].producer.name == "c1_node")
+    assert "tied" in (a.group_unsafe(tied_group) or "")

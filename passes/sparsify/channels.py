@@ -23,11 +23,15 @@ tensor *where along which axis* the channels of which producers sit (:class:`Lay
   merges heads back restores channels; the group then loses whole heads. Targets built from
   ``Shape`` values (PyTorch exports) are followed with ONNX Runtime's symbolic shape
   inference (:func:`symbolic_shapes`), and their constant elements rewritten;
+* a Split on the channel axis cuts the space it reads into parts (spaces of their own, each
+  a range of the producer's channels): the parts are pruned independently, the producer
+  loses their union, and the split sizes are rewritten;
 * **sinks** read the channels and reduce over them: Conv (``group=1``), Gemm, MatMul with a
   constant weight, ConvTranspose; their weights lose the matching input rows.
 
 Anything else that reads a channel tensor (LayerNormalization over the channel axis, Softmax
-over it, Shape, Split, a split into anything but [heads, head_dim], a graph output, a
+over it, Shape, a Split of tied channels, a Reshape split into anything but [heads,
+head_dim], a graph output, a
 non-constant second operand the pass cannot slice, an op it does not know) marks every space
 in that tensor's layout **unsafe**, with the reason; unsafe groups are left alone and
 reported. The analysis only reads the graph; :func:`apply`
@@ -144,6 +148,14 @@ class Space:
     size: int
     producer: ir.Node
     unit: int = 1  # channels go in whole units of this many (attention heads)
+    whole: int | None = None  # a Split made this space a part of that one ...
+    offset: int = 0  # ... starting at this channel of it
+    split: tuple[ir.Node, int] | None = None  # (the Split, its output index)
+
+    @property
+    def label(self) -> str:
+        name = self.producer.name or self.producer.op_type
+        return name if self.whole is None else f"{name}[{self.offset}:{self.offset + self.size}]"
 
 
 @dataclasses.dataclass
@@ -175,6 +187,8 @@ class Analysis:
     reshapes: list[tuple[ir.Node, int, Layout]]  # (Reshape node, output axis, output layout)
     unsafe: dict[int, str]  # space id -> first reason
     parent: list[int]
+    parts: dict[int, list[int]] = dataclasses.field(default_factory=dict)  # split spaces
+    splits: list[tuple[ir.Node, Layout]] = dataclasses.field(default_factory=list)
 
     def find(self, s: int) -> int:
         while self.parent[s] != s:
@@ -183,11 +197,30 @@ class Analysis:
         return s
 
     def groups(self) -> list[list[int]]:
-        """Tied spaces, each list sorted, in the order of their first producer."""
+        """Tied spaces, each list sorted, in the order of their first producer.
+
+        A space a Split cut into parts is not a group of its own: its parts are.
+        """
         by_root: dict[int, list[int]] = defaultdict(list)
         for s in range(len(self.spaces)):
-            by_root[self.find(s)].append(s)
+            if s not in self.parts:
+                by_root[self.find(s)].append(s)
         return sorted(by_root.values(), key=lambda g: g[0])
+
+    def complete(self, kept: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+        """``kept`` plus, for every split space, the union of its parts' kept channels."""
+        out = dict(kept)
+        for whole in sorted(self.parts, reverse=True):  # parts of parts first
+            base = self.spaces[whole].offset
+            out[whole] = np.concatenate(
+                [
+                    self.spaces[p].offset
+                    - base
+                    + np.asarray(out.get(p, np.arange(self.spaces[p].size)), np.int64)
+                    for p in self.parts[whole]
+                ]
+            )
+        return out
 
     def group_unit(self, group: Sequence[int]) -> int:
         """Channels of the group go in whole units of this many (1, or the head size)."""
@@ -195,8 +228,10 @@ class Analysis:
 
     def group_unsafe(self, group: Sequence[int]) -> str | None:
         for s in group:
-            if s in self.unsafe:
-                return self.unsafe[s]
+            while s is not None:  # a part is unsafe where the space it came from is
+                if s in self.unsafe:
+                    return self.unsafe[s]
+                s = self.spaces[s].whole
         return None
 
 
@@ -477,6 +512,11 @@ class _Analyzer:
                 handler(node, ins)
             else:
                 self.reject(node, [lay for _, _, lay in ins], "op not understood")
+        for whole, parts in self.a.parts.items():
+            root = self.a.find(whole)
+            if any(t != whole and self.a.find(t) == root for t in range(len(self.a.spaces))):
+                for p in parts:
+                    self.a.unsafe.setdefault(p, "split channels are also tied to others")
         return self.a
 
     # ---------------------------------------------------------------- producers and sinks
@@ -899,6 +939,43 @@ class _Analyzer:
             self.a.reshapes.append((node, out_axis, layout))
         self.set(node.outputs[0], layout)
 
+    def op_Split(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
+        x = self.data_input(node, ins, "channels reach the split sizes")
+        if x is None:
+            return
+        axis = int(attr_value(node, "axis", 0)) % x.rank  # type: ignore[call-overload]
+        if axis != x.axis:  # along another axis: every part carries all the channels
+            for out in node.outputs:
+                self.set(out, x)
+            return
+        sizes = _ints(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else None
+        if sizes is None and attr_value(node, "split", None) is not None:
+            sizes = [int(v) for v in attr_value(node, "split", [])]  # type: ignore[union-attr]
+        if sizes is None or sum(sizes) != x.length or len(sizes) != len(node.outputs):
+            self.reject(node, [x], "split sizes are not given as constants")
+            return
+        if (x.outer, x.inner, x.unit) != (1, 1, 1) or len(x.segments) != 1:
+            self.reject(node, [x], "splits concatenated or flattened channels")
+            return
+        ((whole, _),) = x.segments
+        root = self.a.find(whole)
+        if whole in self.a.parts or any(
+            t != whole and self.a.find(t) == root for t in range(len(self.a.spaces))
+        ):
+            self.reject(node, [x], "splits channels tied to others")
+            return
+        base = self.a.spaces[whole]
+        parts, offset = [], base.offset
+        for i, size in enumerate(sizes):
+            sid = self.new_space(size, base.producer)
+            part = self.a.spaces[sid]
+            part.whole, part.offset, part.split, part.unit = whole, offset, (node, i), base.unit
+            offset += size
+            parts.append(sid)
+            self.set(node.outputs[i], Layout(x.rank, x.axis, ((sid, size),)))
+        self.a.parts[whole] = parts
+        self.a.splits.append((node, x))
+
     def op_Concat(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
         layouts = [lay for _, _, lay in ins]
         rank = layouts[0].rank
@@ -1013,7 +1090,7 @@ def apply(
     later, so this changes nothing in the result); ``silenced`` is called at that point, when
     the model is the exact reference the pruned one must reproduce.
     """
-    kept = {s: np.asarray(k, np.int64) for s, k in kept.items()}
+    kept = analysis.complete({s: np.asarray(k, np.int64) for s, k in kept.items()})
     namer = Namer(graph)
     owned: set[ir.Value] = set()
     stats: dict[str, int] = defaultdict(int)
@@ -1038,9 +1115,11 @@ def apply(
                 w.const_value = ir.tensor(arr, name=w.name)
         silenced()
 
-    # producers: output channels
+    # producers: output channels (a split's parts are cut through the space they came from)
     for s in sorted(pruned):
         space = analysis.spaces[s]
+        if space.whole is not None:
+            continue
         node, idx = space.producer, kept[s]
         op = node.op_type
         if op == "Conv":
@@ -1102,6 +1181,24 @@ def apply(
             target[element] = layout.new_length(kept)
             shape_v.const_value = ir.tensor(target, name=shape_v.name)
             stats["reshapes_fixed"] += 1
+    for node, x in analysis.splits:
+        if not touches(x):
+            continue
+        ((whole, _),) = x.segments
+        sizes = [len(kept.get(p, range(analysis.spaces[p].size))) for p in analysis.parts[whole]]
+        rec = node.metadata_props.get(CHANNELS_KEY)
+        original = (
+            json.loads(rec)["original"]
+            if rec
+            else [analysis.spaces[p].size for p in analysis.parts[whole]]
+        )
+        node.metadata_props[CHANNELS_KEY] = json.dumps({"original": original})
+        if len(node.inputs) > 1 and node.inputs[1] is not None:
+            v = _own(graph, namer, node, 1, owned)
+            v.const_value = ir.tensor(np.asarray(sizes, np.int64), name=v.name)
+        else:
+            node.attributes["split"] = ir.AttrInt64s("split", sizes)
+        stats["splits_resized"] += 1
     # value shapes along the channel axis
     for value, layout in analysis.layouts.items():
         if touches(layout) and value.shape is not None and len(value.shape) == layout.rank:

@@ -239,7 +239,7 @@ class PruneChannelsPass(GraphoptPass):
             producers = list(dict.fromkeys(analysis.spaces[s].producer for s in group))
             size = analysis.spaces[group[0]].size
             entry: dict[str, Any] = {
-                "producers": [p.name or p.op_type for p in producers],
+                "producers": list(dict.fromkeys(analysis.spaces[s].label for s in group)),
                 "channels": size,
             }
             reason = analysis.group_unsafe(group)
@@ -250,7 +250,7 @@ class PruneChannelsPass(GraphoptPass):
             if reason is not None:
                 entry["left_alone"] = reason
             else:
-                entry["original"] = max(self._original(p, size) for p in producers)
+                entry["original"] = max(_original(analysis, s) for s in group)
                 candidates.append((group, entry["original"], entry))
             report.append(entry)
         self.details = {"criterion": o.criterion, "ratio": o.ratio, "scope": o.scope}
@@ -304,11 +304,6 @@ class PruneChannelsPass(GraphoptPass):
                     )
         silenced.close()
         return worst
-
-    @staticmethod
-    def _original(node: ir.Node, size: int) -> int:
-        rec = node.metadata_props.get(ch.CHANNELS_KEY)
-        return int(json.loads(rec)["original"]) if rec else size
 
     # ----------------------------------------------------------------- which channels
     def _plan(
@@ -367,7 +362,7 @@ class PruneChannelsPass(GraphoptPass):
             for g in groups:
                 total = np.zeros(analysis.spaces[g[0]].size)
                 for s in g:
-                    total += _normalised(self._filter_norms(analysis.spaces[s].producer))
+                    total += _normalised(_space_norms(analysis, s))
                 out.append(total)
             return out
         sinks = [
@@ -387,7 +382,7 @@ class PruneChannelsPass(GraphoptPass):
                     total += _normalised(per_block[off : off + size])
             if not total.any():  # no sink measured this group: fall back to magnitude
                 for s in g:
-                    total += _normalised(self._filter_norms(analysis.spaces[s].producer))
+                    total += _normalised(_space_norms(analysis, s))
             out.append(total)
         return out
 
@@ -468,6 +463,24 @@ class PruneChannelsPass(GraphoptPass):
             wf = w[f]
             out[c] = float(np.trace(wf.T @ np.linalg.solve(block, wf)))
         return out
+
+
+def _space_norms(analysis: ch.Analysis, s: int) -> np.ndarray:
+    """Filter norms of the producer's channels that space ``s`` covers."""
+    space = analysis.spaces[s]
+    norms = PruneChannelsPass._filter_norms(space.producer)
+    return norms[space.offset : space.offset + space.size]
+
+
+def _original(analysis: ch.Analysis, s: int) -> int:
+    """Channels space ``s`` had before any pruning (recorded by earlier runs)."""
+    space = analysis.spaces[s]
+    if space.split is not None:  # a Split's part: the Split records its original sizes
+        node, i = space.split
+        rec = node.metadata_props.get(ch.CHANNELS_KEY)
+        return int(json.loads(rec)["original"][i]) if rec else space.size
+    rec = space.producer.metadata_props.get(ch.CHANNELS_KEY)
+    return int(json.loads(rec)["original"]) if rec else space.size
 
 
 def _top(score: np.ndarray, n: int, unit: int) -> np.ndarray:
