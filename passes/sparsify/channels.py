@@ -31,10 +31,9 @@ tensor *where along which axis* the channels of which producers sit (:class:`Lay
 
 Anything else that reads a channel tensor (LayerNormalization over the channel axis, Softmax
 over it, Shape, a Split of tied channels, a Reshape split into anything but [heads,
-head_dim], a graph output, a
-non-constant second operand the pass cannot slice, an op it does not know) marks every space
-in that tensor's layout **unsafe**, with the reason; unsafe groups are left alone and
-reported. The analysis only reads the graph; :func:`apply`
+head_dim], a graph output, a non-constant second operand the pass cannot slice, an op it
+does not know) marks every space in that tensor's layout **unsafe**, with the reason; unsafe
+groups are left alone and reported. The analysis only reads the graph; :func:`apply`
 rewrites it for the chosen kept indices.
 """
 
