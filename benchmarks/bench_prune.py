@@ -8,8 +8,9 @@ For each model, everything is measured in one process against the dense fp32 mod
   plus magnitude pruning at one ratio, for comparison;
 * **equal sparsity with and without reconstruct**: unstructured 50% and 2:4 ``sparsify``
   (every layer, first and last included), the 2:4 pattern checked exactly on every target;
-* **file size**: 50% sparse + ``compress-sparse``, and ``cluster-weights{k=16}``, against
-  the dense file, with the accuracy of the clustered model;
+* **file size**: 50% sparse + ``compress-sparse`` (the layers above; and every weight,
+  embedding tables and small layers included), and ``cluster-weights{k=16}``, against the
+  dense file, with the accuracy of each;
 * **latency** (ONNX Runtime CPU EP, 2 threads, interleaved rounds, ratios per round then the
   median): dense vs pruned (and, on the ResNet-50- and BERT-base-shaped models, prune ->
   reconstruct -> int8 and int8 alone), batch 1 and 8.
@@ -339,6 +340,10 @@ def bench_case(case: Case, work: Path, rounds: int, quick: bool) -> dict[str, An
             rows += [sp, r.run(f"{label} + reconstruct", f"reconstruct{{{ref}}}", r.models[label])]
         rows.append(
             r.run("sparse 50% + compress-sparse", "compress-sparse", r.models["sparse 50%"])
+        )
+        every = "sparsify{skip_first_last=false,min_size=0,embeddings=true}"  # tables too
+        rows.append(
+            r.run("sparse 50% everything + compress", f"{every},compress-sparse{{min_size=0}}")
         )
         rows.append(r.run("cluster-weights k=16", "cluster-weights{k=16}"))
     if case.int8:
