@@ -157,28 +157,23 @@ def _minilm(quick: bool) -> Case:
     )  # fmt: skip
 
 
-def _resnet(quick: bool) -> Case:
-    from shaped_models import cached_model, resnet_inputs
+def _shaped(key: str, title: str, quick: bool) -> Case:
+    """A random-weight model of benchmarks/shaped_models.py: latency only, 30%, and int8."""
+    import shaped_models
 
-    model = cached_model("resnet50")
-    calib = resnet_inputs(4 if quick else 16, seed=1)
-    feed = resnet_inputs(8, seed=2)
-    return Case(
-        "resnet50", "ResNet-50-shaped (random weights)", model, calib, 4, [], None, "",
-        [0.3], _first(feed, 1), feed, int8=True,
-    )  # fmt: skip
+    inputs = {"resnet50": shaped_models.resnet_inputs, "bert-base": shaped_models.bert_inputs}
+    model = shaped_models.cached_model(key)
+    calib = inputs[key](4 if quick else 16, seed=1)
+    feed = inputs[key](8, seed=2)
+    return Case(key, title, model, calib, 4, [], None, "", [0.3], _first(feed, 1), feed, int8=True)
+
+
+def _resnet(quick: bool) -> Case:
+    return _shaped("resnet50", "ResNet-50-shaped (random weights)", quick)
 
 
 def _bert(quick: bool) -> Case:
-    from shaped_models import bert_inputs, cached_model
-
-    model = cached_model("bert-base")
-    calib = bert_inputs(4 if quick else 16, seed=1)
-    feed = bert_inputs(8, seed=2)
-    return Case(
-        "bert-base", "BERT-base-shaped, seq 128 (random weights)", model, calib, 4, [], None, "",
-        [0.3], _first(feed, 1), feed, int8=True,
-    )  # fmt: skip
+    return _shaped("bert-base", "BERT-base-shaped, seq 128 (random weights)", quick)
 
 
 CASES = {

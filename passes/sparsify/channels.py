@@ -625,6 +625,15 @@ class _Analyzer:
         sid = self.new_space(int(w.shape[1]), node)
         self.set(node.outputs[0], Layout(rank, rank - 1, ((sid, int(w.shape[1])),)))
 
+    def tie_aligned(self, node: ir.Node, layouts: list[Layout], out_rank: int) -> Layout | None:
+        """Broadcast the operands' layouts to the output rank and tie them (None: rejected)."""
+        aligned = [lay.with_axis(out_rank, lay.axis + out_rank - lay.rank) for lay in layouts]
+        for other in aligned[1:]:
+            if not self.tie(aligned[0], other):
+                self.reject(node, layouts, "operands carry channels differently")
+                return None
+        return aligned[0]
+
     def batched_matmul(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
         """A MatMul of two activations (attention): channels may ride its batch axes (heads)."""
         layouts = [lay for _, _, lay in ins]
@@ -633,17 +642,12 @@ class _Analyzer:
         if out_rank is None or None in ranks:
             self.reject(node, layouts, "unknown ranks")
             return
-        aligned = []
-        for _, _, lay in ins:
-            if lay.axis >= lay.rank - 2:
-                self.reject(node, layouts, "channels on a matrix axis of a MatMul of activations")
-                return
-            aligned.append(lay.with_axis(out_rank, lay.axis + out_rank - lay.rank))
-        first = aligned[0]
-        for other in aligned[1:]:
-            if not self.tie(first, other):
-                self.reject(node, layouts, "operands carry channels differently")
-                return
+        if any(lay.axis >= lay.rank - 2 for lay in layouts):
+            self.reject(node, layouts, "channels on a matrix axis of a MatMul of activations")
+            return
+        first = self.tie_aligned(node, layouts, out_rank)
+        if first is None:
+            return
         with_layout = {i for i, _, _ in ins}
         for i, v in enumerate(node.inputs):
             if i in with_layout or v is None:
@@ -676,12 +680,9 @@ class _Analyzer:
         if out_rank is None:
             self.reject(node, layouts, "unknown output rank")
             return
-        aligned = [lay.with_axis(out_rank, lay.axis + out_rank - lay.rank) for lay in layouts]
-        first = aligned[0]
-        for other in aligned[1:]:
-            if not self.tie(first, other):
-                self.reject(node, layouts, "operands carry channels differently")
-                return
+        first = self.tie_aligned(node, layouts, out_rank)
+        if first is None:
+            return
         with_layout = {i for i, _, _ in ins}
         for i, v in enumerate(node.inputs):
             if v is None or i in with_layout:
