@@ -3,4 +3,4 @@
 Importing it registers every built-in pass; one module per pass, grouped by family.
 """
 
-from graphopt.passes import cleanup, precision, quantize, sparsify  # noqa: F401
+from graphopt.passes import cleanup, precision, quantize, sparsify, target  # noqa: F401

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import warnings
 
 import graphopt.passes.quantize.insert_qdq as qdq  # registers qdq-insert
@@ -574,8 +575,11 @@ def _quantize_synthetic(
     return reference, p
 
 
-def _attention_block() -> ir.Model:
-    """x -> {q,k,v} = Reshape(MatMul(x, W) + b) -> Transpose; softmax(q k^T) v -> out proj."""
+def _attention_block(divide: float | None = None) -> ir.Model:
+    """x -> {q,k,v} = Reshape(MatMul(x, W) + b) -> Transpose; softmax(q k^T) v -> out proj.
+
+    ``divide``: the scores are divided by this constant before the Softmax (1/sqrt(d)).
+    """
     rng = np.random.default_rng(0)
     b, s, d, h = 2, 8, 16, 2
     nodes, inits = [], []
@@ -591,12 +595,14 @@ def _attention_block() -> ir.Model:
         pt.init("merge", np.array([b, s, d], np.int64)),
         pt.init("Wo", _w(rng, d, d)),
         pt.init("bo", _w(rng, d)),
+        *([] if divide is None else [pt.init("sqrt_d", np.array(divide, np.float32))]),
     ]
     nodes += [
         pt.node("Transpose", ["q_r"], ["q_t"], perm=[0, 2, 1, 3]),
         pt.node("Transpose", ["k_r"], ["k_t"], perm=[0, 2, 3, 1]),
         pt.node("Transpose", ["v_r"], ["v_t"], perm=[0, 2, 1, 3]),
-        pt.node("MatMul", ["q_t", "k_t"], ["scores"]),
+        pt.node("MatMul", ["q_t", "k_t"], ["scores" if divide is None else "raw"]),
+        *([] if divide is None else [pt.node("Div", ["raw", "sqrt_d"], ["scores"])]),
         pt.node("Softmax", ["scores"], ["probs"], axis=-1),
         pt.node("MatMul", ["probs", "v_t"], ["ctx"]),
         pt.node("Transpose", ["ctx"], ["ctx_t"], perm=[0, 2, 1, 3]),
@@ -605,6 +611,27 @@ def _attention_block() -> ir.Model:
         pt.node("Add", ["o_mm", "bo"], ["y"]),
     ]
     return pt.make_model(nodes, [pt.vi("x", [b, s, d])], [pt.vi("y", [b, s, d])], inits)
+
+
+@pytest.mark.parametrize("divide", [2.0, math.sqrt(8.0)])
+def test_attention_scale_goes_into_the_dequantization_scale(divide: float) -> None:
+    model = _attention_block(divide)
+    calib = data.random_feeds(model, count=8, seed=1)
+    reference, p = _quantize_synthetic(model, calib)
+    assert p.stats["folded_scalar_Div"] == 1
+    assert not [n for n in model.graph if n.op_type == "Div"]
+    mm = next(n for n in model.graph if n.name == "raw_node")
+    (use,) = list(mm.outputs[0].uses())
+    assert use.node.op_type == "Softmax"
+    a_dq, b_dq = (v.producer() for v in mm.inputs)
+    assert a_dq.op_type == b_dq.op_type == "DequantizeLinear"
+    q = a_dq.inputs[0].producer()  # the shared quantized q_t, read with its own scale
+    s_q = float(q.inputs[1].const_value.numpy())
+    assert float(a_dq.inputs[1].const_value.numpy()) == pytest.approx(s_q / divide, rel=1e-6)
+    assert p.details["fusion_final"]["unfused"] == 0
+    assert _min_cosine(reference, model, calib.head(2).feeds) >= 0.99
+    again = _apply(model, calib)
+    assert not again.modified
 
 
 def test_attention_block() -> None:

@@ -33,29 +33,30 @@ def _model() -> tuple[ir.Model, np.ndarray]:
     return model, w
 
 
-def _feeds(count: int, seed: int) -> list[dict[str, np.ndarray]]:
+def _feeds(count: int, seed: int, outliers: float = 50.0) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):
         x = rng.standard_normal((8, K)).astype(np.float32)
-        x[:, :3] *= 50.0  # outlier channels, as in transformer activations
+        x[:, :3] *= outliers  # outlier channels, as in transformer activations
         out.append({"x": x})
     return out
 
 
-def _quantize(smooth: float) -> tuple[ir.Model, object]:
+def _quantize(smooth: float, outliers: float = 50.0, **options: object) -> tuple[ir.Model, object]:
     model, _ = _model()
     cls = get_pass("qdq-insert")
-    p = cls(cls.Options(smooth=smooth), PassContext(data=data.Samples(_feeds(8, 1), "t")))
+    samples = data.Samples(_feeds(8, 1, outliers), "t")
+    p = cls(cls.Options(smooth=smooth, **options), PassContext(data=samples))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         p(model)
     return model, p
 
 
-def _cosine(model: ir.Model) -> float:
+def _cosine(model: ir.Model, outliers: float = 50.0) -> float:
     reference, _ = _model()
-    feeds = _feeds(4, 2)  # held out from calibration
+    feeds = _feeds(4, 2, outliers)  # held out from calibration
     ref = runtime.run_feeds(runtime.make_session(reference, optimize=False), feeds)
     got = runtime.run_feeds(runtime.make_session(model, optimize=True), feeds)
     return Budget.parse("cosine>=0").measure(ref, got)
@@ -104,3 +105,42 @@ def test_smoothing_is_idempotent_and_validated() -> None:
     assert not again(model).modified
     with pytest.raises(ValueError, match="smooth must be in"):
         cls.Options(smooth=1.5)
+
+
+def test_smoothing_only_where_the_error_estimate_says_it_pays() -> None:
+    """Without outlier channels smoothing buys little: the estimate says so and the Mul is
+    not paid for; smooth_gain=1 smooths anyway, and the measured error agrees."""
+    _, p = _quantize(0.7)
+    assert p.details["smoothing_error_gain"]["min"] > 2.0  # outliers: a big estimated gain
+    flat, p = _quantize(0.7, outliers=1.0)
+    gain = p.details["smoothing_error_gain"]["max"]
+    assert gain < 2.0 and p.details["smoothed_inputs"] == 0
+    assert p.details["smoothing_not_worth_it"] == 1
+    assert not any(n.op_type == "Mul" for n in flat.graph)
+    forced, p = _quantize(0.7, outliers=1.0, smooth_gain=1.0)
+    assert p.details["smoothed_inputs"] == 1 and any(n.op_type == "Mul" for n in forced.graph)
+    err_plain, err_forced = 1 - _cosine(flat, 1.0), 1 - _cosine(forced, 1.0)
+    print(f"flat channels: estimated gain {gain:.2f}, measured {err_plain / err_forced:.2f}")
+    assert err_forced > err_plain / 2  # smoothing did not halve the error here
+
+
+def test_error_estimate_matches_simulated_rounding() -> None:
+    """int8_matmul_error against fake-quantized numpy on random data (within 20%)."""
+    from graphopt.passes.quantize.insert_qdq import int8_matmul_error
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4096, K)) * np.linspace(0.2, 3.0, K)
+    w = rng.standard_normal((K, N)) * 0.1
+    lo, hi = x.min(), x.max()
+    step = (hi - lo) / 255
+    xq = np.round((x - lo) / step) * step + lo
+    ws = np.abs(w).max(axis=0) / 127
+    wq = np.round(w / ws) * ws
+    measured = float(np.mean(np.sum((xq @ wq - x @ w) ** 2, axis=1)))
+    estimate = int8_matmul_error(hi - lo, np.mean(x * x, axis=0), w, 127)
+    assert 0.8 < measured / estimate < 1.2
+
+
+def test_smooth_gain_is_validated() -> None:
+    with pytest.raises(ValueError, match="smooth_gain"):
+        get_pass("qdq-insert").Options(smooth_gain=0.5)

@@ -107,9 +107,7 @@ def test_golden_structure() -> None:
     inits = model.graph.initializers
     assert not {"w1", "w2", "w3", "b3"} & set(inits)
     assert model.graph.outputs[0].name == "y"
-    assert all(
-        v.dtype in (ir.DataType.INT8, ir.DataType.FLOAT) for v in inits.values()
-    )
+    assert all(v.dtype in (ir.DataType.INT8, ir.DataType.FLOAT) for v in inits.values())
 
 
 def test_outputs_close_to_float_on_ort() -> None:

@@ -54,9 +54,7 @@ def _cosine(before: ir.Model, after: ir.Model, batch: int = 32) -> float:
     feeds = pt.random_feeds(before, count=2, dims={"batch": batch})
     _, want = pt.run_model(before, feeds)
     _, got = pt.run_model(after, feeds)
-    return min(
-        compare_arrays(g[0], w[0])["cosine"] for g, w in zip(got, want, strict=True)
-    )
+    return min(compare_arrays(g[0], w[0])["cosine"] for g, w in zip(got, want, strict=True))
 
 
 def _one_matmul(w: np.ndarray, a_shape: list) -> ir.Model:
@@ -174,9 +172,7 @@ def test_accuracy_level_passed_through() -> None:
     model = _mlp()
     before = pt.copy_model(model)
     pt.run_pass(model, PASS, accuracy_level=4)
-    assert {n.attributes["accuracy_level"].value for n in pt.nodes_of(model, "MatMulNBits")} == {
-        4
-    }
+    assert {n.attributes["accuracy_level"].value for n in pt.nodes_of(model, "MatMulNBits")} == {4}
     assert _cosine(before, model) >= 0.99  # int8 compute on A costs little on top of int4
 
 

@@ -31,11 +31,16 @@ PRESETS: dict[str, str] = {
     ),
     # qdq-insert picks types and placement for the CPU it runs on (graphopt.target), checks
     # what ONNX Runtime fuses, and (guard) keeps float whatever int8 does not make faster.
-    "cpu-int8": "cleanup,qdq-insert{target=cpu,guard=true,smooth=0.7},sort-topologically",
+    # avoid-slow-fusions keeps ORT from fused kernels that are slower on this CPU (timed).
+    "cpu-fp32": "cleanup,avoid-slow-fusions",
+    "cpu-int8": (
+        "cleanup,qdq-insert{target=cpu,guard=true,smooth=0.7},avoid-slow-fusions,sort-topologically"
+    ),
     "cuda-int8": "cleanup,qdq-insert{target=cuda},sort-topologically",
 }
 PRESET_DOCS: dict[str, str] = {
     "cleanup": "lossless cleanups to a fixed point, then shape inference and a topological sort",
+    "cpu-fp32": "cleanup, then the graph's form chosen for ONNX Runtime's fastest kernels here",
     "cpu-int8": "cleanup, then static int8 QDQ placed for ONNX Runtime's CPU EP on this CPU",
     "cuda-int8": "cleanup, then symmetric static int8 QDQ for the CUDA/TensorRT EPs",
 }
