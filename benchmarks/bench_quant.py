@@ -696,7 +696,7 @@ def markdown(results: list[dict[str, Any]], env: dict[str, Any], meta: dict[str,
         "",
         f"Machine: {env['cpu']}, {env['cores']} cores ({isa}); onnxruntime {env['onnxruntime']} "
         "CPUExecutionProvider, intra-op threads 2, all graph optimizations on. "
-        f"{meta['rounds']} interleaved rounds; ratios per round, then the median.",
+        "Interleaved rounds (per model, below); ratios per round, then the median.",
         "",
         f"graphopt pipeline: `{meta['graphopt_pipeline']}`"
         + (
@@ -767,6 +767,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--quick", action="store_true", help="few iterations, one round (smoke)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per quantizer process")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other models' results from the existing quant.json (rerun a few)",
+    )
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -811,6 +816,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for f in Path(tmp).glob(f"{name}.*"):  # free the disk between models
                 f.unlink()
     meta["total_seconds"] = time.perf_counter() - t_start
+    for r in results:
+        r.setdefault("rounds", args.rounds)
+    earlier = args.out / "quant.json"
+    if args.merge and earlier.exists():
+        old = json.loads(earlier.read_text())
+        kept = [r for r in old.get("results", []) if r.get("key") not in names]
+        for r in kept:
+            r["merged"] = True
+            r.setdefault("rounds", old.get("settings", {}).get("rounds"))
+        order = {k: i for i, k in enumerate(ALL_MODELS)}
+        results = sorted(kept + results, key=lambda r: order.get(r.get("key"), len(order)))
+        meta["merged_from_earlier_run"] = [r["key"] for r in kept]
     env = machine()
     doc = {"schema": "graphopt.bench-quant/1", "environment": env, "settings": meta}
     doc["results"] = results

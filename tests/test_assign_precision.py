@@ -301,3 +301,65 @@ def test_minilm_fp16() -> None:
         a, b = w[0].reshape(len(w[0]), -1), g[0].reshape(len(g[0]), -1)
         cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
         assert cos.min() >= 0.999, cos
+
+
+def test_mixed_int8_and_fp16_keeps_the_quantized_groups() -> None:
+    """cuda-int8's Q/DQ groups stay as placed; only the float nodes between them go fp16."""
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((16, 32)) * 0.2).astype(np.float32)
+    w2 = (rng.standard_normal((32, 8)) * 0.2).astype(np.float32)
+    nodes = [
+        node("MatMul", ["x", "W1"], ["h"]),
+        node("LayerNormalization", ["h", "g"], ["n"], axis=-1),
+        node("MatMul", ["n", "W2"], ["m"]),
+        node("Softmax", ["m"], ["y"], axis=-1),
+    ]
+    inits = [init("W1", w1), init("W2", w2), init("g", np.ones(32, np.float32))]
+    model = pt.make_model(nodes, [vi("x", [4, 16])], [vi("y", [4, 8])], inits)
+    reference = pt.copy_model(model)
+    samples = data.random_feeds(model, count=8, seed=1)
+    qdq = get_pass("qdq-insert")
+    qp = qdq(qdq.Options(target="cuda"), PassContext(target="cuda", data=samples))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert qp(model).modified
+    groups = {
+        n.name: n.op_type
+        for n in model.graph
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+    }
+    assert groups
+    result, p = _run(model, samples, target="fp16", require_kernels=False)
+    assert result.modified
+    after = {
+        n.name: n.op_type
+        for n in model.graph
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+    }
+    assert after == groups  # every Q/DQ kept, none converted
+    for n in model.graph:
+        if any(
+            v is not None
+            and v.producer() is not None
+            and v.producer().op_type == "DequantizeLinear"
+            for v in n.inputs
+        ):
+            assert n.op_type != "Cast", f"{n.name}: a Cast inside a quantized group"
+            assert all(o.dtype == ir.DataType.FLOAT for o in n.outputs if o.dtype is not None)
+    by_op = {n.op_type: n for n in model.graph}
+    assert by_op["LayerNormalization"].outputs[0].dtype == FP16  # float between groups: fp16
+    assert by_op["Softmax"].outputs[0].dtype == FP16
+    kept = p.details["kept_fp32"]["int8"]
+    assert set(groups) <= set(kept) and len(kept) >= len(groups) + 2  # Q/DQ + both MatMuls
+    assert _io_types(model) == _io_types(reference)
+    _no_cancelling_casts(model)
+    feeds = data.random_feeds(reference, count=2, seed=2).feeds
+    want = runtime.run_feeds(runtime.make_session(reference, optimize=False), feeds)
+    got = runtime.run_feeds(runtime.make_session(model), feeds)
+    for a, b in zip(got, want, strict=True):
+        cos = float(
+            np.dot(a[0].ravel(), b[0].ravel()) / np.linalg.norm(a[0]) / np.linalg.norm(b[0])
+        )
+        assert cos > 0.99
+    again, _ = _run(model, samples, target="fp16", require_kernels=False)
+    assert not again.modified

@@ -1,6 +1,6 @@
 """assign-precision: run each node in float16 or bfloat16 where that is safe, supported and pays.
 
-What it decides, per node of the main graph (a node keeps float32 for one of four reasons,
+What it decides, per node of the main graph (a node keeps float32 for one of five reasons,
 each listed in the report under ``details['kept_fp32']``):
 
 * **unsupported**: the op schema admits no lower type on the node's float ports (``Range``,
@@ -18,6 +18,10 @@ each listed in the report under ``details['kept_fp32']``):
   float32 on the target EP (interleaved rounds, Casts included) and keeps float32 unless
   one is at least 3 % faster; on the CPU EP, with its few float16/bfloat16 kernels, it
   keeps float32;
+* **int8**: Q/DQ nodes and the nodes reading dequantized values (the groups ``qdq-insert``
+  placed, which the EP runs as integer kernels) keep their form; a Cast inside a group would
+  break it. So ``qdq-insert`` then ``assign-precision`` gives mixed int8 + fp16: int8 where it
+  was placed, float16 for the float nodes between the groups, Casts on the boundaries;
 * **sensitivity**: with an accuracy budget (``budget=`` or the run's budget), nodes go back
   to float32 greedily, the one whose return recovers most first, until the budget holds.
 
@@ -57,7 +61,7 @@ from graphopt.errors import RuntimeFailure
 PRECISION_KEY = "pkg.graphopt.assign-precision"
 FP16_MAX = 65504.0
 FP16_MIN_SUBNORMAL = 2.0**-24
-REASONS = ("range", "unsupported", "sensitivity", "cost")
+REASONS = ("range", "unsupported", "sensitivity", "cost", "int8")
 _LOW = {"fp16": ir.DataType.FLOAT16, "bf16": ir.DataType.BFLOAT16}
 _SHORT = {ir.DataType.FLOAT16: "fp16", ir.DataType.BFLOAT16: "bf16"}
 _PAYS = 0.97  # a lower precision must be at least 3 % faster than float32 to be kept (auto)
@@ -123,6 +127,14 @@ class _Node:
     op_type: str
     ins: list[bool]
     outs: list[bool]
+
+
+_QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
+
+
+def _dequantized(value: ir.Value | None) -> bool:
+    producer = value.producer() if value is not None else None
+    return producer is not None and producer.op_type == "DequantizeLinear"
 
 
 def _label(node: ir.Node, index: int) -> str:
@@ -289,6 +301,11 @@ class AssignPrecisionPass(GraphoptPass):
                 for v in (*node.inputs, *node.outputs)
             )
             if not floats:
+                continue
+            if node.op_type in _QDQ or any(_dequantized(v) for v in node.inputs):
+                # qdq-insert's groups (DQ -> op -> Q) are what the EP runs as integer kernels;
+                # a Cast inside one would break it. Mixed int8 + fp16: the rest goes low.
+                self._keep(label, "int8", "in a quantized group (int8 where qdq-insert put it)")
                 continue
             if any(
                 a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
