@@ -32,9 +32,10 @@ PRESETS: dict[str, str] = {
     # qdq-insert picks types and placement for the CPU it runs on (graphopt.target), checks
     # what ONNX Runtime fuses, and (guard) keeps float whatever int8 does not make faster.
     # avoid-slow-fusions keeps ORT from fused kernels that are slower on this CPU (timed).
-    "cpu-fp32": "cleanup,avoid-slow-fusions",
+    "cpu-fp32": "cleanup,fold-attention-biases,avoid-slow-fusions",
     "cpu-int8": (
-        "cleanup,qdq-insert{target=cpu,guard=true,smooth=0.7},avoid-slow-fusions,sort-topologically"
+        "cleanup,fold-attention-biases,qdq-insert{target=cpu,guard=true,smooth=0.7},"
+        "avoid-slow-fusions,sort-topologically"
     ),
     "cuda-int8": "cleanup,qdq-insert{target=cuda},sort-topologically",
 }

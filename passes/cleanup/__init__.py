@@ -5,6 +5,7 @@ from graphopt.passes.cleanup import (  # noqa: F401
     eliminate_common_subexpressions,
     eliminate_dead_code,
     eliminate_identity,
+    fold_attention_biases,
     fold_batchnorm,
     fold_constants,
     infer_shapes,
