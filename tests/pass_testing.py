@@ -104,6 +104,36 @@ def make_model(
     return ir.serde.deserialize_model(proto)
 
 
+def _shaped_models() -> Any:
+    """benchmarks/shaped_models.py (the shaped-model builders the benchmarks use)."""
+    import sys
+    from pathlib import Path
+
+    path = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    import shaped_models
+
+    return shaped_models
+
+
+def tiny_bert(layers: int = 2) -> ir.Model:
+    """A cleaned BERT-style encoder (hidden 64, 4 heads of 16, FFN 128, sequence 16), built
+    by the benchmarks' shaped-model builder: post-LayerNorm, erf GELU, PyTorch's op pattern."""
+    from graphopt.core.runner import run_pipeline
+
+    proto = _shaped_models().build_bert_encoder(layers=layers, hidden=64, heads=4, ffn=128, seq=16)
+    model = ir.serde.deserialize_model(proto)
+    run_pipeline(model, "cleanup", verify_each=False)
+    return model
+
+
+def tiny_bert_feeds(count: int, seed: int) -> list[Feed]:
+    """Batch-1 token/mask feeds for :func:`tiny_bert` (random lengths, padding masked)."""
+    arrays = _shaped_models().bert_inputs(count, seed=seed, seq=16)
+    return [{k: v[i : i + 1] for k, v in arrays.items()} for i in range(count)]
+
+
 def copy_model(model: ir.Model) -> ir.Model:
     """An independent deep copy (through a proto round trip)."""
     return ir.serde.deserialize_model(ir.serde.serialize_model(model))

@@ -3,9 +3,6 @@ SkipLayerNormalization is slower, which must be bit-exact and really stop the fu
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import onnx_ir as ir
 import pass_testing as pt
@@ -18,24 +15,16 @@ from graphopt.core.pass_base import PassContext
 from graphopt.core.registry import get_pass
 from graphopt.core.runner import run_pipeline
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from shaped_models import bert_inputs, build_bert_encoder
-
 LAYERS = 2
 
 
 def _bert() -> ir.Model:
-    """A BERT-style encoder (post-LayerNorm: 2 residual Add -> LayerNormalization per layer)."""
-    model = ir.serde.deserialize_model(
-        build_bert_encoder(layers=LAYERS, hidden=64, heads=4, ffn=128, seq=16)
-    )
-    run_pipeline(model, "cleanup", verify_each=False)
-    return model
+    """Post-LayerNorm: 2 residual Add -> LayerNormalization per layer."""
+    return pt.tiny_bert(LAYERS)
 
 
 def _feeds() -> list[dict[str, np.ndarray]]:
-    arrays = bert_inputs(3, seed=4, seq=16)
-    return [{k: v[i : i + 1] for k, v in arrays.items()} for i in range(3)]
+    return pt.tiny_bert_feeds(3, seed=4)
 
 
 def _fused_ops(model: ir.Model) -> dict[str, int]:

@@ -3,33 +3,21 @@ bias moves into the output projection's bias (softmax rows sum to 1); proven on 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import onnx_ir as ir
 import pass_testing as pt
 
 from graphopt.core.registry import get_pass
-from graphopt.core.runner import run_pipeline
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from shaped_models import bert_inputs, build_bert_encoder
 
 LAYERS = 2
 
 
 def _bert() -> ir.Model:
-    model = ir.serde.deserialize_model(
-        build_bert_encoder(layers=LAYERS, hidden=64, heads=4, ffn=128, seq=16)
-    )
-    run_pipeline(model, "cleanup", verify_each=False)
-    return model
+    return pt.tiny_bert(LAYERS)
 
 
 def _feeds() -> list[dict[str, np.ndarray]]:
-    arrays = bert_inputs(2, seed=5, seq=16)
-    return [{k: v[i : i + 1] for k, v in arrays.items()} for i in range(2)]
+    return pt.tiny_bert_feeds(2, seed=5)
 
 
 def test_bert_loses_two_bias_adds_per_layer_and_keeps_its_outputs() -> None:

@@ -472,17 +472,7 @@ def test_exclude_and_options() -> None:
 # ----------------------------------------------------------------------- attention heads
 def _bert(layers: int = 2) -> ir.Model:
     """A BERT-style encoder (hidden 64, 4 heads of 16, FFN 128, sequence 16)."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from shaped_models import build_bert_encoder
-
-    model = ir.serde.deserialize_model(
-        build_bert_encoder(layers=layers, hidden=64, heads=4, ffn=128, seq=16)
-    )
-    run_pipeline(model, "cleanup", verify_each=False)
-    return model
+    return pt.tiny_bert(layers)
 
 
 def test_attention_heads_are_one_group_that_goes_in_whole_heads() -> None:
