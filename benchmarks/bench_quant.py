@@ -27,7 +27,7 @@ shapes only get a cosine-to-fp32 sanity column. Results: ``benchmarks/results/qu
 ``quant.md``.
 
     python benchmarks/bench_quant.py [--models demo,minilm,crepe,resnet50,bert-base]
-                                     [--rounds 3] [--iters 30] [--quick]
+                                     [--rounds 9] [--iters 5000] [--quick] [--merge]
 
 The demo path needs only numpy, onnx, onnxruntime and graphopt (no torch).
 """
@@ -761,8 +761,10 @@ def markdown(results: list[dict[str, Any]], env: dict[str, Any], meta: dict[str,
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(ALL_MODELS), help="comma list of models")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--iters", type=int, default=200, help="most iterations per measurement")
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument(
+        "--iters", type=int, default=5000, help="most iterations per measurement (tiny models)"
+    )
     ap.add_argument("--budget", type=float, default=1.0, help="seconds per fp32 measurement")
     ap.add_argument("--quick", action="store_true", help="few iterations, one round (smoke)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per quantizer process")
