@@ -34,7 +34,8 @@ PRESETS: dict[str, str] = {
     # avoid-slow-fusions keeps ORT from fused kernels that are slower on this CPU (timed).
     "cpu-fp32": "cleanup,fold-attention-biases,avoid-slow-fusions",
     "cpu-int8": (
-        "cleanup,fold-attention-biases,qdq-insert{target=cpu,guard=true,smooth=0.7},"
+        "cleanup,fold-attention-biases,move-stride-to-channels,"
+        "qdq-insert{target=cpu,guard=true,smooth=0.7},"
         "avoid-slow-fusions,sort-topologically"
     ),
     "cuda-int8": "cleanup,qdq-insert{target=cuda},sort-topologically",
