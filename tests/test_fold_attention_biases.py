@@ -71,3 +71,11 @@ def test_presets_run_it_before_quantizing() -> None:
     assert "cleanup,fold-attention-biases," in PRESETS["cpu-fp32"]
     assert PRESETS["cpu-int8"].startswith("cleanup,fold-attention-biases,")
     assert PRESETS["cpu-int8"].index("fold-attention") < PRESETS["cpu-int8"].index("qdq-insert")
+
+
+def test_without_input_shapes_or_data_it_declines_instead_of_failing() -> None:
+    model = pt.tiny_bert(1)
+    for v in model.graph.inputs:
+        v.shape = None
+    result, p = pt.run_pass(model, "fold-attention-biases")
+    assert not result.modified and "cannot prove without DATA" in p.details["not_applied"]

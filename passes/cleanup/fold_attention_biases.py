@@ -26,6 +26,7 @@ from graphopt.passes.quantize._emit import Namer, add_initializer, drop_if_unuse
 from graphopt import data, runtime
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import register_pass
+from graphopt.errors import DataError
 from graphopt.ir import attr_value as _attr
 from graphopt.ir import const_array as _const
 
@@ -181,7 +182,10 @@ class FoldAttentionBiasesPass(GraphoptPass):
         if samples is not None:
             feeds = list(samples.feeds[:2])
         else:
-            feeds = data.random_feeds(original, count=2, seed=0, dims={"*": 4}).feeds
+            try:
+                feeds = data.random_feeds(original, count=2, seed=0, dims={"*": 4}).feeds
+            except DataError as exc:  # an input without a shape: nothing to prove it on
+                return False, f"cannot prove without DATA: {exc}"
         before = runtime.run_feeds(runtime.make_session(original, optimize=False), feeds)
         after = runtime.run_feeds(runtime.make_session(trial, optimize=False), feeds)
         for fa, fb in zip(after, before, strict=True):
