@@ -786,9 +786,7 @@ class InsertQdqPass(GraphoptPass):
         s = self._initializer(graph, f"{mm.name}_a_scale", new_scale)
         base = f"{mm.name}_a"
         shape = dq.outputs[0].shape
-        out = self._dequantize(graph, mm, dq.inputs[0], s, dq.inputs[2], None, base, shape or [])
-        if shape is None:
-            out.shape = None
+        out = self._dequantize(graph, mm, dq.inputs[0], s, dq.inputs[2], None, base, shape)
         mm.replace_input_with(0, out)
         if not list(dq.outputs[0].uses()) and not dq.outputs[0].is_graph_output():
             graph.remove(dq, safe=True)
@@ -873,7 +871,7 @@ class InsertQdqPass(GraphoptPass):
         z: ir.Value,
         axis: int | None,
         base: str,
-        shape: Iterable[int],
+        shape: Iterable[int] | None,
     ) -> ir.Value:
         attrs = [] if axis is None else [ir.AttrInt64("axis", axis)]
         dq = self.mark(
@@ -883,7 +881,7 @@ class InsertQdqPass(GraphoptPass):
         )
         dq.outputs[0].name = self._name(f"{base}_dequantized")
         dq.outputs[0].dtype = ir.DataType.FLOAT
-        dq.outputs[0].shape = ir.Shape(list(shape))
+        dq.outputs[0].shape = ir.Shape(list(shape)) if shape is not None else None
         graph.insert_before(before, [dq])
         return dq.outputs[0]
 

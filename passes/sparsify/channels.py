@@ -634,6 +634,36 @@ class _Analyzer:
                 return None
         return aligned[0]
 
+    def other_operands(
+        self,
+        node: ir.Node,
+        ins: list[tuple[int, ir.Value, Layout]],
+        first: Layout,
+        out_rank: int,
+        *,
+        sliceable: bool,
+    ) -> bool:
+        """Operands without a layout must broadcast along the channel axis or (``sliceable``:
+        elementwise ops) be per-channel constants the rewrite slices. False: rejected."""
+        layouts = [lay for _, _, lay in ins]
+        with_layout = {i for i, _, _ in ins}
+        for i, v in enumerate(node.inputs):
+            if v is None or i in with_layout:
+                continue
+            dims = self.static(v)
+            if dims is None:
+                self.reject(node, layouts, f"operand '{v.name}' has an unknown shape")
+                return False
+            ax = first.axis - (out_rank - len(dims))
+            if ax < 0 or dims[ax] == 1:
+                continue  # broadcasts along the channel axis
+            if sliceable and dims[ax] == first.length and const_array(v) is not None:
+                self.a.slices.append(Slice(node, i, ax, first))
+                continue
+            self.reject(node, layouts, f"operand '{v.name}' is not a per-channel constant")
+            return False
+        return True
+
     def batched_matmul(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
         """A MatMul of two activations (attention): channels may ride its batch axes (heads)."""
         layouts = [lay for _, _, lay in ins]
@@ -646,18 +676,8 @@ class _Analyzer:
             self.reject(node, layouts, "channels on a matrix axis of a MatMul of activations")
             return
         first = self.tie_aligned(node, layouts, out_rank)
-        if first is None:
-            return
-        with_layout = {i for i, _, _ in ins}
-        for i, v in enumerate(node.inputs):
-            if i in with_layout or v is None:
-                continue
-            dims = self.static(v)
-            ax = first.axis - (out_rank - len(dims)) if dims is not None else 0
-            if dims is None or (ax >= 0 and dims[ax] != 1):
-                self.reject(node, layouts, f"operand '{v.name}' carries no channels")
-                return
-        self.set(node.outputs[0], first)
+        if first is not None and self.other_operands(node, ins, first, out_rank, sliceable=False):
+            self.set(node.outputs[0], first)
 
     # ---------------------------------------------------------------- channel-wise ops
     def unary(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
@@ -681,25 +701,8 @@ class _Analyzer:
             self.reject(node, layouts, "unknown output rank")
             return
         first = self.tie_aligned(node, layouts, out_rank)
-        if first is None:
-            return
-        with_layout = {i for i, _, _ in ins}
-        for i, v in enumerate(node.inputs):
-            if v is None or i in with_layout:
-                continue
-            dims = self.static(v)
-            if dims is None:
-                self.reject(node, layouts, f"operand '{v.name}' has an unknown shape")
-                return
-            ax = first.axis - (out_rank - len(dims))
-            if ax < 0 or dims[ax] == 1:
-                continue  # broadcasts along the channel axis
-            if dims[ax] == first.length and const_array(v) is not None:
-                self.a.slices.append(Slice(node, i, ax, first))
-                continue
-            self.reject(node, layouts, f"operand '{v.name}' is not a per-channel constant")
-            return
-        self.set(node.outputs[0], first)
+        if first is not None and self.other_operands(node, ins, first, out_rank, sliceable=True):
+            self.set(node.outputs[0], first)
 
     def channel_norm(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
         x = self.data_input(node, ins, "channels reach a parameter input")
