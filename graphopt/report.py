@@ -41,7 +41,8 @@ def _finite(obj: Any) -> Any:
 def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
     """Write JSON atomically (temp file beside it, then rename)."""
     p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".graphopt-", suffix=".json", dir=p.parent or ".")
+    # ".tmp": a half-written file must not look like a result to anyone listing *.json
+    fd, tmp = tempfile.mkstemp(prefix=".graphopt-", suffix=".tmp", dir=p.parent or ".")
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(_finite(data), fh, indent=2, default=_json_default)
