@@ -484,6 +484,3 @@ def _main(argv: Sequence[str] | None = None) -> int:
         print(f"{name}: {out} ({out.stat().st_size / 1e6:.1f} MB, {took:.1f} s)")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

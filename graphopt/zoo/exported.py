@@ -1,0 +1,1 @@
+"""Corpus entries exported here from other tools (to be filled in)."""
