@@ -483,4 +483,3 @@ def _main(argv: Sequence[str] | None = None) -> int:
         took = time.perf_counter() - start
         print(f"{name}: {out} ({out.stat().st_size / 1e6:.1f} MB, {took:.1f} s)")
     return 0
-
