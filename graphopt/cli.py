@@ -39,16 +39,25 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _samples_for(
-    model: Any, data: str | None, dims: tuple[str, ...], count: int, seed: int, batch: int
+def _inputs_for(
+    model: Any,
+    model_path: Path,
+    data: str | None,
+    dims: tuple[str, ...],
+    count: int,
+    seed: int,
+    batch: int,
 ):
+    """Inputs to run ``model`` on: DATA when given, else what graphopt.probe finds."""
     from graphopt import data as gdata
+    from graphopt import probe
 
     dim_map = gdata.parse_dims(dims)
     if data:
         samples = gdata.load_data(model, data, batch=batch)
-        return samples.head(count) if count else samples
-    return gdata.random_feeds(model, count=max(1, count), seed=seed, dims=dim_map)
+        samples = samples.head(count) if count else samples
+        return probe.Chosen(samples, dim_map)
+    return probe.choose(model, model_path=model_path, dims=dim_map, count=max(1, count), seed=seed)
 
 
 class _ProgressListener:
@@ -128,12 +137,16 @@ def run_optimize(
 
     calib = gdata.load_data(model, data, batch=batch) if data else None
     samples = None
+    run_dims = gdata.parse_dims(dims)
     if verify_each:
         if calib is not None:  # verify on the user's data, read once
             samples = calib.head(verify_samples) if verify_samples else calib
         else:
-            samples = _samples_for(model, None, dims, verify_samples, seed, batch)
-    context = PassContext(target=target, data=calib, seed=seed, budget=budget or "")
+            chosen = _inputs_for(model, model_path, None, dims, verify_samples, seed, batch)
+            samples, run_dims = chosen.samples, chosen.dims
+    context = PassContext(
+        target=target, data=calib, seed=seed, budget=budget or "", dims=run_dims
+    )
     total = sum(1 for _ in pipeline.steps())
     with _ProgressListener(total, enabled=not quiet and _err.is_terminal) as listener:
         result = Runner(
@@ -397,7 +410,7 @@ def run(
     from graphopt import runtime
 
     m = gir.load_model(model)
-    samples = _samples_for(m, data, dims, 1, seed, 1)
+    samples = _inputs_for(m, model, data, dims, 1, seed, 1).samples
     sess = runtime.make_session(model, ep=ep, strict_ep=True)
     t0 = time.perf_counter()
     outs = runtime.run_feeds(sess, samples.feeds[:1])[0]

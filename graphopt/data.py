@@ -51,11 +51,28 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
             raise DataError(f"input '{v.name}' has no element type; cannot build data for it")
         dims = None
         if v.shape is not None:
-            dims = tuple(
-                d if isinstance(d, int) else (d.value if d.value else None) for d in v.shape
-            )
+            dims = tuple(_dim(d) for d in v.shape)
         specs.append(InputSpec(v.name or "", v.dtype.numpy(), dims))
     return specs
+
+
+def _dim(d: int | ir.SymbolicDim) -> int | str | None:
+    """A fixed size, a symbolic name, or None for a dynamic dim without a name.
+
+    Paddle (and some TensorFlow converters) write a dynamic dim as ``dim_value: -1``, and a
+    ``dim_value: 0`` is as dynamic in practice: neither is a size an input can have. Paddle
+    also names unrelated unknown dims ``?``: that is no name.
+    """
+    if isinstance(d, int):
+        return d if d > 0 else None
+    return d.value if d.value and d.value != "?" else None  # Paddle names every unknown "?"
+
+
+def dim_key(spec: InputSpec, axis: int) -> str:
+    """The name ``--dim`` uses for one input dim: its symbolic name, else ``input[axis]``."""
+    assert spec.dims is not None
+    d = spec.dims[axis]
+    return d if isinstance(d, str) else f"{spec.name}[{axis}]"
 
 
 @dataclasses.dataclass
@@ -108,16 +125,23 @@ def _check_dtype(spec: InputSpec, arr: np.ndarray) -> None:
         )
 
 
-def _split_array(spec: InputSpec, arr: np.ndarray, batch: int) -> list[np.ndarray]:
-    """Cut one input's array into per-feed arrays following the leading sample axis."""
+def _split_array(spec: InputSpec, arr: np.ndarray, batch: int) -> list[np.ndarray] | np.ndarray:
+    """Cut one input's array into per-feed arrays following the leading sample axis.
+
+    A 0-d array for a 0-d input (a sample rate, a threshold) is one value for every feed and
+    is returned as is. Parts are always ndarrays: indexing a 1-d array gives a numpy scalar,
+    which ONNX Runtime refuses.
+    """
     _check_dtype(spec, arr)
+    if arr.ndim == 0 and spec.dims == ():
+        return arr
     if arr.ndim == 0 or arr.shape[0] == 0:
         raise DataError(f"input '{spec.name}': no samples (the leading sample axis is empty)")
     if spec.dims is None:
-        return [arr[i] for i in range(arr.shape[0])]
+        return [np.asarray(arr[i]) for i in range(arr.shape[0])]
     rank = len(spec.dims)
     if arr.ndim == rank + 1:
-        parts = [arr[i] for i in range(arr.shape[0])]
+        parts = [np.asarray(arr[i]) for i in range(arr.shape[0])]
         for p in parts[:1]:
             _check_dims(spec, p.shape, "each sample")
         return parts
@@ -154,16 +178,19 @@ def from_arrays(
             + f" (found keys: {', '.join(sorted(arrays)) or 'none'})"
         )
     per_input = {s.name: _split_array(s, np.asarray(arrays[s.name]), batch) for s in specs}
-    counts = {name: len(parts) for name, parts in per_input.items()}
+    counts = {name: len(p) for name, p in per_input.items() if isinstance(p, list)}
     if len(set(counts.values())) > 1:
         raise DataError(
             f"{source}: inputs have different sample counts: "
             + ", ".join(f"{k}={v}" for k, v in counts.items())
         )
-    n = next(iter(counts.values()), 0)
+    n = next(iter(counts.values()), 1 if per_input else 0)
     if n == 0:
         raise DataError(f"{source}: no samples")
-    feeds = [{name: parts[i] for name, parts in per_input.items()} for i in range(n)]
+    feeds = [
+        {name: p[i] if isinstance(p, list) else p for name, p in per_input.items()}
+        for i in range(n)
+    ]
     extras = {k: np.asarray(v) for k, v in arrays.items() if k not in per_input}
     return Samples(feeds, source, extras)
 
@@ -187,6 +214,26 @@ def _read_tensor(path: Path) -> onnx.TensorProto:
     return tensor
 
 
+def _container(t: ir.TypeProtocol | None) -> str:
+    if isinstance(t, ir.SequenceType):
+        return "sequence"
+    if isinstance(t, ir.OptionalType):
+        return "optional"
+    return "tensor"
+
+
+def _read_container(path: Path, kind: str) -> object:
+    """A sequence (list of arrays) or optional value of an ONNX test data set."""
+    proto = onnx.SequenceProto() if kind == "sequence" else onnx.OptionalProto()
+    try:
+        proto.ParseFromString(path.read_bytes())
+        if kind == "sequence":
+            return onnx.numpy_helper.to_list(proto)
+        return onnx.numpy_helper.to_optional(proto)
+    except Exception as exc:
+        raise DataError(f"{path} is not a serialized ONNX {kind} value: {exc}") from exc
+
+
 def from_test_data_dir(model: ir.Model, folder: Path) -> Samples:
     """Feeds from ONNX ``test_data_set_*`` folders (each set is one feed)."""
     sets = sorted((p for p in folder.glob("test_data_set_*") if p.is_dir()), key=_numeric_key)
@@ -195,6 +242,9 @@ def from_test_data_dir(model: ir.Model, folder: Path) -> Samples:
     if not sets:
         raise DataError(f"{folder}: no test_data_set_* folders and no input_*.pb files")
     specs = input_specs(model)
+    containers = {
+        v.name: _container(v.type) for v in model.graph.inputs if not v.is_initializer()
+    }
     feeds = []
     for s in sets:
         files = _tensor_files(s)
@@ -203,6 +253,10 @@ def from_test_data_dir(model: ir.Model, folder: Path) -> Samples:
         feed: Feed = {}
         by_name = {spec.name: spec for spec in specs}
         for i, f in enumerate(files):
+            kind = containers.get(specs[i].name, "tensor")
+            if kind != "tensor":  # sequences, optionals and maps are taken as they are
+                feed[specs[i].name] = _read_container(f, kind)
+                continue
             t = _read_tensor(f)
             spec = by_name.get(t.name) or specs[i]
             arr = onnx.numpy_helper.to_array(t)
@@ -239,7 +293,9 @@ def random_feeds(
     dims: Mapping[str, int] | None = None,
     int_high: int = 2,
 ) -> Samples:
-    """Seeded random feeds from the input shapes; symbolic dims come from ``dims`` (else 1).
+    """Seeded random feeds from the input shapes; dynamic dims come from ``dims`` (else 1).
+
+    Without DATA, :func:`graphopt.probe.choose` picks ``dims`` the model runs with.
 
     Floats are standard normal; integers are drawn from [0, int_high) so they are valid
     indices and masks for most models; booleans are fair coin flips.
@@ -251,22 +307,31 @@ def random_feeds(
     for _ in range(count):
         feed: Feed = {}
         for spec in specs:
-            if spec.dims is None:
-                raise DataError(
-                    f"input '{spec.name}' has no shape; pass --data to give real inputs"
-                )
-            shape = tuple(
-                d if isinstance(d, int) else dims.get(d or "", dims.get("*", 1)) for d in spec.dims
-            )
-            feed[spec.name] = _random_array(rng, spec.dtype, shape, int_high)
+            shape = resolve_shape(spec, dims)
+            feed[spec.name] = random_array(rng, spec.dtype, shape, int_high)
         feeds.append(feed)
     desc = ",".join(f"{k}={v}" for k, v in sorted(dims.items()))
     return Samples(feeds, f"random(seed={seed}{', ' + desc if desc else ''})")
 
 
-def _random_array(
-    rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, ...], high: int
+def resolve_shape(spec: InputSpec, dims: Mapping[str, int]) -> tuple[int, ...]:
+    """The input's shape with every dynamic dim taken from ``dims`` (by its :func:`dim_key`,
+    else ``*``, else 1)."""
+    if spec.dims is None:
+        raise DataError(
+            f"input '{spec.name}' has no shape; give real inputs with --data DATA",
+            hint="DATA is a .npz keyed by input names, or a folder of test_data_set_*",
+        )
+    return tuple(
+        d if isinstance(d, int) else dims.get(dim_key(spec, axis), dims.get("*", 1))
+        for axis, d in enumerate(spec.dims)
+    )
+
+
+def random_array(
+    rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, ...], high: int = 2
 ) -> np.ndarray:
+    """Standard normal floats, integers in [0, high), fair booleans, 'a'/'b' strings."""
     if dtype == np.bool_:
         return rng.random(shape) < 0.5
     if np.issubdtype(dtype, np.integer):

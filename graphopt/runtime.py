@@ -161,7 +161,7 @@ def _first_line(exc: BaseException) -> str:
 def run_checked(sess: Any, names: Sequence[str] | None, feed: dict[str, Any], what: str) -> list:
     """``sess.run`` whose failure is a RuntimeFailure naming ``what`` ("calibration feed 3")."""
     try:
-        return sess.run(names, feed)
+        return run_one(sess, names, feed)
     except Exception as exc:  # onnxruntime raises its own exception types
         raise RuntimeFailure(f"ONNX Runtime failed on {what}: {_first_line(exc)}") from exc
 
@@ -172,12 +172,90 @@ def run_feeds(sess: Any, feeds: Sequence[dict[str, np.ndarray]]) -> list[list[np
     out = []
     for feed in feeds:
         try:
-            out.append([np.asarray(x) for x in sess.run(names, feed)])
+            out.append(run_one(sess, names, feed))
         except Exception as exc:
             raise RuntimeFailure(
                 f"ONNX Runtime failed to run the model: {_first_line(exc)}"
             ) from exc
     return out
+
+
+def _as_array(x: Any) -> np.ndarray:
+    """An output as an array: a sequence of tensors of different shapes as an object array."""
+    try:
+        return np.asarray(x)
+    except ValueError:  # ragged sequence output
+        out = np.empty(len(x), dtype=object)
+        out[:] = list(x)
+        return out
+
+
+def _is_ml_dtype(value: Any) -> bool:
+    """bfloat16, float8, int4... (ml_dtypes types, numpy user types): ORT's numpy path refuses
+    them, so they travel as OrtValues."""
+    return isinstance(value, np.ndarray) and value.dtype.num >= 256  # numpy's user types
+
+
+def run_one(sess: Any, names: Sequence[str] | None, feed: dict[str, Any]) -> list[Any]:
+    """``sess.run`` that also takes and returns ml_dtypes arrays (bfloat16 inputs/outputs)."""
+    wants_ml = any(
+        o.type in ("tensor(bfloat16)",) or o.type.startswith("tensor(float8")
+        or o.type.startswith(("tensor(int4", "tensor(uint4", "tensor(int2", "tensor(uint2"))
+        for o in sess.get_outputs()
+    )
+    if not wants_ml and not any(_is_ml_dtype(v) for v in feed.values()):
+        return [_as_array(x) for x in sess.run(names, feed)]
+    import onnx
+
+    rt = ort()
+    ort_feed = {}
+    for key, value in feed.items():
+        if _is_ml_dtype(value):
+            arr = np.ascontiguousarray(value)
+            raw = arr.view(np.uint16 if arr.dtype.itemsize == 2 else np.uint8)
+            et = onnx.helper.np_dtype_to_tensor_dtype(arr.dtype)
+            ort_feed[key] = rt.OrtValue.ortvalue_from_numpy_with_onnx_type(raw, et)
+        else:
+            ort_feed[key] = rt.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value))
+    return [_from_ortvalue(v) for v in sess.run_with_ort_values(names, ort_feed)]
+
+
+#: sub-byte types ONNX Runtime stores packed, low bits first
+_PACKED_BITS = {"int4": 4, "uint4": 4, "int2": 2, "uint2": 2}
+
+
+def _unpack(raw: np.ndarray, bits: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """Packed sub-byte elements as an ml_dtypes array of ``shape``."""
+    per = 8 // bits
+    parts = [(raw >> (bits * k)) & ((1 << bits) - 1) for k in range(per)]
+    values = np.stack(parts, axis=1).reshape(-1)[: int(np.prod(shape))].astype(np.int8)
+    if dtype.name.startswith("int"):  # sign-extend
+        values = np.where(values >= 1 << (bits - 1), values - (1 << bits), values)
+    return values.astype(dtype).reshape(shape)
+
+
+def _from_ortvalue(value: Any) -> Any:
+    """A tensor OrtValue as numpy, ml_dtypes types included (read from its CPU buffer)."""
+    import ctypes
+
+    import onnx
+
+    if not value.is_tensor():
+        return value.numpy()
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value.element_type()))
+    try:
+        arr = value.numpy()
+    except Exception:  # "No corresponding Numpy type" (bfloat16): copy the raw bytes
+        size = value.tensor_size_in_bytes()
+        raw = bytes((ctypes.c_uint8 * size).from_address(value.data_ptr())) if size else b""
+        shape = tuple(value.shape())
+        bits = _PACKED_BITS.get(dtype.name)
+        if bits is None:
+            return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+        return _unpack(np.frombuffer(raw, np.uint8), bits, dtype, shape)
+    if arr.dtype != dtype and arr.dtype.itemsize == dtype.itemsize:
+        arr = arr.view(dtype)  # float8 comes back as uint8 bits
+    return arr
 
 
 def interleaved_latency(

@@ -305,8 +305,8 @@ def test_optimize_without_data_uses_random_inputs(
     assert res.code == 0, res.err
     verify = json.loads(report.read_text())["verify"]
     assert verify["inputs"].startswith("random")
-    assert verify["inputs"] == "random(seed=0)"
-    assert "random(seed=0)" in res.flat_out
+    assert verify["inputs"] == "random(seed=0, batch=1)"  # the demo's only dynamic dim
+    assert "random(seed=0, batch=1)" in res.flat_out
 
 
 def test_optimize_random_inputs_seed_and_dims(
@@ -437,7 +437,7 @@ def test_run_text(capsys: pytest.CaptureFixture[str], model_copy: Path) -> None:
     res = cli(capsys, "run", model_copy)
     assert res.code == 0, res.err
     assert "CPUExecutionProvider" in res.flat_out
-    assert "inputs: random(seed=0)" in res.flat_out
+    assert "inputs: random(seed=0, batch=1)" in res.flat_out
     assert re.search(r"\blogits\W+float32\W+\[1, 10\]", res.out)
     for col in ("min", "max", "mean", "std", "nan/inf"):
         assert col in res.out

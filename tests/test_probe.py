@@ -1,0 +1,196 @@
+"""Inputs for models from any exporter: -1 dims, 0-d inputs, test data beside the model, and
+sizes the model runs with when no DATA is given (graphopt.probe)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import cli_testing
+import ml_dtypes
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper
+
+from graphopt import data as gdata
+from graphopt import errors, probe, runtime
+from graphopt.core.pass_base import Tolerance
+
+MakeModel = Callable[..., onnx.ModelProto]
+F, I64 = TensorProto.FLOAT, TensorProto.INT64
+
+
+def _ir(proto: onnx.ModelProto) -> ir.Model:
+    return ir.serde.deserialize_model(proto)
+
+
+def _needs_square(build_proto: MakeModel, side: int, meta: dict[str, str] | None = None):
+    """images[batch,3,height,width] that only runs at height = width = ``side`` (a Reshape to
+    a fixed size, as a detector's head does to its grid)."""
+    shape = helper.make_tensor("shape", I64, [4], [1, 3, side, side])
+    proto = build_proto(
+        [helper.make_node("Reshape", ["images", "shape"], ["y"])],
+        [("images", F, ["batch", 3, "height", "width"])],
+        [("y", F, [1, 3, side, side])],
+        [shape],
+    )
+    for k, v in (meta or {}).items():
+        proto.metadata_props.add(key=k, value=v)
+    return proto
+
+
+def test_minus_one_and_zero_dims_are_dynamic(build_proto: MakeModel, tmp_path: Path) -> None:
+    proto = build_proto(
+        [helper.make_node("Relu", ["x"], ["y"])], [("x", F, [-1, 3, 0])], [("y", F, None)]
+    )
+    model = _ir(proto)
+    (spec,) = gdata.input_specs(model)
+    assert spec.dims == (None, 3, None)
+    arrays = {"x": np.ones((4, 3, 5), np.float32)}  # Paddle DATA: samples on the batch axis
+    samples = gdata.from_arrays(model, arrays, source="t", batch=2)
+    assert [f["x"].shape for f in samples.feeds] == [(2, 3, 5), (2, 3, 5)]
+
+
+@pytest.fixture
+def scalar_model(build_proto: MakeModel) -> onnx.ModelProto:
+    """y = x * float(rate): a 0-d int64 input, as a sample rate is."""
+    return build_proto(
+        [
+            helper.make_node("Cast", ["rate"], ["r"], to=F),
+            helper.make_node("Mul", ["x", "r"], ["y"]),
+        ],
+        [("x", F, [4]), ("rate", I64, [])],
+        [("y", F, [4])],
+    )
+
+
+def test_zero_d_inputs_run_from_data(scalar_model: onnx.ModelProto) -> None:
+    model = _ir(scalar_model)
+    arrays = {"x": np.ones((3, 4), np.float32), "rate": np.array([16000, 8000, 22050])}
+    samples = gdata.from_arrays(model, arrays, source="t")
+    assert all(isinstance(f["rate"], np.ndarray) and f["rate"].shape == () for f in samples.feeds)
+    sess = runtime.make_session(model)
+    outs = runtime.run_feeds(sess, samples.feeds)
+    assert [float(o[0][0]) for o in outs] == [16000.0, 8000.0, 22050.0]
+    # one 0-d value for every feed
+    shared = gdata.from_arrays(
+        model, {"x": np.ones((2, 4), np.float32), "rate": np.array(44100)}, source="t"
+    )
+    assert len(shared) == 2 and all(int(f["rate"]) == 44100 for f in shared.feeds)
+
+
+def test_zero_d_and_one_d_inputs_round_trip_through_the_reproducer(
+    capsys: pytest.CaptureFixture[str], save_proto, scalar_model: onnx.ModelProto, tmp_path: Path
+) -> None:
+    """A failing pass leaves inputs.npz; loading it back gives the same feeds."""
+    path = save_proto(scalar_model, "m.onnx")
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.arange(8, dtype=np.float32).reshape(2, 4), rate=np.array([2, 3]))
+    model = _ir(scalar_model)
+    samples = gdata.load_data(model, data)
+    from graphopt.core.pipeline import parse
+    from graphopt.core.runner import Runner
+
+    runner = Runner(parse("cleanup"), samples=samples, dump_dir=tmp_path / "dump")
+    runner._snapshot = runtime.Snapshot.of(model)
+    step = next(parse("eliminate-dead-code").steps())
+    folder = runner._write_reproducer(1, step, "test", None)
+    again = gdata.load_data(model, folder / "inputs.npz")
+    for a, b in zip(samples.feeds, again.feeds, strict=True):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+            assert a[k].shape == b[k].shape
+    res = cli_testing.cli(capsys, "optimize", path, "-o", tmp_path / "o.onnx", "--data", data)
+    assert res.code == 0, res.err
+
+
+def test_ladder_finds_the_size_the_model_runs_with(build_proto: MakeModel) -> None:
+    chosen = probe.choose(_ir(_needs_square(build_proto, 64)), count=2)
+    assert chosen.dims == {"batch": 1, "height": 64, "width": 64}
+    assert chosen.samples.feeds[0]["images"].shape == (1, 3, 64, 64)
+    assert len(chosen.samples) == 2
+    assert "smallest ladder sizes" in chosen.samples.source
+
+
+def test_metadata_size_comes_first(build_proto: MakeModel) -> None:
+    proto = _needs_square(build_proto, 96, {"imgsz": "[96, 96]"})
+    chosen = probe.choose(_ir(proto))
+    assert chosen.dims["height"] == 96
+    assert "metadata" in chosen.samples.source
+    assert probe.metadata_sizes(_ir(proto)) == (96, 96)
+
+
+def test_given_dims_win(build_proto: MakeModel) -> None:
+    chosen = probe.choose(_ir(_needs_square(build_proto, 50)), dims={"height": 50, "width": 50})
+    assert chosen.samples.feeds[0]["images"].shape == (1, 3, 50, 50)
+
+
+def test_nothing_runs_names_the_dims_and_flags(
+    capsys: pytest.CaptureFixture[str], build_proto: MakeModel, save_proto, tmp_path: Path
+) -> None:
+    path = save_proto(_needs_square(build_proto, 50), "m.onnx")
+    res = cli_testing.cli(capsys, "optimize", path, "-o", tmp_path / "o.onnx")
+    assert res.code == errors.EXIT_INPUT
+    assert "height" in res.flat_err and "width" in res.flat_err
+    assert "--dim" in res.flat_err and "--data" in res.flat_err
+    assert "fix the model" not in res.err
+    res = cli_testing.cli(
+        capsys, "optimize", path, "-o", tmp_path / "o.onnx", "--dim", "height=50",
+        "--dim", "width=50",
+    )  # fmt: skip
+    assert res.code == 0, res.err
+
+
+def test_integer_inputs_fall_back_to_zeros(build_proto: MakeModel) -> None:
+    """Random indices into a one-row table fail; zeros are valid."""
+    table = onnx.numpy_helper.from_array(np.ones((1, 4), np.float32), "table")
+    proto = build_proto(
+        [helper.make_node("Gather", ["table", "idx"], ["y"])],
+        [("idx", I64, [6])],
+        [("y", F, [6, 4])],
+        [table],
+    )
+    chosen = probe.choose(_ir(proto))
+    assert not chosen.samples.feeds[0]["idx"].any()
+    assert "integer inputs zero" in chosen.samples.source
+
+
+def test_test_data_beside_the_model_is_used(
+    capsys: pytest.CaptureFixture[str], build_proto: MakeModel, save_proto, tmp_path: Path
+) -> None:
+    path = save_proto(_needs_square(build_proto, 50), "case/model.onnx")
+    ds = path.parent / "test_data_set_0"
+    ds.mkdir()
+    x = np.random.default_rng(0).standard_normal((1, 3, 50, 50)).astype(np.float32)
+    (ds / "input_0.pb").write_bytes(onnx.numpy_helper.from_array(x, "images").SerializeToString())
+    report = tmp_path / "r.json"
+    res = cli_testing.cli(
+        capsys, "optimize", path, "-o", tmp_path / "o.onnx", "--report", report
+    )
+    assert res.code == 0, res.err
+    assert json.loads(report.read_text())["verify"]["inputs"].startswith("test_data_set_*")
+
+
+def test_bfloat16_inputs_and_outputs_run(build_proto: MakeModel) -> None:
+    proto = build_proto(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        [("x", TensorProto.BFLOAT16, [3])],
+        [("y", TensorProto.BFLOAT16, [3])],
+    )
+    sess = runtime.make_session(_ir(proto))
+    x = np.array([1.5, -2.0, 3.25], dtype=ml_dtypes.bfloat16)
+    (y,) = runtime.run_feeds(sess, [{"x": x}])[0]
+    assert y.dtype == x.dtype and np.array_equal(y, x)
+
+
+def test_cosine_of_an_output_within_noise_of_zero_is_not_judged() -> None:
+    want = np.full(16, 1e-7, np.float32)
+    got = want + np.linspace(-5e-8, 5e-8, 16, dtype=np.float32)
+    ok, m = Tolerance.reassociation().check(got, want)
+    assert ok and m["cosine"] < 0.99999
+    ok, _ = Tolerance.reassociation().check(got * 1e3, want * 1e3)  # above noise: judged
+    assert not ok
