@@ -140,6 +140,11 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
     return model
 
 
+def ai_onnx_opset(model: ir.Model) -> int:
+    """The model's ai.onnx opset version (1 where it imports none)."""
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+
+
 def tensor_bytes(model: ir.Model) -> int:
     """Bytes of all initializer data in the main graph and subgraphs."""
     return sum(t.nbytes for t in iter_initializer_tensors(model))

@@ -154,7 +154,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     else:
         lines.append("verification disabled (--no-verify)")
     for rec in report["passes"]:
+        if rec.get("inserted") and rec["modified"]:
+            lines.append(f"{rec['step']}: inserted because {rec['inserted']}")
         lines += [f"{rec['pass']}: {note}" for note in detail_notes(rec.get("details") or {})]
+        if rec.get("unchanged"):  # a pass that declined, or a lossy one that did nothing
+            lines.append(f"{rec['pass']}: left the model unchanged: {rec['unchanged']}")
     return lines
 
 
@@ -182,12 +186,15 @@ def detail_notes(details: dict[str, Any]) -> list[str]:
             + ")"
         )
     budget = details.get("budget")
-    if budget:
-        notes.append(
-            f"budget {budget['budget']}: all int8 {budget['quantized_all']:.6g} → final "
-            f"{budget.get('final', budget['quantized_all']):.6g}"
-            + ("" if budget.get("met", True) else " (NOT met)")
-        )
+    if isinstance(budget, dict):  # qdq-insert: quantized_all, assign-precision: converted_all
+        start = budget.get("quantized_all", budget.get("converted_all"))
+        what = "all int8" if "quantized_all" in budget else "all converted"
+        if start is not None:
+            notes.append(
+                f"budget {budget['budget']}: {what} {start:.6g} → final "
+                f"{budget.get('final', start):.6g}"
+                + ("" if budget.get("met", True) else " (NOT met)")
+            )
     guard = details.get("guard")
     if guard and "decision" in guard:
         timing = guard.get("all", {})

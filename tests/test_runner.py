@@ -86,7 +86,7 @@ def test_report_holds_every_instrument(demo_model: ir.Model, tmp_path: Path) -> 
     result = run_pipeline(demo_model, "cleanup", samples=samples, dump_dir=tmp_path / "dump")
     rep = result.report
     assert rep["schema"] == REPORT_SCHEMA
-    assert rep["pipeline"].startswith("repeat<4>(lift-constants,")
+    assert rep["pipeline"].startswith("remove-initializer-inputs,repeat<4>(lift-constants,")
     assert rep["verify"]["enabled"] and rep["verify"]["feeds"] == 3
     assert rep["before"]["ops"]["BatchNormalization"] == 4
     assert "BatchNormalization" not in rep["after"]["ops"]

@@ -165,6 +165,8 @@ class GraphoptPass(ir.passes.InPlacePass, abc.ABC):
     Options: ClassVar[type] = NoOptions
     tolerance: ClassVar[Tolerance] = Tolerance.exact()
     needs: ClassVar[frozenset[str]] = frozenset()  # e.g. {"data"}
+    #: the lowest ai.onnx opset the pass can act at; the runner converts older models first
+    min_opset: ClassVar[int] = 0
     summary: ClassVar[str] = ""
 
     def __init__(self, options: Any = None, context: PassContext | None = None) -> None:
@@ -173,6 +175,8 @@ class GraphoptPass(ir.passes.InPlacePass, abc.ABC):
         self.stats: collections.Counter[str] = collections.Counter()
         # structured findings for the report (e.g. which Q/DQ groups fused), JSON-able
         self.details: dict[str, Any] = {}
+        # why the last run left the model unchanged (console and report), see decline()
+        self.declined = ""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options})"
@@ -181,11 +185,24 @@ class GraphoptPass(ir.passes.InPlacePass, abc.ABC):
     def run(self, model: ir.Model) -> bool:
         """Transform ``model`` in place; return whether anything changed."""
 
+    def required_opset(self, model: ir.Model) -> int:
+        """The ai.onnx opset this run needs on ``model`` (``min_opset`` unless the options or
+        the model say otherwise, e.g. 0 where there is nothing the pass would act on)."""
+        return self.min_opset
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.stats = collections.Counter()
         self.details = {}
+        self.declined = ""
         modified = bool(self.run(model))
         return ir.passes.PassResult(model, modified)
+
+    def decline(self, reason: str) -> bool:
+        """Leave the model unchanged because of ``reason``, which the console and the report
+        show: a pass that was asked to act never does nothing silently. Returns False, so a
+        pass can ``return self.decline("no MatMul with a constant weight")``."""
+        self.declined = reason
+        return False
 
     def mark(self, node: ir.Node) -> ir.Node:
         """Record that this pass created ``node`` (provenance in its metadata)."""

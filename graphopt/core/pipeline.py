@@ -25,7 +25,7 @@ from graphopt.errors import PipelineError
 
 PRESETS: dict[str, str] = {
     "cleanup": (
-        "repeat<4>(lift-constants,fold-constants,eliminate-identity,fold-batchnorm,"
+        "remove-initializer-inputs,repeat<4>(lift-constants,fold-constants,eliminate-identity,fold-batchnorm,"
         "eliminate-common-subexpressions,deduplicate-initializers,eliminate-dead-code,"
         "infer-shapes),sort-topologically"
     ),
@@ -41,7 +41,8 @@ PRESETS: dict[str, str] = {
     "cuda-int8": "cleanup,qdq-insert{target=cuda},sort-topologically",
 }
 PRESET_DOCS: dict[str, str] = {
-    "cleanup": "lossless cleanups to a fixed point, then shape inference and a topological sort",
+    "cleanup": "weights out of the inputs, lossless cleanups to a fixed point, then shape "
+    "inference and a topological sort",
     "cpu-fp32": "cleanup, then the graph's form chosen for ONNX Runtime's fastest kernels here",
     "cpu-int8": "cleanup, then static int8 QDQ placed for ONNX Runtime's CPU EP on this CPU",
     "cuda-int8": "cleanup, then symmetric static int8 QDQ for the CUDA/TensorRT EPs",

@@ -37,6 +37,8 @@ from graphopt.errors import (
 from graphopt.runtime import Snapshot
 
 REPORT_SCHEMA = "graphopt.report/1"
+#: the pass the runner inserts before a pass that needs a newer opset
+CONVERT = "convert-opset"
 Listener = Callable[[str, dict[str, Any]], None]
 
 
@@ -173,14 +175,21 @@ class Runner:
                 break
         return changed_any
 
-    def _run_step(self, step: PassStep, round_info: str | None) -> bool:
+    def _run_step(
+        self, step: PassStep, round_info: str | None, *, inserted_for: str | None = None
+    ) -> bool:
+        pass_ = step.build(self.context)
+        need, have = pass_.required_opset(self._model), gir.ai_onnx_opset(self._model)
+        if need > have and step.name != CONVERT:
+            converted = self._upgrade(need, step.name, round_info)
+            if not converted:
+                return self._skip(step, pass_, round_info, need, have)
         self._index += 1
         index = self._index
         if step.pass_class.tolerance.lossy and self.context.reference is None:
             # what reconstruct fits back to: the model before the first lossy pass
             self.context.reference = self._snapshot
             self._own_reference = True
-        pass_ = step.build(self.context)
         self.listener("start", {"index": index, "pass": step.name, "step": str(step)})
         model_before = self._model
         t0 = time.perf_counter()
@@ -210,14 +219,66 @@ class Runner:
         }
         if pass_.details:
             record["details"] = pass_.details
+        if inserted_for:
+            record["inserted"] = inserted_for
         if result.modified:
             self._after_modified(index, step, pass_, record)
         else:
             record["summary"] = self._summary
             record["delta"] = _delta(self._summary, self._summary)
+            self._explain_unchanged(pass_, record)
         self._records.append(record)
         self.listener("end", record)
         return bool(result.modified)
+
+    @staticmethod
+    def _explain_unchanged(pass_: GraphoptPass, record: dict[str, Any]) -> None:
+        """A lossy pass asked to act that changed nothing says why; one without a reason is
+        marked ``silent`` (a graphopt bug the zoo matrix fails on)."""
+        if pass_.declined:
+            record["unchanged"] = pass_.declined
+        elif pass_.tolerance.lossy:
+            record["unchanged"] = "changed nothing and gave no reason"
+            record["silent"] = True
+
+    def _upgrade(self, need: int, for_pass: str, round_info: str | None) -> bool:
+        """Convert the model to ai.onnx ``need`` before a pass that needs it (verified like any
+        pass); False when the conversion is not possible."""
+        from graphopt.core import registry
+
+        options = registry.get_pass(CONVERT).Options(opset=need)
+        why = f"{for_pass} needs ai.onnx opset {need}"
+        before = len(self._records)
+        self._run_step(PassStep(CONVERT, options), round_info, inserted_for=why)
+        record = self._records[before]
+        return bool(record["modified"])
+
+    def _skip(
+        self, step: PassStep, pass_: GraphoptPass, round_info: str | None, need: int, have: int
+    ) -> bool:
+        self._index += 1
+        conversion = self._records[-1].get("unchanged", "") if self._records else ""
+        pass_.declined = (
+            f"needs ai.onnx opset {need}; the model is at {have} and could not be converted"
+            + (f" ({conversion})" if conversion else "")
+        )
+        record: dict[str, Any] = {
+            "index": self._index,
+            "pass": step.name,
+            "step": str(step),
+            "round": round_info,
+            "modified": False,
+            "seconds": 0.0,
+            "stats": {},
+            "tolerance": pass_.tolerance.to_dict(),
+            "summary": self._summary,
+            "delta": _delta(self._summary, self._summary),
+            "unchanged": pass_.declined,
+        }
+        self.listener("start", {"index": self._index, "pass": step.name, "step": str(step)})
+        self._records.append(record)
+        self.listener("end", record)
+        return False
 
     def _after_modified(
         self, index: int, step: PassStep, pass_: GraphoptPass, record: dict[str, Any]

@@ -1,6 +1,7 @@
 """Lossless cleanups: the passes behind the ``cleanup`` preset."""
 
 from graphopt.passes.cleanup import (  # noqa: F401
+    convert_opset,
     deduplicate_initializers,
     eliminate_common_subexpressions,
     eliminate_dead_code,
@@ -10,5 +11,6 @@ from graphopt.passes.cleanup import (  # noqa: F401
     fold_constants,
     infer_shapes,
     lift_constants,
+    remove_initializer_inputs,
     sort_topologically,
 )

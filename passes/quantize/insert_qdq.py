@@ -50,6 +50,7 @@ from graphopt.calib import collect_stats, compute_ranges
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
 from graphopt.errors import DataError
+from graphopt.ir import ai_onnx_opset
 from graphopt.ir import attr_value as _attr
 from graphopt.ir import const_array as _const
 from graphopt.target import int8_scheme
@@ -240,7 +241,13 @@ class InsertQdqPass(GraphoptPass):
     # far below), while calibrated int8 on a trained net lands at 0.999+.
     tolerance = Tolerance(max_abs=math.inf, max_rel=math.inf, min_cosine=0.99)
     needs = frozenset({"data"})
+    min_opset = _MIN_OPSET  # per-axis DequantizeLinear
     summary = "static int8 QDQ quantization placed for the target's integer kernels (calibrated)"
+
+    def required_opset(self, model: ir.Model) -> int:
+        """Opset 13 where there is something to quantize (else no conversion is worth it)."""
+        ops = set(self.options.op_types or DEFAULT_OPS) & (WEIGHTED | {"Gather"})
+        return self.min_opset if any(n.op_type in ops for n in model.graph) else 0
 
     def run(self, model: ir.Model) -> bool:
         opts = self.options
@@ -260,15 +267,18 @@ class InsertQdqPass(GraphoptPass):
             "why": scheme.why,
         }
         graph = model.graph
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        opset = ai_onnx_opset(model)
         self._bad: set[str] = set()
         self._excluded = set(opts.exclude)
         plan = self._plan(graph)
         if not plan.nodes:
-            return False
+            return self.decline(self._nothing_to_quantize(graph))
         if opset < _MIN_OPSET:
             self.count("skipped:opset", len(plan.nodes))
-            return False
+            return self.decline(
+                f"per-channel DequantizeLinear needs ai.onnx opset {_MIN_OPSET}, the model "
+                f"is at {opset} (run convert-opset{{opset={_MIN_OPSET}}} first)"
+            )
         samples = self.context.data
         if samples is None:
             raise DataError("qdq-insert needs calibration data (DATA)")
@@ -283,8 +293,9 @@ class InsertQdqPass(GraphoptPass):
         if opts.smooth > 0:
             self._smooth = self._smoothing_scales(model, samples, opts.smooth)
         unnamed = [node for node in graph if not node.name]
+        namer = Namer(graph)
         for node in unnamed:  # trials and the final rewrite must agree on node names
-            self._ensure_name(node)
+            node.name = namer(f"{node.op_type}_q")
         budget_text = opts.budget or self.context.budget
         check = opts.check_fusion and scheme.target == "cpu"
         kept: dict[str, str] = {}  # node name -> why it stays float
@@ -312,7 +323,12 @@ class InsertQdqPass(GraphoptPass):
             if not self._guard(model, pristine, kept, samples.feeds[0]):
                 for node in unnamed:
                     node.name = ""
-                return False
+                timing = self.details["guard"].get("all", {})
+                return self.decline(
+                    "latency guard: int8 is not faster than float on this CPU "
+                    f"({timing.get('int8_ms', 0):.3g} ms vs {timing.get('float_ms', 0):.3g} ms"
+                    " on DATA's first feed); the model stays float (guard=false forces int8)"
+                )
         stats_so_far = collections.Counter(self.stats)
         self.stats = collections.Counter()
         changed = self._quantize(model, kept)
@@ -331,6 +347,40 @@ class InsertQdqPass(GraphoptPass):
                     node.metadata_props[KEPT_FLOAT_KEY] = kept[node.name]
                     changed = True
         return changed
+
+    def _drop_empty_roi(self, node: ir.Node) -> None:
+        """An empty constant ``roi`` becomes an omitted input (optional from opset 13).
+
+        Opset 11-12 Resize needs a roi input, so exporters and the version converter write an
+        empty tensor. With integer convolutions around it, ONNX Runtime 1.31's NHWC layout
+        pass moves the (float) Resize, permutes roi with a Gather and fails on the empty
+        tensor ("indices element out of data bounds"): ddddocr's converted detector.
+        """
+        roi = node.inputs[1] if len(node.inputs) > 1 else None
+        arr = _const(roi)
+        if arr is not None and arr.size == 0:
+            node.replace_input_with(1, None)
+            self.count("resize_empty_roi_dropped")
+
+    def _nothing_to_quantize(self, graph: ir.Graph) -> str:
+        """Why the plan is empty, in the words a user can act on."""
+        if any(_from_dq(v) for n in graph for v in n.inputs if v is not None):
+            return "already quantized: the quantizable nodes read DequantizeLinear outputs"
+        ops = collections.Counter(n.op_type for n in graph if n.op_type in WEIGHTED)
+        if not ops:
+            return (
+                "no Conv, Gemm or MatMul: nothing int8 would speed up "
+                f"(op_types: {', '.join(self.options.op_types or DEFAULT_OPS)})"
+            )
+        if any(n.name in self.quantizable_kept_float() for n in graph):
+            return "every quantizable node was kept float by an earlier run"
+        return (
+            f"none of the {sum(ops.values())} Conv/Gemm/MatMul nodes has a float32 activation "
+            "and a constant float32 weight it can quantize"
+        )
+
+    def quantizable_kept_float(self) -> set[str]:
+        return set()
 
     def _quantize(self, model: ir.Model, kept: dict[str, str]) -> bool:
         """Plan with ``kept`` nodes excluded, then insert Q/DQ into ``model``."""
@@ -633,6 +683,9 @@ class InsertQdqPass(GraphoptPass):
             self.count(f"quantized:{n.op_type}")
         for n in plan.nodes:
             self.quantized[n.name] = n.op_type  # type: ignore[index]
+        for n in graph:
+            if n.op_type == "Resize" and n.domain in ("", "ai.onnx"):
+                self._drop_empty_roi(n)
         self.count("relu_absorbed", len(plan.absorbed))
 
     # ------------------------------------------------------------ smoothing
