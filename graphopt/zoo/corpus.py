@@ -293,5 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # run as a script, this module is not graphopt.zoo.corpus, where
+    from graphopt.zoo.corpus import main as _main  # the other modules register their entries
+
+    raise SystemExit(_main())
