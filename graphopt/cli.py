@@ -575,6 +575,8 @@ def bench(
         written.append(brep.write_text(md_path, brep.markdown(result)))
     if html_path is not None:
         written.append(brep.write_text(html_path, brep.html_page(result)))
+        if not brep.plots_available():
+            _err.print(f"graphopt: note: {brep.PLOTS_MISSING}", markup=False, soft_wrap=True)
     if written:
         _console.print("wrote " + ", ".join(str(p) for p in written), markup=False, soft_wrap=True)
 
@@ -699,6 +701,10 @@ def sweep(
 
     listener = sw.ProgressDisplay(_err, live=_err.is_terminal)
     report = sw.run_sweep(rec, options, listener=listener, write=write)
+    from graphopt.bench.report import PLOTS_MISSING, plots_available
+
+    if not plots_available():
+        _err.print(f"graphopt: note: {PLOTS_MISSING}", markup=False, soft_wrap=True)
     for item in srep.console_tables(report):
         _console.print(item)
     _console.print("wrote " + ", ".join(report["written"]), markup=False, soft_wrap=True)

@@ -255,3 +255,20 @@ def test_random_inputs_and_python_metric(
 def test_pareto_front() -> None:
     pts = [(1.0, 0.9), (2.0, 0.95), (1.5, 0.85), (3.0, 0.95), (0.5, 0.5)]
     assert pareto_front(pts) == [4, 0, 1]
+
+
+def test_html_without_matplotlib_says_so_on_the_console(
+    capsys: pytest.CaptureFixture[str], demo_paths, tmp_path: Path, monkeypatch
+) -> None:
+    """matplotlib is a dependency; where it is missing anyway, the user hears it."""
+    from graphopt.bench import report as brep
+
+    monkeypatch.setattr(brep, "plots", lambda report: None)
+    monkeypatch.setattr(brep, "plots_available", lambda: False)
+    model, data = demo_paths
+    page = tmp_path / "b.html"
+    code = main(["bench", str(model), "--data", str(data), *FAST, "--html", str(page)])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "plots left out" in err and "pip install matplotlib" in err
+    assert "matplotlib is not installed" in page.read_text()

@@ -15,7 +15,7 @@ no plots. This asks a real browser:
 
 Usage: ``python -m graphopt.bench.render PAGE.html [--png SHOT.png] [--json]`` (exit 1 when a
 check fails). Needs a Chromium binary (Debian: ``apt-get install chromium``; or set
-``GRAPHOPT_CHROMIUM``) and Pillow (comes with matplotlib, the ``plots`` extra).
+``GRAPHOPT_CHROMIUM``) and Pillow (comes with matplotlib).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 The HTML page is one self-contained file. When matplotlib is importable it embeds two PNG
 plots (latency against accuracy with the Pareto front marked, and p50 latency per batch size
-with the spread across rounds as error bars); without it the page has the tables only and
-says so. matplotlib is optional: graphopt does not depend on it.
+with the spread across rounds as error bars). matplotlib is a dependency; where it is missing
+anyway the page has the tables only and says so, and the command says so on the console.
 """
 
 from __future__ import annotations
@@ -208,6 +208,18 @@ def _png(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def plots_available() -> bool:
+    """Whether matplotlib can be imported (else pages are written without plots)."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+PLOTS_MISSING = (
+    "plots left out of the HTML page: matplotlib is not installed (pip install matplotlib)"
+)
 
 
 def plots(report: dict[str, Any]) -> list[tuple[str, str]] | None:
