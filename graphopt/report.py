@@ -195,6 +195,10 @@ def detail_notes(details: dict[str, Any]) -> list[str]:
                 f"{budget.get('final', start):.6g}"
                 + ("" if budget.get("met", True) else " (NOT met)")
             )
+    kept32 = details.get("kept_fp32")
+    if isinstance(kept32, dict) and details.get("precision") == "fp32":
+        reasons = ", ".join(f"{len(v)} {r}" for r, v in kept32.items() if v)
+        notes.append(f"every node stays fp32 ({reasons or 'no float nodes'})")
     guard = details.get("guard")
     if guard and "decision" in guard:
         timing = guard.get("all", {})

@@ -197,6 +197,12 @@ class GraphoptPass(ir.passes.InPlacePass, abc.ABC):
         modified = bool(self.run(model))
         return ir.passes.PassResult(model, modified)
 
+    def skip_counts(self) -> str:
+        """'2 weight_not_constant, 1 excluded': the ``skipped:<why>`` counters, for reasons."""
+        items = sorted((k.split(":", 1)[1], n) for k, n in self.stats.items() if ":" in k
+                       and k.startswith("skipped:"))
+        return ", ".join(f"{n} {why}" for why, n in items)
+
     def decline(self, reason: str) -> bool:
         """Leave the model unchanged because of ``reason``, which the console and the report
         show: a pass that was asked to act never does nothing silently. Returns False, so a

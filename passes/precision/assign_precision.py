@@ -224,7 +224,7 @@ class AssignPrecisionPass(GraphoptPass):
         nodes = list(model.graph)
         undecided = [i for i, n in enumerate(nodes) if PRECISION_KEY not in n.metadata_props]
         if not undecided:
-            return False
+            return self.decline("every node's precision was decided by an earlier run")
         _infer_types(model)
         self.kept: dict[str, tuple[str, str]] = {}  # label -> (reason, why)
         pristine = ir.serde.serialize_model(model)

@@ -96,7 +96,12 @@ class QuantizeDynamicPass(GraphoptPass):
             changed = True
         if changed:
             ensure_ms_opset(model)
-        return changed
+            return True
+        skipped = self.skip_counts()
+        return self.decline(
+            f"no {'/'.join(self.options.op_types)} node with a float32 activation and a 2-D "
+            "float32 constant weight" + (f" (skipped: {skipped})" if skipped else "")
+        )
 
     # ----------------------------------------------------------------- matching
     def _skip(self, reason: str) -> None:

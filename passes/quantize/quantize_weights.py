@@ -185,7 +185,12 @@ class QuantizeWeightsPass(GraphoptPass):
                 changed = True
         if changed:
             ensure_ms_opset(model)
-        return changed
+            return True
+        skipped = self.skip_counts()
+        return self.decline(
+            "no MatMul with a float32 activation and a 2-D float32 constant weight"
+            + (f" (skipped: {skipped})" if skipped else "")
+        )
 
     # ----------------------------------------------------------------- matching
     def _skip(self, reason: str) -> None:

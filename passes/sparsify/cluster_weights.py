@@ -104,6 +104,7 @@ class ClusterWeightsPass(GraphoptPass):
     # from k=16 up (99.56%), 99.3% at k=8, 98.0% at k=4. 0.9 passes k>=4 and stops a broken
     # codebook (shuffled indices give ~0).
     tolerance = Tolerance(max_abs=math.inf, max_rel=math.inf, min_cosine=0.9)
+    min_opset = _MIN_OPSET
     summary = "share k values per layer (k-means), stored as codebook + 4/8-bit indices"
 
     def run(self, model: ir.Model) -> bool:
@@ -113,7 +114,9 @@ class ClusterWeightsPass(GraphoptPass):
         self.details = {"k": o.k, "layers": {}, "dense_bytes": 0, "stored_bytes": 0}
         if opset < _MIN_OPSET:
             self.details["skipped"] = f"opset {opset} < {_MIN_OPSET}"
-            return False
+            return self.decline(
+                f"its decoder needs ai.onnx opset {_MIN_OPSET}, the model is at {opset}"
+            )
         namer = Namer(graph)
         first = graph.node(0) if len(graph) else None
         shared: dict[str, ir.Value] = {}
@@ -162,7 +165,13 @@ class ClusterWeightsPass(GraphoptPass):
             self.details["dense_bytes"] += arr.nbytes
             self.details["stored_bytes"] += stored
             self.count("weights_clustered")
-        return bool(done)
+        if done:
+            return True
+        return self.decline(
+            f"no Conv/Gemm/MatMul{'/Gather' if o.embeddings else ''} weight that is a float32 "
+            f"initializer of at least {o.min_size} values"
+            + ("" if o.embeddings else " (Gather tables only with embeddings=true)")
+        )
 
     def _decoder(
         self,

@@ -176,6 +176,7 @@ class CompressSparsePass(GraphoptPass):
     # computed weight than for a prepacked initializer: outputs differ by float rounding
     # (9.5e-7 on the demo's logits).
     tolerance = Tolerance.reassociation()
+    min_opset = _MIN_OPSET
     summary = "store sparse weights as non-zero values + a bit mask (decoded at load)"
 
     def run(self, model: ir.Model) -> bool:
@@ -184,4 +185,11 @@ class CompressSparsePass(GraphoptPass):
         )
         self.details = done
         self.count("initializers_encoded", len(done["encoded"]))
-        return bool(done["encoded"])
+        if done["encoded"]:
+            return True
+        if "skipped" in done:
+            return self.decline(f"nothing encoded: {done['skipped']}")
+        return self.decline(
+            f"no float initializer of at least {self.options.min_size} values has "
+            f"{self.options.min_sparsity:.0%} zeros (run sparsify first)"
+        )

@@ -331,10 +331,16 @@ class ReconstructPass(GraphoptPass):
         self.details = {"layers": {}, "skipped": {}}
         if reference is None:
             self.details["note"] = "no lossy pass before reconstruct and no reference given"
-            return False
+            return self.decline(
+                "nothing to fit back to: no lossy pass ran before it (put it after "
+                "prune-channels, sparsify or qdq-insert)"
+            )
         layers = self._layers(model, reference)
         if not layers:
-            return False
+            return self.decline(
+                "no Conv/Gemm/MatMul layer differs from the original model's"
+                + (f" ({n} left alone)" if (n := len(self.details["skipped"])) else "")
+            )
         self._undo: list[Callable[[], None]] = []
         self._assign_stages(model, layers)
         outputs = [v.name for v in model.graph.outputs]
@@ -356,7 +362,13 @@ class ReconstructPass(GraphoptPass):
             fitted = []
         self._report(layers)
         self.count("layers_refit", len(fitted))
-        return bool(fitted)
+        if fitted:
+            return True
+        if "note" in self.details:
+            return self.decline(self.details["note"])
+        return self.decline(
+            f"none of the {len(layers)} changed layers could be refit (see skipped)"
+        )
 
     def _outputs(self, model: ir.Model, names: list[str]) -> list[dict[str, np.ndarray]]:
         fetched = stream_tensors(

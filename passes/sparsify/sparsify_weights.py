@@ -50,6 +50,7 @@ global sparsity in total) are left as they are and listed in ``details["already_
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import re
@@ -324,7 +325,19 @@ class SparsifyWeightsPass(GraphoptPass):
                 all_size += a.size
                 all_zeros += int((a == 0).sum())
         self.details["model_float_sparsity"] = all_zeros / all_size if all_size else 0.0
-        return changed
+        if changed:
+            return True
+        if targets:
+            return self.decline(
+                f"every one of the {len(targets)} weights already meets the target sparsity"
+            )
+        skipped = self.details["skipped"]
+        counts = collections.Counter(skipped.values())
+        why = ", ".join(f"{n} {w}" for w, n in sorted(counts.items()))
+        return self.decline(
+            f"no Conv/Gemm/MatMul weight of at least {o.min_size} float32 values"
+            + (f" (skipped: {why})" if why else "")
+        )
 
     # ----------------------------------------------------------------- sensitivity
     def _drop_sensitive(
