@@ -84,7 +84,13 @@ class VerificationError(GraphoptError):
 
 
 class PassFailure(GraphoptError):
-    """A pass raised while transforming the model; the message names the pass."""
+    """A pass raised while transforming the model; the message names the pass.
+
+    A user cannot cause this (bad input is refused before, with its own error): it is a
+    graphopt bug, so it exits like one (70), with a reproducer to report.
+    """
+
+    exit_code = EXIT_INTERNAL
 
     def __init__(self, message: str, *, pass_name: str, reproducer: str | None = None) -> None:
         super().__init__(message)

@@ -145,6 +145,37 @@ def ai_onnx_opset(model: ir.Model) -> int:
     return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
 
 
+def fill_types(model: ir.Model) -> int:
+    """Fill in the element types (and shapes) ONNX shape inference knows and the model lacks.
+
+    Exports without value_info leave intermediate types unknown, and passes that decide by
+    type (what is float, what can be quantized) would see nothing. Large weights stay out
+    of the serialized copy (onnx_ir's ``call_onnx_api``). Returns how many values got a type.
+    """
+    from onnx_ir.passes.common import _c_api_utils
+
+    untyped = [v for n in model.graph for v in n.outputs if v.dtype is None]
+    if not untyped:
+        return 0
+    try:
+        proto = _c_api_utils.call_onnx_api(onnx.shape_inference.infer_shapes, model)
+    except Exception:  # inference fails on some custom ops: types stay unknown
+        return 0
+    known = {vi.name: vi for vi in (*proto.graph.value_info, *proto.graph.output)}
+    typed = 0
+    for v in untyped:
+        info = known.get(v.name or "")
+        if info is None or not info.type.HasField("tensor_type"):
+            continue
+        elem = info.type.tensor_type.elem_type
+        if elem:
+            v.dtype = ir.DataType(elem)
+            typed += 1
+            if v.shape is None and info.type.tensor_type.HasField("shape"):
+                v.shape = ir.serde.deserialize_type_proto_for_shape(info.type)
+    return typed
+
+
 def tensor_bytes(model: ir.Model) -> int:
     """Bytes of all initializer data in the main graph and subgraphs."""
     return sum(t.nbytes for t in iter_initializer_tensors(model))

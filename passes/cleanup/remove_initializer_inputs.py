@@ -22,7 +22,9 @@ class RemoveInitializerInputsPass(IrPassAdapter):
     """Wraps onnx_ir's RemoveInitializersFromInputsPass."""
 
     name = "remove-initializer-inputs"
-    tolerance = Tolerance.exact()
+    # The arithmetic is the same, but ONNX Runtime prepacks a constant weight and picks other
+    # Conv/Gemm kernels for it than for an input: outputs move by float rounding (1e-7).
+    tolerance = Tolerance.reassociation()
     summary = "weights listed as graph inputs (old exporters) become constants"
 
     def make_inner(self) -> ir.passes.PassBase:

@@ -56,6 +56,7 @@ from graphopt.calib import collect_stats
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
 from graphopt.errors import RuntimeFailure
+from graphopt.ir import fill_types
 
 #: node metadata: the precision this pass chose ("float16", "bfloat16", "fp32:<reason>", "cast")
 PRECISION_KEY = "pkg.graphopt.assign-precision"
@@ -174,30 +175,9 @@ def _out_of_range(array: np.ndarray, dtype: ir.DataType, headroom: float = 1.0) 
 
 
 def _infer_types(model: ir.Model) -> None:
-    """Fill in the element types (and shapes) ONNX shape inference knows and the model lacks.
-
-    Which ports may change type is decided from the values' types, so an exported model
-    without value_info (types of intermediate tensors unknown) is typed first.
-    """
-    import onnx
-
-    untyped = [v for n in model.graph for v in n.outputs if v.dtype is None]
-    if not untyped:
-        return
-    try:
-        proto = onnx.shape_inference.infer_shapes(ir.serde.serialize_model(model))
-    except Exception:
-        return
-    known = {vi.name: vi for vi in (*proto.graph.value_info, *proto.graph.output)}
-    for v in untyped:
-        info = known.get(v.name or "")
-        if info is None or not info.type.HasField("tensor_type"):
-            continue
-        elem = info.type.tensor_type.elem_type
-        if elem:
-            v.dtype = ir.DataType(elem)
-            if v.shape is None and info.type.tensor_type.HasField("shape"):
-                v.shape = ir.serde.deserialize_type_proto_for_shape(info.type)
+    """Which ports may change type is decided from the values' types, so an exported model
+    without value_info (types of intermediate tensors unknown) is typed first."""
+    fill_types(model)
 
 
 @register_pass

@@ -50,7 +50,7 @@ from graphopt.calib import collect_stats, compute_ranges
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
 from graphopt.errors import DataError
-from graphopt.ir import ai_onnx_opset
+from graphopt.ir import ai_onnx_opset, fill_types
 from graphopt.ir import attr_value as _attr
 from graphopt.ir import const_array as _const
 from graphopt.target import int8_scheme
@@ -268,6 +268,7 @@ class InsertQdqPass(GraphoptPass):
         }
         graph = model.graph
         opset = ai_onnx_opset(model)
+        fill_types(model)  # which tensors are float decides what is calibrated
         self._bad: set[str] = set()
         self._excluded = set(opts.exclude)
         plan = self._plan(graph)
