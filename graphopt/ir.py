@@ -211,6 +211,30 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
     return value.const_value.numpy()
 
 
+#: the fix for weights a pass cannot see as constants
+CLEANUP_FIRST = (
+    "weights that are Constant nodes or listed as graph inputs become initializers in "
+    "cleanup: run -p cleanup,<this pass>"
+)
+
+
+def not_constant(value: ir.Value) -> str:
+    """Why a weight is no constant initializer, as a skip reason: a graph input (old
+    exporters list weights among the inputs), a Constant node's output (Paddle), or computed."""
+    if value.is_graph_input():
+        return "weight_is_graph_input"
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant":
+        return "weight_is_constant_node"
+    return "weight_computed"
+
+
+def nodes_in_subgraphs(model: ir.Model, op_types: frozenset[str] | set[str]) -> int:
+    """How many nodes of ``op_types`` sit inside If/Loop/Scan bodies (passes that work on
+    the main graph say so when they leave those alone)."""
+    return sum(1 for n in iter_nodes(model) if n.graph is not model.graph and n.op_type in op_types)
+
+
 def attr_value(node: ir.Node, name: str, default: object) -> object:
     """An attribute's value, or ``default`` where the node does not set it."""
     a = node.attributes.get(name)

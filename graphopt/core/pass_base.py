@@ -12,6 +12,7 @@ import abc
 import collections
 import dataclasses
 import math
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import ml_dtypes
@@ -202,6 +203,23 @@ class GraphoptPass(ir.passes.InPlacePass, abc.ABC):
         items = sorted((k.split(":", 1)[1], n) for k, n in self.stats.items() if ":" in k
                        and k.startswith("skipped:"))
         return ", ".join(f"{n} {why}" for why, n in items)
+
+    def decline_no_target(
+        self, what: str, model: ir.Model, ops: Iterable[str], skipped: str | None = None
+    ) -> bool:
+        """Decline because no node is ``what``, saying what was skipped (the ``skipped:``
+        counters unless given), the fix for weights that are not initializers yet, and the
+        nodes inside If/Loop bodies the pass does not enter."""
+        from graphopt import ir as gir
+
+        skipped = self.skip_counts() if skipped is None else skipped
+        reason = f"no {what}" + (f" (skipped: {skipped})" if skipped else "")
+        if "weight_is_graph_input" in skipped or "weight_is_constant_node" in skipped:
+            reason += f"; {gir.CLEANUP_FIRST}"
+        inner = gir.nodes_in_subgraphs(model, frozenset(ops))
+        if inner:
+            reason += f"; {inner} {'/'.join(sorted(set(ops)))} inside If/Loop bodies left alone"
+        return self.decline(reason)
 
     def decline(self, reason: str) -> bool:
         """Leave the model unchanged because of ``reason``, which the console and the report

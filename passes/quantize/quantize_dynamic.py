@@ -39,6 +39,7 @@ from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
 from graphopt.ir import attr_value as _attr
 from graphopt.ir import const_array as _const
+from graphopt.ir import not_constant
 
 _OP_TYPES = ("MatMul", "Gemm")
 
@@ -97,10 +98,11 @@ class QuantizeDynamicPass(GraphoptPass):
         if changed:
             ensure_ms_opset(model)
             return True
-        skipped = self.skip_counts()
-        return self.decline(
-            f"no {'/'.join(self.options.op_types)} node with a float32 activation and a 2-D "
-            "float32 constant weight" + (f" (skipped: {skipped})" if skipped else "")
+        ops = self.options.op_types
+        return self.decline_no_target(
+            f"{'/'.join(ops)} node with a float32 activation and a 2-D float32 constant weight",
+            model,
+            ops,
         )
 
     # ----------------------------------------------------------------- matching
@@ -119,7 +121,7 @@ class QuantizeDynamicPass(GraphoptPass):
         a, w = node.inputs[0], node.inputs[1]
         wa = _const(w)
         if wa is None or w.name not in node.graph.initializers:  # type: ignore[union-attr]
-            self._skip("weight_not_constant")
+            self._skip(not_constant(w))
             return None
         if wa.dtype != np.float32:
             self._skip("weight_dtype")

@@ -50,6 +50,7 @@ from graphopt.passes.quantize._emit import (
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
 from graphopt.ir import const_array as _const
+from graphopt.ir import not_constant
 
 _BITS = (4, 8)
 _ACCURACY_LEVELS = (0, 1, 2, 3, 4)
@@ -186,10 +187,10 @@ class QuantizeWeightsPass(GraphoptPass):
         if changed:
             ensure_ms_opset(model)
             return True
-        skipped = self.skip_counts()
-        return self.decline(
-            "no MatMul with a float32 activation and a 2-D float32 constant weight"
-            + (f" (skipped: {skipped})" if skipped else "")
+        return self.decline_no_target(
+            "MatMul with a float32 activation and a 2-D float32 constant weight",
+            model,
+            {"MatMul"},
         )
 
     # ----------------------------------------------------------------- matching
@@ -207,7 +208,7 @@ class QuantizeWeightsPass(GraphoptPass):
             return False
         wa = _const(w)
         if wa is None or w.name not in node.graph.initializers:  # type: ignore[union-attr]
-            self._skip("weight_not_constant")
+            self._skip(not_constant(w))
             return False
         if wa.dtype != np.float32:
             self._skip("weight_dtype")

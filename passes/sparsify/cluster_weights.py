@@ -31,7 +31,7 @@ from graphopt.passes.quantize._emit import Namer, add_initializer
 
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
-from graphopt.ir import const_array
+from graphopt.ir import const_array, not_constant
 
 _WEIGHTED = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 _ITERATIONS = 30
@@ -133,9 +133,12 @@ class ClusterWeightsPass(GraphoptPass):
             if w is None:
                 continue
             arr = const_array(w)
+            if arr is None:  # a weight an earlier run decoded is computed: nothing to say
+                if (why := not_constant(w)) != "weight_computed":
+                    self.count(f"skipped:{why}")
+                continue
             if (
-                arr is None
-                or arr.dtype != np.float32
+                arr.dtype != np.float32
                 or arr.size < max(o.min_size, 1)
                 or w.name in done
                 or w.name not in graph.initializers
@@ -167,10 +170,12 @@ class ClusterWeightsPass(GraphoptPass):
             self.count("weights_clustered")
         if done:
             return True
-        return self.decline(
-            f"no Conv/Gemm/MatMul{'/Gather' if o.embeddings else ''} weight that is a float32 "
-            f"initializer of at least {o.min_size} values"
-            + ("" if o.embeddings else " (Gather tables only with embeddings=true)")
+        ops = set(_WEIGHTED) | ({"Gather"} if o.embeddings else set())
+        return self.decline_no_target(
+            f"{'/'.join(sorted(ops))} weight that is a float32 initializer of at least "
+            f"{o.min_size} values" + ("" if o.embeddings else " (Gather tables: embeddings=true)"),
+            model,
+            ops,
         )
 
     def _decoder(

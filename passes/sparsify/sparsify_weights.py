@@ -66,6 +66,7 @@ from graphopt.core.registry import option, register_pass
 from graphopt.errors import DataError
 from graphopt.ir import attr_value as _attr
 from graphopt.ir import const_array as _const
+from graphopt.ir import not_constant
 
 _WEIGHTED = ("Conv", "Gemm", "MatMul")
 _NM_RE = re.compile(r"\s*(\d+)\s*:\s*(\d+)\s*")
@@ -331,12 +332,12 @@ class SparsifyWeightsPass(GraphoptPass):
             return self.decline(
                 f"every one of the {len(targets)} weights already meets the target sparsity"
             )
-        skipped = self.details["skipped"]
-        counts = collections.Counter(skipped.values())
-        why = ", ".join(f"{n} {w}" for w, n in sorted(counts.items()))
-        return self.decline(
-            f"no Conv/Gemm/MatMul weight of at least {o.min_size} float32 values"
-            + (f" (skipped: {why})" if why else "")
+        counts = collections.Counter(self.details["skipped"].values())
+        return self.decline_no_target(
+            f"Conv/Gemm/MatMul weight of at least {o.min_size} float32 values",
+            model,
+            _WEIGHTED,
+            skipped=", ".join(f"{n} {w}" for w, n in sorted(counts.items())),
         )
 
     # ----------------------------------------------------------------- sensitivity
@@ -389,6 +390,7 @@ class SparsifyWeightsPass(GraphoptPass):
             if len(node.inputs) < 2 or node.inputs[1] is None or node.inputs[0] is None:
                 continue
             if _const(node.inputs[1]) is None:
+                self._skip(node.name or node.op_type, not_constant(node.inputs[1]))
                 continue
             weighted.append(node)
         edge = {weighted[0], weighted[-1]} if weighted and o.skip_first_last else set()
