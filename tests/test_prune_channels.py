@@ -668,3 +668,213 @@ def test_split_pass_is_idempotent_and_refuses_tied_channels() -> None:
     a = ch.analyze(model.graph)
     tied_group = next(g for g in a.groups() if a.spaces[g[0]].producer.name == "c1_node")
     assert "tied" in (a.group_unsafe(tied_group) or "")
+
+
+# ----------------------------------------------------------------------- PP-OCR's DB detector
+def _db_head(logit_bias: float = 0.0) -> ir.Model:
+    """A PP-OCR DB detector in small: a stride-2 Conv with Paddle's HardSwish (Clip, Div,
+    Mul), an SE block (GlobalAveragePool, Conv, Relu, Conv, HardSigmoid, Mul), a 1/2-scale
+    branch upsampled by Resize (constant scales), Concat with the full-scale branch, Conv,
+    BatchNormalization, Relu, a ConvTranspose head and a Sigmoid map. ``logit_bias`` far
+    below zero saturates the map on every input (as the pruned detector does on a page)."""
+    nodes = [
+        pt.node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        pt.node("Add", ["c1", "three"], ["hs_a"]),
+        pt.node("Clip", ["hs_a", "zero", "six"], ["hs_c"]),
+        pt.node("Div", ["hs_c", "six"], ["hs_d"]),
+        pt.node("Mul", ["c1", "hs_d"], ["hs"]),
+        pt.node("GlobalAveragePool", ["hs"], ["se_p"]),
+        pt.node("Conv", ["se_p", "wse1", "bse1"], ["se_1"]),
+        pt.node("Relu", ["se_1"], ["se_r"]),
+        pt.node("Conv", ["se_r", "wse2", "bse2"], ["se_2"]),
+        pt.node("HardSigmoid", ["se_2"], ["se_g"], alpha=0.2, beta=0.5),
+        pt.node("Mul", ["hs", "se_g"], ["se"]),
+        pt.node("Conv", ["se", "w2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        pt.node("Relu", ["c2"], ["r2"]),
+        pt.node("Resize", ["r2", "", "up"], ["u2"], mode="nearest"),
+        pt.node("Conv", ["se", "w3"], ["c3"], pads=[1, 1, 1, 1]),
+        pt.node("Concat", ["u2", "c3"], ["cat"], axis=1),
+        pt.node("Conv", ["cat", "w4"], ["c4"], pads=[1, 1, 1, 1]),
+        pt.node("BatchNormalization", ["c4", "g", "be", "mu", "var"], ["bn"]),
+        pt.node("Relu", ["bn"], ["r4"]),
+        pt.node("ConvTranspose", ["r4", "wt", "bt"], ["ct"], strides=[2, 2]),
+        pt.node("Add", ["ct", "bias"], ["logits"]),
+        pt.node("Sigmoid", ["logits"], ["y"]),
+    ]
+    inits = [
+        pt.init("w1", _w(16, 3, 3, 3)),
+        pt.init("b1", _w(16)),
+        pt.init("three", np.array(3.0, np.float32)),
+        pt.init("zero", np.array(0.0, np.float32)),
+        pt.init("six", np.array(6.0, np.float32)),
+        pt.init("wse1", _w(4, 16, 1, 1, seed=1)),
+        pt.init("bse1", _w(4, seed=1)),
+        pt.init("wse2", _w(16, 4, 1, 1, seed=2)),
+        pt.init("bse2", _w(16, seed=2)),
+        pt.init("w2", _w(16, 16, 3, 3, seed=3)),
+        pt.init("up", np.array([1, 1, 2, 2], np.float32)),
+        pt.init("w3", _w(8, 16, 3, 3, seed=4)),
+        pt.init("w4", _w(16, 24, 3, 3, seed=5)),
+        pt.init("g", np.abs(_w(16, seed=6)) + 0.5),
+        pt.init("be", _w(16, seed=7)),
+        pt.init("mu", _w(16, seed=8)),
+        pt.init("var", np.abs(_w(16, seed=9)) + 0.5),
+        pt.init("wt", _w(16, 1, 2, 2, seed=10)),
+        pt.init("bt", _w(1, seed=10)),
+        pt.init("bias", np.array(logit_bias, np.float32)),
+    ]
+    return pt.make_model(nodes, [pt.vi("x", [1, 3, 8, 8])], [pt.vi("y", [1, 1, 16, 16])], inits)
+
+
+def test_db_detector_structures_are_pruned_exactly() -> None:
+    model = _db_head()
+    a = ch.analyze(model.graph)
+    groups = {tuple(a.spaces[s].label for s in g): a.group_unsafe(g) for g in a.groups()}
+    assert groups == {  # the SE gate ties its expanding Conv to the gated one
+        ("c1_node", "se_2_node"): None,
+        ("se_1_node",): None,
+        ("c2_node",): None,
+        ("c3_node",): None,
+        ("c4_node",): None,
+    }
+    assert [s.node.op_type for s in a.sinks if s.node.name == "ct_node"] == ["ConvTranspose"]
+    stats = assert_prune_exact(model)
+    assert stats["layers_pruned"] == 6 and stats["sinks_resized"] == 6
+
+
+def _wrong_softmax(self, node, ins) -> None:  # type: ignore[no-untyped-def]
+    """An analysis with a hole: a Softmax over the channels passed as if channel-wise."""
+    self.set(node.outputs[0], ins[0][2])
+
+
+def test_a_saturated_output_does_not_hide_a_wrong_rewrite(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The proof compares the layers that read the removed channels, not only the outputs:
+    a sigmoid map saturated on every input (the PP-OCR detector's after pruning) is the
+    same whatever the layers before it compute. The proof used to compare the outputs only,
+    so on this model it passed a wrong rewrite; a right one passes, with the layers it
+    compared in the report."""
+
+    def softmax_head(logit_bias: float) -> ir.Model:
+        model = _db_head(logit_bias)
+        se = next(n for n in model.graph if n.outputs[0].name == "se")
+        soft = ir.node("Softmax", [se.outputs[0]], attributes={"axis": 1}, name="soft_node")
+        soft.outputs[0].name, soft.outputs[0].shape = "soft", se.outputs[0].shape
+        soft.outputs[0].dtype = se.outputs[0].dtype
+        model.graph.insert_after(se, soft)
+        c2 = next(n for n in model.graph if n.name == "c2_node")
+        c2.replace_input_with(0, soft.outputs[0])
+        return model
+
+    options = {"ratio": 0.5, "round_to": 1, "min_channels": 1}
+    result, p = pt.run_pass(softmax_head(-60.0), PASS, **options)
+    assert result.modified and p.details["check"]["layers_compared"] == 3
+    assert p.details["check"]["layers_max_rel"] < 1e-5
+    monkeypatch.setattr(ch._Analyzer, "op_Softmax", _wrong_softmax)
+    model = softmax_head(-60.0)
+    feeds = pt.random_feeds(model, count=2)
+    assert np.abs(pt.run_model(model, feeds)[1][0][0]).max() < 1e-12  # saturated
+    with pytest.raises(RuntimeError, match=r"output of Conv 'c2_node'.*graphopt bug"):
+        pt.run_pass(model, PASS, **options)
+
+
+@pytest.mark.parametrize(
+    ("roi", "reason"),
+    [([0, 0, 0, 0, 1, 1, 1, 1], None), ([0, 0.25, 0, 0, 1, 0.75, 1, 1], "crops the channel")],
+)
+def test_resize_crop_keeps_channels_only_with_the_whole_channel_roi(
+    roi: list[float], reason: str | None
+) -> None:
+    """tf_crop_and_resize crops (and interpolates) every axis its roi covers, the channel
+    axis too, by the ONNX spec (ONNX Runtime ignores the roi where the scale is 1)."""
+    model = pt.make_model(
+        [
+            pt.node("Conv", ["x", "w1"], ["c1"]),
+            pt.node(
+                "Resize",
+                ["c1", "roi", "sc"],
+                ["r"],
+                mode="linear",
+                coordinate_transformation_mode="tf_crop_and_resize",
+            ),
+            pt.node("Conv", ["r", "w2"], ["y"]),
+        ],
+        [pt.vi("x", [1, 3, 4, 4])],
+        [pt.vi("y", [1, 2, 8, 8])],
+        [
+            pt.init("w1", _w(8, 3, 1, 1)),
+            pt.init("w2", _w(2, 8, 1, 1)),
+            pt.init("roi", np.array(roi, np.float32)),
+            pt.init("sc", np.array([1, 1, 2, 2], np.float32)),
+        ],
+    )
+    a = ch.analyze(model.graph)
+    first = next(g for g in a.groups() if a.spaces[g[0]].producer.name == "c1_node")
+    if reason is None:
+        assert a.group_unsafe(first) is None
+        assert_prune_exact(model)
+    else:
+        assert reason in (a.group_unsafe(first) or "")
+
+
+def test_resize_with_axes_reads_the_channel_scale_by_axis() -> None:
+    """Opset 18's ``axes``: scales [2, 2] over the spatial axes leave the channels alone;
+    scales given for axes (1, 2) resize the channel axis."""
+    from onnx import helper
+
+    def model_with(axes: list[int]) -> ir.Model:
+        proto = pt.make_proto(
+            [
+                pt.node("Conv", ["x", "w1"], ["c1"]),
+                pt.node("Resize", ["c1", "", "sc"], ["r"], axes=axes),
+                pt.node("ReduceMean", ["r"], ["y"], axes=[2, 3], keepdims=0),
+            ],
+            [pt.vi("x", [1, 3, 4, 4])],
+            [pt.vi("y", [1, None])],
+            [pt.init("w1", _w(8, 3, 1, 1)), pt.init("sc", np.array([2, 2], np.float32))],
+            infer_shapes=False,
+        )
+        proto.opset_import[0].CopyFrom(helper.make_opsetid("", 18))
+        return ir.serde.deserialize_model(proto)
+
+    a = ch.analyze(model_with([2, 3]).graph)
+    (c1,) = [g for g in a.groups() if a.spaces[g[0]].producer.name == "c1_node"]
+    assert "graph output" in (a.group_unsafe(c1) or "")  # followed to the output
+    a = ch.analyze(model_with([1, 2]).graph)
+    (c1,) = [g for g in a.groups() if a.spaces[g[0]].producer.name == "c1_node"]
+    assert "resizes the channel axis" in (a.group_unsafe(c1) or "")
+
+
+@pytest.mark.parametrize("length", [None, 1], ids=["batch-and-length", "batch-only"])
+def test_paddle_minus_one_dims_are_unknowns(length: int | None) -> None:
+    """Paddle exports write unknown dims as -1. ``[-1, 8, 1] -> [-1, 8]`` keeps the channels
+    (the other dims multiply to 8 on both sides, so the two -1s are equal); in
+    ``[-1, 8, -1] -> [-1, 8]`` the output's -1 is batch times length and the channels no
+    longer sit on axis 1: two -1s are not one number."""
+    conv_out = [-1, 8, -1 if length is None else length]
+    model = pt.make_model(
+        [
+            pt.node("Conv", ["x", "w1"], ["c"]),
+            pt.node("Concat", ["minus_one", "eight"], ["target"], axis=0),
+            pt.node("Reshape", ["c", "target"], ["r"]),
+            pt.node("MatMul", ["r", "w2"], ["y"]),
+        ],
+        [pt.vi("x", [*conv_out[:1], 3, *conv_out[2:]])],
+        [pt.vi("y", [-1, 3])],
+        [
+            pt.init("w1", _w(8, 3, 1)),
+            pt.init("minus_one", np.array([-1], np.int64)),
+            pt.init("eight", np.array([8], np.int64)),
+            pt.init("w2", _w(8, 3)),
+        ],
+        [pt.vi("c", conv_out), pt.vi("r", [-1, 8])],
+        infer_shapes=False,
+    )
+    a = ch.analyze(model.graph)
+    (c,) = [g for g in a.groups() if a.spaces[g[0]].producer.name == "c_node"]
+    if length is None:
+        assert "cannot follow the channel axis" in (a.group_unsafe(c) or "")
+    else:
+        assert a.group_unsafe(c) is None
+        assert_prune_exact(model, dims={"*": 3})

@@ -317,6 +317,34 @@ def _resolve_target(ins: list[_Dim], target: list[int]) -> list[_Dim] | None:
     return [d for d in outs if d is not None]
 
 
+def _product(dims: Sequence[_Dim]) -> _Dim:
+    total: _Dim = (1, ())
+    for d in dims:
+        total = _mul(total, d)
+    return total
+
+
+def _unify(ins: list[_Dim], outs: list[_Dim]) -> list[_Dim]:
+    """``outs`` with one unknown dim named as one of ``ins`` where the two must be equal.
+
+    A Reshape keeps the element count: in ``[?a, 200, 1, 1] -> [?b, 200]`` the other dims
+    multiply to 200 on both sides, so ``?b`` is ``?a`` (an unknown batch dim each side,
+    as a Paddle export's -1s or ONNX's fresh ``unk__`` names give).
+    """
+    if _product(ins) == _product(outs):
+        return outs
+    for i, d in enumerate(ins):
+        if d[0] != 1 or len(d[1]) != 1:
+            continue
+        rest_in = _product(ins[:i] + ins[i + 1 :])
+        for j, e in enumerate(outs):
+            if e[0] != 1 or len(e[1]) != 1 or e == d or rest_in[0] == 0:
+                continue
+            if _product(outs[:j] + outs[j + 1 :]) == rest_in:
+                return [*outs[:j], d, *outs[j + 1 :]]
+    return outs
+
+
 def _reshape_run(
     ins: list[_Dim], outs: list[_Dim], axis: int
 ) -> tuple[tuple[int, int], tuple[int, int]] | None:
@@ -384,6 +412,10 @@ def symbolic_shapes(model: ir.Model) -> dict[str, list[int | str | None]] | None
 
         proto = ir.serde.serialize_model(model)
         del proto.graph.value_info[:]
+        for k, v in enumerate([*proto.graph.input, *proto.graph.output]):
+            for j, d in enumerate(v.type.tensor_type.shape.dim):
+                if d.HasField("dim_value") and d.dim_value < 0:  # Paddle's -1: a symbol
+                    d.dim_param = f"graphopt_unknown_{k}_{j}"  # (ORT would multiply by -1)
         level = logging.getLogger().level
         logging.getLogger().setLevel(logging.ERROR)
         try:
@@ -446,10 +478,14 @@ class _Analyzer:
         if value is None:
             return None
         if value.name in self.shapes:
-            return self.shapes[value.name]
-        if value.shape is None:
+            dims = self.shapes[value.name]
+        elif value.shape is None:
             return None
-        return [d if isinstance(d, int) else (d.value if d.value else None) for d in value.shape]
+        else:
+            dims = [d if isinstance(d, int) else (d.value or None) for d in value.shape]
+        # Paddle exports write an unknown dim as -1: unknown, not a number (two -1s need not
+        # be equal, and a product of them is no size)
+        return [None if isinstance(d, int) and d < 0 else d for d in dims]
 
     def new_space(self, size: int, producer: ir.Node) -> int:
         sid = len(self.a.spaces)
@@ -757,9 +793,29 @@ class _Analyzer:
             return
         scales = const_array(node.inputs[2] if len(node.inputs) > 2 else None)
         sizes = node.inputs[3] if len(node.inputs) > 3 else None
-        if sizes is not None or scales is None or scales.size != x.rank or scales[x.axis] != 1:
+        axes = attr_value(node, "axes", None)  # opset 18: scales and roi cover these axes
+        axes = [int(a) % x.rank for a in axes] if axes is not None else list(range(x.rank))  # type: ignore[union-attr]
+        if sizes is not None or scales is None or scales.size != len(axes):
             self.reject(node, [x], "resizes the channel axis or uses sizes")
             return
+        if x.axis not in axes:
+            self.set(node.outputs[0], x)
+            return
+        k = axes.index(x.axis)
+        if float(scales.ravel()[k]) != 1.0:
+            self.reject(node, [x], "resizes the channel axis or uses sizes")
+            return
+        if attr_value(node, "coordinate_transformation_mode", "") == "tf_crop_and_resize":
+            # the roi crops every axis it covers, the channel axis too: [0, 1] keeps them all
+            roi = const_array(node.inputs[1] if len(node.inputs) > 1 else None)
+            whole = (
+                roi is not None
+                and roi.size == 2 * len(axes)
+                and roi.ravel()[[k, k + len(axes)]].tolist() == [0.0, 1.0]
+            )
+            if not whole:
+                self.reject(node, [x], "crops the channel axis (tf_crop_and_resize roi)")
+                return
         self.set(node.outputs[0], x)
 
     def op_Upsample(self, node: ir.Node, ins: list[tuple[int, ir.Value, Layout]]) -> None:
@@ -870,7 +926,7 @@ class _Analyzer:
             outs = _resolve_target(ins_d, target)
         else:  # computed: the output's (symbolic) shape says what it holds
             out_dims = self.dims(node.outputs[0])
-            outs = _as_dims(out_dims, "out") if out_dims is not None else None
+            outs = _unify(ins_d, _as_dims(out_dims, "out")) if out_dims is not None else None
         run = _reshape_run(ins_d, outs, x.axis) if outs is not None else None
         if run is None:
             self.reject(node, [x], "cannot follow the channel axis through this Reshape")
