@@ -128,10 +128,102 @@ def _short(exc: BaseException) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
+#: metadata key holding the map-typed output tail cut off at load (see detach_map_outputs)
+DETACHED_KEY = "pkg.graphopt.detached_map_outputs"
+
+
+def _has_map(t: onnx.TypeProto) -> bool:
+    if t.HasField("map_type"):
+        return True
+    if t.HasField("sequence_type"):
+        return _has_map(t.sequence_type.elem_type)
+    if t.HasField("optional_type"):
+        return _has_map(t.optional_type.elem_type)
+    return False
+
+
+def detach_map_outputs(proto: onnx.ModelProto, path: Path) -> None:
+    """Cut map-typed outputs (scikit-learn's ZipMap) off the graph, in place, and keep them in
+    the metadata so :func:`save_model` puts them back.
+
+    onnx_ir has no map type, but ZipMap only re-labels a probability tensor as a list of
+    {class: probability} dicts: everything a pass can improve lies before it. The graph
+    output becomes ZipMap's input tensor meanwhile (verification compares those
+    probabilities), and the saved model has the original outputs again.
+    """
+    graph = proto.graph
+    if not any(_has_map(o.type) for o in graph.output) and not any(
+        _has_map(v.type) for v in graph.value_info
+    ):
+        if any(_has_map(i.type) for i in graph.input):
+            raise UnsupportedModelError(
+                f"{path}: map-typed inputs (e.g. DictVectorizer) are not supported: graphopt's "
+                "IR (onnx_ir) has no map type",
+                hint="convert the model so that it takes a tensor input",
+            )
+        return
+    producers = {o: n for n in graph.node for o in n.output}
+    tail = onnx.GraphProto()
+    kept_outputs = []
+    for index, out in enumerate(graph.output):
+        if not _has_map(out.type):
+            kept_outputs.append(out)
+            continue
+        node = producers.get(out.name)
+        if node is None or len(node.output) != 1 or any(
+            _has_map(v.type) for v in graph.input if v.name in node.input
+        ):
+            raise UnsupportedModelError(
+                f"{path}: output '{out.name}' is map-typed and not made by a single node from "
+                "tensors; graphopt's IR (onnx_ir) has no map type",
+                hint="convert the model without map outputs (skl2onnx: options zipmap=False)",
+            )
+        tail.node.append(node)
+        tail.output.append(out)
+        tail.doc_string += f"{index} {node.input[0]}\n"
+        kept_outputs.append(onnx.helper.make_empty_tensor_value_info(node.input[0]))
+    cut = {id(n) for n in tail.node}
+    remaining = [n for n in graph.node if id(n) not in cut]
+    del graph.node[:]
+    graph.node.extend(remaining)
+    del graph.output[:]
+    graph.output.extend(kept_outputs)
+    values = [v for v in graph.value_info if not _has_map(v.type)]
+    del graph.value_info[:]
+    graph.value_info.extend(values)
+    import base64
+
+    proto.metadata_props.add(
+        key=DETACHED_KEY, value=base64.b64encode(tail.SerializeToString()).decode("ascii")
+    )
+
+
+def reattach_map_outputs(proto: onnx.ModelProto) -> None:
+    """Put back, in place, what :func:`detach_map_outputs` cut off."""
+    import base64
+
+    entries = [p for p in proto.metadata_props if p.key == DETACHED_KEY]
+    if not entries:
+        return
+    tail = onnx.GraphProto()
+    tail.ParseFromString(base64.b64decode(entries[0].value))
+    kept = [p for p in proto.metadata_props if p.key != DETACHED_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    outputs = list(proto.graph.output)
+    for line, node, out in zip(tail.doc_string.splitlines(), tail.node, tail.output, strict=True):
+        index = int(line.split()[0])
+        outputs[index] = out
+        proto.graph.node.append(node)
+    del proto.graph.output[:]
+    proto.graph.output.extend(outputs)
+
+
 def load_model(path: str | os.PathLike[str]) -> ir.Model:
     """Load a model into onnx_ir after checking it; external data stays memory-mapped."""
     p = Path(path)
     proto = read_proto(p)
+    detach_map_outputs(proto, p)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # onnx_ir raises assorted errors on malformed graphs
@@ -219,14 +311,14 @@ CLEANUP_FIRST = (
 
 
 def not_constant(value: ir.Value) -> str:
-    """Why a weight is no constant initializer, as a skip reason: a graph input (old
-    exporters list weights among the inputs), a Constant node's output (Paddle), or computed."""
-    if value.is_graph_input():
+    """Why a weight is no constant initializer, as a skip reason: an initializer listed among
+    the graph inputs (old exporters), a Constant node's output (Paddle), or an activation."""
+    if value.is_graph_input() and value.const_value is not None:
         return "weight_is_graph_input"
     producer = value.producer()
     if producer is not None and producer.op_type == "Constant":
         return "weight_is_constant_node"
-    return "weight_computed"
+    return "weight_not_constant"
 
 
 def nodes_in_subgraphs(model: ir.Model, op_types: frozenset[str] | set[str]) -> int:
@@ -276,7 +368,17 @@ def save_model(
     tmp = Path(tempfile.mkdtemp(prefix=".graphopt-", dir=out.parent))
     try:
         tmp_model = tmp / out.name
-        if external_data:
+        if DETACHED_KEY in model.metadata_props:  # map outputs go back on (small models)
+            proto = ir.to_proto(model)
+            reattach_map_outputs(proto)
+            onnx.save_model(
+                proto,
+                str(tmp_model),
+                save_as_external_data=bool(external_data),
+                location=data_name,
+                size_threshold=1024,
+            )
+        elif external_data:
             ir.save(model, tmp_model, external_data=data_name, size_threshold_bytes=1024)
         else:
             ir.save(model, tmp_model)

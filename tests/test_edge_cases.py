@@ -63,8 +63,12 @@ def _cnn_nodes(x: str, y: str, features: str = "features") -> list[onnx.NodeProt
         n("Conv", [x, "conv_w", "conv_b"], ["c1"], name="conv", pads=[1, 1, 1, 1]),
         n("Relu", ["c1"], ["r1"], name="relu1"),
         n("Conv", ["r1", "conv2_w"], ["c"], name="conv2", pads=[1, 1, 1, 1]),
-        n("BatchNormalization", ["c", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["b"],
-          name="bn"),  # fmt: skip
+        n(
+            "BatchNormalization",
+            ["c", "bn_scale", "bn_bias", "bn_mean", "bn_var"],
+            ["b"],
+            name="bn",
+        ),
         n("Relu", ["b"], ["r"], name="relu"),
         n("GlobalAveragePool", ["r"], ["p"], name="gap"),
         n("Flatten", ["p"], [features], name="flatten"),
@@ -89,9 +93,7 @@ def _model(
         [helper.make_tensor_value_info(*o) for o in outputs],
         [numpy_helper.from_array(a, k) for k, a in inits.items()],
     )
-    return helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8
-    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
 
 
 def _image_data(shape: tuple[int, ...] = (SAMPLES, 1, 3, 8, 8)) -> dict[str, np.ndarray]:
@@ -171,11 +173,18 @@ def if_subgraph():
             [numpy_helper.from_array(branch_w[f"{name}_w"], f"{name}_w")],
         )
 
-    nodes = _cnn_nodes("x", "unused")[:7] + [
+    nodes = [
+        *_cnn_nodes("x", "unused")[:7],
         n("ReduceSum", ["x"], ["total"], name="sum", keepdims=0),
         n("Greater", ["total", "zero"], ["cond"], name="positive"),
-        n("If", ["cond"], ["y"], name="branch", then_branch=branch("then"),
-          else_branch=branch("else")),  # fmt: skip
+        n(
+            "If",
+            ["cond"],
+            ["y"],
+            name="branch",
+            then_branch=branch("then"),
+            else_branch=branch("else"),
+        ),
     ]
     weights = {**_weights(), "zero": np.array(0, np.float32)}
     proto = _model(nodes, [("x", F, [1, 3, 8, 8])], [("y", F, [1, 4])], weights)
@@ -203,9 +212,7 @@ def weights_as_inputs():
     """Initializers listed among the graph inputs (IR < 4, PyTorch 1.x)."""
     proto, data = plain()
     for t in proto.graph.initializer:
-        proto.graph.input.append(
-            helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
-        )
+        proto.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     return proto, data
 
 

@@ -168,6 +168,9 @@ class GraphoptPass(ir.passes.InPlacePass, abc.ABC):
     needs: ClassVar[frozenset[str]] = frozenset()  # e.g. {"data"}
     #: the lowest ai.onnx opset the pass can act at; the runner converts older models first
     min_opset: ClassVar[int] = 0
+    #: the pass acts on weights that are constant initializers; the runner first turns
+    #: Constant-node weights (Paddle) and weights listed as inputs (PyTorch 1.x) into them
+    constant_weights: ClassVar[bool] = False
     summary: ClassVar[str] = ""
 
     def __init__(self, options: Any = None, context: PassContext | None = None) -> None:

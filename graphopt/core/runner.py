@@ -39,6 +39,14 @@ from graphopt.runtime import Snapshot
 REPORT_SCHEMA = "graphopt.report/1"
 #: the pass the runner inserts before a pass that needs a newer opset
 CONVERT = "convert-opset"
+#: the passes it inserts before a pass that needs constant-initializer weights
+LIFT = ("remove-initializer-inputs", "lift-constants")
+
+
+def _defaults(name: str) -> Any:
+    from graphopt.core import registry
+
+    return registry.get_pass(name).Options()
 Listener = Callable[[str, dict[str, Any]], None]
 
 
@@ -179,6 +187,8 @@ class Runner:
         self, step: PassStep, round_info: str | None, *, inserted_for: str | None = None
     ) -> bool:
         pass_ = step.build(self.context)
+        if pass_.constant_weights and inserted_for is None:
+            self._lift_weights(step.name, round_info)
         need, have = pass_.required_opset(self._model), gir.ai_onnx_opset(self._model)
         if need > have and step.name != CONVERT:
             converted = self._upgrade(need, step.name, round_info)
@@ -240,6 +250,15 @@ class Runner:
         elif pass_.tolerance.lossy:
             record["unchanged"] = "changed nothing and gave no reason"
             record["silent"] = True
+
+    def _lift_weights(self, for_pass: str, round_info: str | None) -> None:
+        """Make weights constant initializers before a pass that reads them as such."""
+        graph = self._model.graph
+        why = f"{for_pass} reads weights as constant initializers"
+        if any(v.is_initializer() for v in graph.inputs):
+            self._run_step(PassStep(LIFT[0], _defaults(LIFT[0])), round_info, inserted_for=why)
+        if any(n.op_type == "Constant" and n.domain in ("", "ai.onnx") for n in graph):
+            self._run_step(PassStep(LIFT[1], _defaults(LIFT[1])), round_info, inserted_for=why)
 
     def _upgrade(self, need: int, for_pass: str, round_info: str | None) -> bool:
         """Convert the model to ai.onnx ``need`` before a pass that needs it (verified like any

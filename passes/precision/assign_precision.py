@@ -192,6 +192,7 @@ class AssignPrecisionPass(GraphoptPass):
     # nets lands at 0.9999+. bfloat16 (8 bits) on deep nets lands near 0.999-0.9999.
     tolerance = Tolerance(max_abs=math.inf, max_rel=math.inf, min_cosine=0.999)
     needs = frozenset()  # DATA is optional: without it, activations are not range-checked
+    constant_weights = True
     summary = "per-node fp16/bf16/fp32 assignment: range, kernel support, cost and budget"
 
     # ------------------------------------------------------------------ driver

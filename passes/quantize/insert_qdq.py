@@ -99,6 +99,10 @@ def _progress(items: list[str], what: str) -> Iterable[str]:
 
 
 _MIN_EMBEDDING = 1024  # a Gather table smaller than this is not worth an int8 copy
+#: the budget when none is given: verification fails a run below cosine 0.99 (the pass's
+#: tolerance), so sensitive nodes go back to float before that, with a margin for the
+#: metric's per-sample averaging (verification flattens)
+FLOOR = "cosine>=0.993"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +130,10 @@ class InsertQdqOptions:
     )
     repair: bool = option(True, "give unfused nodes their float inputs back (needs check_fusion)")
     budget: str = option(
-        "", "accuracy budget, e.g. cosine>=0.999; the most sensitive nodes stay float to meet it"
+        "",
+        "accuracy budget, e.g. cosine>=0.999; the most sensitive nodes stay float to meet it "
+        f"(empty: the run's --budget, else {FLOOR}, the pass's own tolerance with a margin; "
+        "none: every planned node int8 whatever it costs)",
     )
     budget_samples: int = option(8, "DATA samples the budget is measured on")
     guard: bool = option(
@@ -154,7 +161,7 @@ class InsertQdqOptions:
             raise ValueError(f"bins must be at least 1, got {self.bins}")
         if self.repair and not self.check_fusion:
             raise ValueError("repair=true needs check_fusion=true")
-        if self.budget:
+        if self.budget and self.budget != "none":
             Budget.parse(self.budget)
         if not 0.0 <= self.smooth <= 1.0:
             raise ValueError(f"smooth must be in [0, 1], got {self.smooth}")
@@ -242,6 +249,7 @@ class InsertQdqPass(GraphoptPass):
     tolerance = Tolerance(max_abs=math.inf, max_rel=math.inf, min_cosine=0.99)
     needs = frozenset({"data"})
     min_opset = _MIN_OPSET  # per-axis DequantizeLinear
+    constant_weights = True
     summary = "static int8 QDQ quantization placed for the target's integer kernels (calibrated)"
 
     def required_opset(self, model: ir.Model) -> int:
@@ -297,7 +305,9 @@ class InsertQdqPass(GraphoptPass):
         namer = Namer(graph)
         for node in unnamed:  # trials and the final rewrite must agree on node names
             node.name = namer(f"{node.op_type}_q")
-        budget_text = opts.budget or self.context.budget
+        budget_text = opts.budget or self.context.budget or FLOOR
+        if budget_text == "none":
+            budget_text = ""
         check = opts.check_fusion and scheme.target == "cpu"
         kept: dict[str, str] = {}  # node name -> why it stays float
         if check or budget_text:

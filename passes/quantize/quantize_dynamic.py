@@ -82,6 +82,7 @@ class QuantizeDynamicPass(GraphoptPass):
     # transpose gives cosines far below 0.99, while int8 on real weights lands at 0.999+.
     tolerance = Tolerance(max_abs=math.inf, max_rel=math.inf, min_cosine=0.99)
     summary = "dynamic int8 quantization of MatMul/Gemm into com.microsoft.DynamicQuantizeMatMul"
+    constant_weights = True
 
     def run(self, model: ir.Model) -> bool:
         graph = model.graph

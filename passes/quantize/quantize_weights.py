@@ -174,6 +174,7 @@ class QuantizeWeightsPass(GraphoptPass):
     # point) drops the cosine to about 0 (swapped nibbles on MiniLM: 0.03).
     tolerance = Tolerance(max_abs=math.inf, max_rel=math.inf, min_cosine=0.95)
     summary = "weight-only block-wise int4/int8 MatMul quantization (com.microsoft.MatMulNBits)"
+    constant_weights = True
 
     def run(self, model: ir.Model) -> bool:
         graph = model.graph

@@ -105,6 +105,7 @@ class ClusterWeightsPass(GraphoptPass):
     # codebook (shuffled indices give ~0).
     tolerance = Tolerance(max_abs=math.inf, max_rel=math.inf, min_cosine=0.9)
     min_opset = _MIN_OPSET
+    constant_weights = True
     summary = "share k values per layer (k-means), stored as codebook + 4/8-bit indices"
 
     def run(self, model: ir.Model) -> bool:
@@ -134,7 +135,7 @@ class ClusterWeightsPass(GraphoptPass):
                 continue
             arr = const_array(w)
             if arr is None:  # a weight an earlier run decoded is computed: nothing to say
-                if (why := not_constant(w)) != "weight_computed":
+                if (why := not_constant(w)) != "weight_not_constant":
                     self.count(f"skipped:{why}")
                 continue
             if (

@@ -177,6 +177,7 @@ class CompressSparsePass(GraphoptPass):
     # (9.5e-7 on the demo's logits).
     tolerance = Tolerance.reassociation()
     min_opset = _MIN_OPSET
+    constant_weights = True
     summary = "store sparse weights as non-zero values + a bit mask (decoded at load)"
 
     def run(self, model: ir.Model) -> bool:

@@ -321,6 +321,7 @@ class ReconstructPass(GraphoptPass):
     # original on DATA and reverts the refit unless the outputs got closer to it.
     tolerance = Tolerance(max_abs=math.inf, max_rel=math.inf, min_cosine=-1.0)
     needs = frozenset({"data"})
+    constant_weights = True
     summary = "refit changed layers by least squares to the original model's outputs"
 
     def run(self, model: ir.Model) -> bool:

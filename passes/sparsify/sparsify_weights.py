@@ -254,6 +254,7 @@ class SparsifyWeightsPass(GraphoptPass):
     # DATA is needed only by the activation/second-order criteria; ``needs`` is per class, so
     # it stays empty and run() raises DataError when those criteria have no data.
     summary = "zero the least important Conv/Gemm/MatMul weights (unstructured or N:M)"
+    constant_weights = True
 
     def run(self, model: ir.Model) -> bool:
         o = self.options
