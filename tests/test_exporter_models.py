@@ -315,3 +315,23 @@ def test_a_declining_pass_says_why_on_the_console_and_in_the_report(
     (rec,) = json.loads(report.read_text())["passes"]
     assert not rec["modified"] and "no MatMul" in rec["unchanged"] and not rec.get("silent")
     assert "quantize-weights: left the model unchanged: no MatMul" in res.flat_out
+
+
+def test_deduplication_takes_non_contiguous_initializers() -> None:
+    """Constant folding leaves transposed views as initializers (dynamo-exported GPT-2)."""
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)
+    model = pt.make_model(
+        [
+            pt.node("MatMul", ["x", "a"], ["ha"]),
+            pt.node("MatMul", ["x", "b"], ["hb"]),
+            pt.node("Add", ["ha", "hb"], ["y"]),
+        ],
+        [pt.vi("x", [2, 4])],
+        [pt.vi("y", [2, 3])],
+        [pt.init("a", np.zeros((4, 3), np.float32)), pt.init("b", np.zeros((4, 3), np.float32))],
+    )
+    for name, arr in (("a", w.T), ("b", np.ascontiguousarray(w.T))):
+        model.graph.initializers[name].const_value = ir.tensor(arr, name=name)
+    assert not model.graph.initializers["a"].const_value.raw.flags.c_contiguous
+    result, _ = pt.run_pass(model, "deduplicate-initializers")
+    assert result.modified and len(model.graph.initializers) == 1  # equal content, one copy

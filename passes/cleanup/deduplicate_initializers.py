@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import onnx_ir as ir
 
 from graphopt.core.adapter import IrPassAdapter
@@ -30,6 +31,21 @@ class DeduplicateInitializersPass(IrPassAdapter):
     summary = "store identical initializers once"
 
     def make_inner(self) -> ir.passes.PassBase:
-        return ir.passes.common.DeduplicateHashedInitializersPass(
-            size_limit=self.options.size_limit
-        )
+        return _ContiguousDeduplication(size_limit=self.options.size_limit)
+
+
+class _ContiguousDeduplication(ir.passes.common.DeduplicateHashedInitializersPass):
+    """onnx_ir 1.1's pass hashes ``tensor.numpy()`` as is, which fails on a non-contiguous
+    array ("ndarray is not C-contiguous"): onnxscript's constant folder leaves transposed
+    views as initializers (dynamo-exported GPT-2). Those are made contiguous first."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        for graph in model.graphs():
+            for value in graph.initializers.values():
+                tensor = value.const_value
+                if isinstance(tensor, ir.Tensor) and isinstance(tensor.raw, np.ndarray):
+                    if not tensor.raw.flags.c_contiguous:
+                        value.const_value = ir.tensor(
+                            np.ascontiguousarray(tensor.raw), dtype=tensor.dtype, name=tensor.name
+                        )
+        return super().call(model)
