@@ -182,8 +182,8 @@ def detach_map_outputs(proto: onnx.ModelProto, path: Path) -> None:
         tail.output.append(out)
         tail.doc_string += f"{index} {node.input[0]}\n"
         kept_outputs.append(onnx.helper.make_empty_tensor_value_info(node.input[0]))
-    cut = {id(n) for n in tail.node}
-    remaining = [n for n in graph.node if id(n) not in cut]
+    cut = {o for n in tail.node for o in n.output}  # protobuf wrappers have no stable id()
+    remaining = [n for n in graph.node if not cut.intersection(n.output)]
     del graph.node[:]
     graph.node.extend(remaining)
     del graph.output[:]
@@ -331,6 +331,32 @@ def attr_value(node: ir.Node, name: str, default: object) -> object:
     """An attribute's value, or ``default`` where the node does not set it."""
     a = node.attributes.get(name)
     return default if a is None else a.value
+
+
+class Pristine:
+    """A frozen copy of a model that trial copies are made from.
+
+    ``ir.serde`` round trips drop where external data lives (tensors keep a relative
+    location), so a trial copy of a model with external data could not read its weights;
+    this keeps the folder and gives it back to every copy.
+    """
+
+    def __init__(self, model: ir.Model) -> None:
+        self.proto = ir.serde.serialize_model(model)
+        self.base_dir = next(
+            (
+                str(t.base_dir)
+                for t in iter_initializer_tensors(model)
+                if isinstance(t, ir.ExternalTensor)
+            ),
+            None,
+        )
+
+    def copy(self) -> ir.Model:
+        model = ir.serde.deserialize_model(self.proto)
+        if self.base_dir is not None:
+            ir.external_data.set_base_dir(model.graph, self.base_dir)
+        return model
 
 
 def has_external_tensors(model: ir.Model) -> bool:

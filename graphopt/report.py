@@ -200,7 +200,8 @@ def detail_notes(details: dict[str, Any]) -> list[str]:
         reasons = ", ".join(f"{len(v)} {r}" for r, v in kept32.items() if v)
         notes.append(f"every node stays fp32 ({reasons or 'no float nodes'})")
     guard = details.get("guard")
-    if guard and "decision" in guard:
+    if guard and "decision" in guard and not guard["decision"].startswith("float"):  # else the
+        # pass declined and says so itself
         timing = guard.get("all", {})
         notes.append(
             f"latency guard: {guard['decision']} (int8 {timing.get('int8_ms', 0):.3g} ms vs "

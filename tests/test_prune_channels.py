@@ -878,3 +878,23 @@ def test_paddle_minus_one_dims_are_unknowns(length: int | None) -> None:
     else:
         assert a.group_unsafe(c) is None
         assert_prune_exact(model, dims={"*": 3})
+
+
+def test_symbolic_shape_inference_leaves_nothing_in_the_current_folder(
+    tmp_path, monkeypatch
+) -> None:
+    """ORT's infer_shapes saves sym_shape_infer_temp.onnx into the current folder when its
+    inference is incomplete; that must not land in the user's folder."""
+    from onnxruntime.tools import symbolic_shape_infer
+
+    def incomplete(proto, **kwargs):
+        open("sym_shape_infer_temp.onnx", "wb").close()  # what ORT does, then raises
+        raise Exception("Incomplete symbolic shape inference")
+
+    monkeypatch.setattr(symbolic_shape_infer.SymbolicShapeInference, "infer_shapes", incomplete)
+    monkeypatch.chdir(tmp_path)
+    model = pt.make_model(
+        [pt.node("Relu", ["x"], ["y"])], [pt.vi("x", [1, 4])], [pt.vi("y", [1, 4])]
+    )
+    assert ch.symbolic_shapes(model) is None
+    assert list(tmp_path.iterdir()) == []

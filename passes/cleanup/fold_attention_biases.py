@@ -27,6 +27,7 @@ from graphopt import data, runtime
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import register_pass
 from graphopt.errors import DataError
+from graphopt.ir import Pristine
 from graphopt.ir import attr_value as _attr
 from graphopt.ir import const_array as _const
 
@@ -137,7 +138,7 @@ class FoldAttentionBiasesPass(GraphoptPass):
     summary = "drop attention's key bias and fold its value bias into the output projection"
 
     def run(self, model: ir.Model) -> bool:
-        trial = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+        trial = Pristine(model).copy()
         keys, values = self._rewrite(trial)
         if not keys and not values:
             return False

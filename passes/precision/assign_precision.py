@@ -56,7 +56,7 @@ from graphopt.calib import collect_stats
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
 from graphopt.errors import RuntimeFailure
-from graphopt.ir import fill_types
+from graphopt.ir import Pristine, fill_types
 
 #: node metadata: the precision this pass chose ("float16", "bfloat16", "fp32:<reason>", "cast")
 PRECISION_KEY = "pkg.graphopt.assign-precision"
@@ -208,7 +208,7 @@ class AssignPrecisionPass(GraphoptPass):
             return self.decline("every node's precision was decided by an earlier run")
         _infer_types(model)
         self.kept: dict[str, tuple[str, str]] = {}  # label -> (reason, why)
-        pristine = ir.serde.serialize_model(model)
+        pristine = Pristine(model)
         self.details = {"ep": self.provider, "target": opts.target}
         probe_ok = self._can_probe()
         if opts.require_kernels and not probe_ok:
@@ -427,12 +427,12 @@ class AssignPrecisionPass(GraphoptPass):
                 self._keep(n.label, "range", bad[hit[0]])
                 del plan[i]
 
-    def _validate(self, pristine: Any, plan: dict[int, _Node], low: ir.DataType) -> None:
+    def _validate(self, pristine: Pristine, plan: dict[int, _Node], low: ir.DataType) -> None:
         """Load the converted model on the EP; a node ORT refuses goes back to fp32."""
         if not plan or not self._can_probe():
             return
         for _ in range(_MAX_REPAIRS):
-            trial = ir.serde.deserialize_model(pristine)
+            trial = pristine.copy()
             self._rewrite(trial, plan, low, count=False)
             try:
                 runtime.make_session(trial, ep=self.ep, optimize=False)
@@ -461,7 +461,7 @@ class AssignPrecisionPass(GraphoptPass):
         return data.random_feeds(model, count=1, seed=self.context.seed).feeds[0]
 
     def _choose_by_cost(
-        self, model: ir.Model, pristine: Any, plans: dict[ir.DataType, dict[int, _Node]]
+        self, model: ir.Model, pristine: Pristine, plans: dict[ir.DataType, dict[int, _Node]]
     ) -> ir.DataType | None:
         """The fastest format that beats fp32 by ``_PAYS`` on the EP, or None."""
         info: dict[str, Any] = {"threshold": _PAYS}
@@ -474,10 +474,10 @@ class AssignPrecisionPass(GraphoptPass):
             info["decision"] = "fp32: nothing convertible"
             return None
         feed = self._feed(model)
-        sessions = [runtime.make_session(ir.serde.deserialize_model(pristine), ep=self.ep)]
+        sessions = [runtime.make_session(pristine.copy(), ep=self.ep)]
         order = list(candidates)
         for fmt in order:
-            trial = ir.serde.deserialize_model(pristine)
+            trial = pristine.copy()
             self._rewrite(trial, candidates[fmt], fmt, count=False)
             sessions.append(runtime.make_session(trial, ep=self.ep))
         rounds = runtime.interleaved_latency(sessions, feed)
@@ -500,7 +500,7 @@ class AssignPrecisionPass(GraphoptPass):
         self,
         budget: Budget,
         model: ir.Model,
-        pristine: Any,
+        pristine: Pristine,
         plan: dict[int, _Node],
         low: ir.DataType,
     ) -> None:
@@ -510,7 +510,7 @@ class AssignPrecisionPass(GraphoptPass):
         ref = runtime.run_feeds(runtime.make_session(model, ep=self.ep, optimize=False), feeds)
 
         def measure(p: dict[int, _Node]) -> float:
-            trial = ir.serde.deserialize_model(pristine)
+            trial = pristine.copy()
             self._rewrite(trial, p, low, count=False)
             sess = runtime.make_session(trial, ep=self.ep, optimize=True)
             return budget.measure(ref, runtime.run_feeds(sess, feeds), samples)

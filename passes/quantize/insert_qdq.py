@@ -50,7 +50,7 @@ from graphopt.calib import collect_stats, compute_ranges
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
 from graphopt.errors import DataError
-from graphopt.ir import ai_onnx_opset, fill_types
+from graphopt.ir import Pristine, ai_onnx_opset, fill_types
 from graphopt.ir import attr_value as _attr
 from graphopt.ir import const_array as _const
 from graphopt.target import int8_scheme
@@ -311,7 +311,7 @@ class InsertQdqPass(GraphoptPass):
         check = opts.check_fusion and scheme.target == "cpu"
         kept: dict[str, str] = {}  # node name -> why it stays float
         if check or budget_text:
-            pristine = ir.serde.serialize_model(model)
+            pristine = Pristine(model)
             trial = self._trial(pristine, kept)
             if check:
                 report = fusion.check_fusion(trial, self.quantized)
@@ -330,7 +330,7 @@ class InsertQdqPass(GraphoptPass):
                     Budget.parse(budget_text), pristine, trial, kept, feeds, ref, samples
                 )
         if opts.guard and scheme.target == "cpu":
-            pristine = pristine if (check or budget_text) else ir.serde.serialize_model(model)
+            pristine = pristine if (check or budget_text) else Pristine(model)
             if not self._guard(model, pristine, kept, samples.feeds[0]):
                 for node in unnamed:
                     node.name = ""
@@ -401,9 +401,9 @@ class InsertQdqPass(GraphoptPass):
         self._drop_replaced(model.graph)
         return bool(plan.nodes)
 
-    def _trial(self, pristine: object, kept: dict[str, str]) -> ir.Model:
+    def _trial(self, pristine: Pristine, kept: dict[str, str]) -> ir.Model:
         """A quantized copy of the float model with ``kept`` nodes in float."""
-        copy = ir.serde.deserialize_model(pristine)  # type: ignore[arg-type]
+        copy = pristine.copy()
         self._quantize(copy, kept)
         return copy
 
@@ -1031,7 +1031,7 @@ class InsertQdqPass(GraphoptPass):
     # ------------------------------------------------------------ latency guard
     _PAYS = 0.97  # int8 must be at least 3% faster than float to be kept
 
-    def _guard(self, model: ir.Model, pristine: object, kept: dict[str, str], feed: dict) -> bool:
+    def _guard(self, model: ir.Model, pristine: Pristine, kept: dict[str, str], feed: dict) -> bool:
         """Never slower than fp32: time the plan against the float model on this CPU.
 
         If the whole plan does not pay, try it without the integer-region ops (Add, Concat,
@@ -1080,7 +1080,7 @@ class InsertQdqPass(GraphoptPass):
     def _apply_budget(
         self,
         budget: Budget,
-        pristine: object,
+        pristine: Pristine,
         quantized: ir.Model,
         kept: dict[str, str],
         feeds: list[dict],

@@ -39,11 +39,15 @@ rewrites it for the chosen kept indices.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import os
+import shutil
+import tempfile
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -397,6 +401,20 @@ def shape_slot(node: ir.Node, j: int) -> tuple[ir.Node, int, int] | None:
     return None
 
 
+@contextlib.contextmanager
+def _in_temp_dir() -> Iterator[None]:
+    """Run in a temp folder: when its inference is incomplete, ORT's ``infer_shapes`` saves
+    ``sym_shape_infer_temp.onnx`` and a data file into the current folder (the user's)."""
+    old = os.getcwd()
+    tmp = tempfile.mkdtemp(prefix="graphopt-symshape-")
+    try:
+        os.chdir(tmp)
+        yield
+    finally:
+        os.chdir(old)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def symbolic_shapes(model: ir.Model) -> dict[str, list[int | str | None]] | None:
     """Value shapes with consistent symbolic dims, from ONNX Runtime's symbolic shape inference.
 
@@ -419,9 +437,10 @@ def symbolic_shapes(model: ir.Model) -> dict[str, list[int | str | None]] | None
         level = logging.getLogger().level
         logging.getLogger().setLevel(logging.ERROR)
         try:
-            out = SymbolicShapeInference.infer_shapes(
-                proto, auto_merge=True, guess_output_rank=True
-            )
+            with _in_temp_dir():
+                out = SymbolicShapeInference.infer_shapes(
+                    proto, auto_merge=True, guess_output_rank=True
+                )
         finally:
             logging.getLogger().setLevel(level)
     except Exception:  # an unsupported op, a model past 2 GB, ...: fall back to onnx_ir's
