@@ -39,6 +39,13 @@ from graphopt.runtime import Snapshot
 REPORT_SCHEMA = "graphopt.report/1"
 #: the pass the runner inserts before a pass that needs a newer opset
 CONVERT = "convert-opset"
+#: what to do when a lossy pass loses more than its tolerance allows
+LOSSY_HINT = (
+    "the pass is lossy by design and this model loses more at these settings: ask for less "
+    "(lower sparsity or ratio, more clusters), leave sensitive layers out (exclude=[...], "
+    "skip_sensitive), or add reconstruct; a cosine near 0 means a graphopt bug: report the "
+    "reproducer"
+)
 #: the passes it inserts before a pass that needs constant-initializer weights
 LIFT = ("remove-initializer-inputs", "lift-constants")
 
@@ -347,6 +354,7 @@ class Runner:
                     f" (tolerance {pass_.tolerance.to_dict()}; reproducer: {repro})",
                     pass_name=step.name,
                     reproducer=str(repro),
+                    hint=LOSSY_HINT if pass_.tolerance.lossy else None,
                 )
             self._previous = outputs
         if self.dump_dir is not None:

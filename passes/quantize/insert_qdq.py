@@ -84,6 +84,20 @@ SHARED = frozenset(
 SUPPORTED = WEIGHTED | REQUANT | SHARED
 DEFAULT_OPS = sorted(SUPPORTED - {"Softmax", "Sigmoid", "LeakyRelu"})
 _ABSORBED = frozenset({"Relu", "Clip"})
+#: ops of a model some quantizer already made integer (ORT's dynamic quantizer, QOperator)
+_INTEGER_OPS = frozenset(
+    {
+        "ConvInteger",
+        "MatMulInteger",
+        "DynamicQuantizeLinear",
+        "QLinearConv",
+        "QLinearMatMul",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeLSTM",
+        "MatMulNBits",
+    }
+)
 
 
 def _progress(items: list[str], what: str) -> Iterable[str]:
@@ -377,6 +391,9 @@ class InsertQdqPass(GraphoptPass):
         """Why the plan is empty, in the words a user can act on."""
         if any(_from_dq(v) for n in graph for v in n.inputs if v is not None):
             return "already quantized: the quantizable nodes read DequantizeLinear outputs"
+        integer = sorted({n.op_type for n in graph if n.op_type in _INTEGER_OPS})
+        if integer:
+            return f"already quantized: the model computes in int8 ({', '.join(integer)})"
         ops = collections.Counter(n.op_type for n in graph if n.op_type in WEIGHTED)
         if not ops:
             return (

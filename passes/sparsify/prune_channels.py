@@ -49,7 +49,7 @@ from graphopt.core.pass_base import GraphoptPass, Tolerance, compare_arrays
 from graphopt.core.registry import option, register_pass
 from graphopt.data import random_feeds
 from graphopt.errors import DataError
-from graphopt.ir import attr_value, const_array, not_constant
+from graphopt.ir import attr_value, const_array, fill_types, not_constant
 from graphopt.runtime import Snapshot
 
 #: relative damping of the input second moment (``second-order``), as in OBS/SparseGPT
@@ -242,6 +242,7 @@ class PruneChannelsPass(GraphoptPass):
 
     def run(self, model: ir.Model) -> bool:
         o = self.options
+        fill_types(model)  # ranks decide which axis is the channel: exports often lack them
         analysis = ch.analyze(model.graph, ch.symbolic_shapes(model))
         macs_before = layer_macs(model)
         report: list[dict[str, Any]] = []
