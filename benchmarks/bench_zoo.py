@@ -54,7 +54,10 @@ LOSSY = (
     "assign-precision",
     "reconstruct",
 )
-PIPELINES = PRESETS + LOSSY
+#: cleanup without DATA: verification inputs come from test data beside the model or the
+#: sizes graphopt finds the model runs with (graphopt.probe)
+NO_DATA = "cleanup/no-data"
+PIPELINES = (NO_DATA, *PRESETS, *LOSSY)
 
 #: Why a pass may leave a model alone or graphopt may refuse it (regex -> label), as README
 #: documents them. A reason outside this list is a finding to look at.
@@ -74,6 +77,9 @@ DOCUMENTED: list[tuple[str, str]] = [
     (r"needs ai\.onnx opset \d+; the model is at \d+ and could not be converted",
      "opset conversion impossible"),
     (r"map-typed inputs", "map-typed inputs (DictVectorizer) not supported"),
+    (r"give the sizes it runs with \(--dim .*\) or real inputs with --data",
+     "no DATA: names the dims and the --dim/--data it needs"),
+    (r"give real inputs with --data DATA", "no DATA: random inputs do not run; asks for --data"),
     (r"changed the outputs beyond its tolerance", "lossy pass beyond its tolerance at defaults"),
     (r"every channel group is left alone", "no prunable channel group"),
 ]
@@ -106,13 +112,15 @@ class Cell:
 
 
 def _run_optimize(
-    model: Path, out: Path, pipeline: str, data: Path, batch: int, timeout: float
+    model: Path, out: Path, pipeline: str, data: Path | None, batch: int, timeout: float
 ) -> tuple[int | None, str, dict[str, Any] | None]:
     report = out.with_suffix(".json")
     cmd = [
         sys.executable, "-m", "graphopt.cli", "optimize", str(model), "-o", str(out),
-        "-p", pipeline, "--data", str(data), "--batch", str(batch), "--report", str(report),
+        "-p", pipeline, "--report", str(report),
     ]  # fmt: skip
+    if data is not None:
+        cmd += ["--data", str(data), "--batch", str(batch)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -123,10 +131,15 @@ def _run_optimize(
 
 
 def _first_error_line(stderr: str) -> str:
-    for line in stderr.splitlines():
+    """graphopt's one-line error, with its hint line where it gives one."""
+    lines = stderr.splitlines()
+    for i, line in enumerate(lines):
         if line.startswith("graphopt: "):
-            return line.removeprefix("graphopt: error: ").removeprefix("graphopt: ")
-    return stderr.splitlines()[-1] if stderr else "no message"
+            text = line.removeprefix("graphopt: error: ").removeprefix("graphopt: ")
+            if i + 1 < len(lines) and lines[i + 1].strip().startswith("hint:"):
+                text += " (" + lines[i + 1].strip() + ")"
+            return text
+    return lines[-1] if lines else "no message"
 
 
 def classify(code: int | None, stderr: str, report: dict[str, Any] | None, pipeline: str) -> Cell:
@@ -241,8 +254,17 @@ def run_matrix(
             out = work / entry.name / f"{pipeline}.onnx"
             out.parent.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
-            code, stderr, report = _run_optimize(model, out, pipeline, calib, entry.batch, timeout)
+            if pipeline == NO_DATA:
+                code, stderr, report = _run_optimize(
+                    model, out, "cleanup", None, entry.batch, timeout
+                )
+            else:
+                code, stderr, report = _run_optimize(
+                    model, out, pipeline, calib, entry.batch, timeout
+                )
             cell = classify(code, stderr, report, pipeline)
+            if report is not None:
+                cell.notes.append(f"verified on {report['verify']['inputs']}")
             cell.model, cell.metric_before = entry.name, before
             cell.seconds = time.perf_counter() - t0
             if cell.status in ("ok", "declined") and ref is not None and feeds is not None:
