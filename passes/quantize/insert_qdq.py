@@ -324,36 +324,40 @@ class InsertQdqPass(GraphoptPass):
             budget_text = ""
         check = opts.check_fusion and scheme.target == "cpu"
         kept: dict[str, str] = {}  # node name -> why it stays float
-        if check or budget_text:
-            pristine = Pristine(model)
+        guard = opts.guard and scheme.target == "cpu"
+        pristine = Pristine(model) if (check or budget_text or guard) else None
+        if pristine is not None:
             trial = self._trial(pristine, kept)
-            if check:
-                report = fusion.check_fusion(trial, self.quantized)
-                self.details["fusion"] = report.summary()
-                if opts.repair and report.unfused:
-                    kept.update(dict.fromkeys(report.unfused, "unfused"))
-                    for name in report.unfused:
-                        self.count(f"repaired:{self.quantized[name]}")
-                    trial = self._trial(pristine, kept)
-                    after = fusion.check_fusion(trial, self.quantized)
-                    self.details["fusion_after_repair"] = after.summary()
-            if budget_text:
-                feeds = samples.feeds[: opts.budget_samples]
-                ref = self._float_outputs(model, feeds)
-                self._apply_budget(
-                    Budget.parse(budget_text), pristine, trial, kept, feeds, ref, samples
-                )
-        if opts.guard and scheme.target == "cpu":
-            pristine = pristine if (check or budget_text) else Pristine(model)
+        if check:
+            report = fusion.check_fusion(trial, self.quantized)
+            self.details["fusion"] = report.summary()
+            if opts.repair and report.unfused:
+                kept.update(dict.fromkeys(report.unfused, "unfused"))
+                for name in report.unfused:
+                    self.count(f"repaired:{self.quantized[name]}")
+                trial = self._trial(pristine, kept)
+                after = fusion.check_fusion(trial, self.quantized)
+                self.details["fusion_after_repair"] = after.summary()
+        timed: dict[str, str] | None = None  # what the guard's decision was timed with
+        if guard:  # first: when int8 does not pay, the budget's search would be wasted
+            before = dict(kept)
             if not self._guard(model, pristine, kept, samples.feeds[0]):
                 for node in unnamed:
                     node.name = ""
-                timing = self.details["guard"].get("all", {})
-                return self.decline(
-                    "latency guard: int8 is not faster than float on this CPU "
-                    f"({timing.get('int8_ms', 0):.3g} ms vs {timing.get('float_ms', 0):.3g} ms"
-                    " on DATA's first feed); the model stays float (guard=false forces int8)"
-                )
+                return self._declined_by_guard()
+            timed = dict(kept)
+            if kept != before:  # only the anchors pay: the budget measures that plan
+                trial = self._trial(pristine, kept)
+        if budget_text:
+            feeds = samples.feeds[: opts.budget_samples]
+            ref = self._float_outputs(model, feeds)
+            budget = Budget.parse(budget_text)
+            self._apply_budget(budget, pristine, trial, kept, feeds, ref, samples)
+        if guard and kept != timed:  # the budget kept nodes float: time that plan again
+            if not self._guard(model, pristine, kept, samples.feeds[0]):
+                for node in unnamed:
+                    node.name = ""
+                return self._declined_by_guard()
         stats_so_far = collections.Counter(self.stats)
         self.stats = collections.Counter()
         changed = self._quantize(model, kept)
@@ -1083,6 +1087,14 @@ class InsertQdqPass(GraphoptPass):
         info["decision"] = "float: int8 does not pay on this CPU"
         self.count("guard:model_kept_float")
         return False
+
+    def _declined_by_guard(self) -> bool:
+        timing = self.details["guard"].get("all", {})
+        return self.decline(
+            "latency guard: int8 is not faster than float on this CPU "
+            f"({timing.get('int8_ms', 0):.3g} ms vs {timing.get('float_ms', 0):.3g} ms"
+            " on DATA's first feed); the model stays float (guard=false forces int8)"
+        )
 
     # ------------------------------------------------------------ accuracy budget
     def _float_outputs(self, model: ir.Model, feeds: list[dict]) -> list[list[np.ndarray]]:
