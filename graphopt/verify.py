@@ -6,6 +6,7 @@ model as written, not what ONNX Runtime's own fusions made of it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 from graphopt import runtime
 from graphopt.core.pass_base import Tolerance, compare_arrays
 from graphopt.data import Feed
+from graphopt.errors import RuntimeFailure
 
 
 class Outputs:
@@ -41,8 +43,46 @@ def run_reference(model: Any, feeds: Sequence[Feed]) -> Outputs:
     return Outputs(names, runtime.run_feeds(sess, feeds))
 
 
-def compare(got: Outputs, want: Outputs, tolerance: Tolerance | None = None) -> dict[str, Any]:
-    """Per-output metrics, and with a tolerance whether each output (and all) passed."""
+#: how many times the model's own rounding noise a reassociating rewrite may move an output
+NOISE_FACTOR = 4.0
+
+
+def noise_floor(model: Any, feeds: Sequence[Feed], reference: Outputs) -> dict[str, float]:
+    """Per output, how far ONNX Runtime's own graph optimizations (BatchNorm folding, fused
+    kernels: rounding-level rewrites) move it from the unoptimized reference.
+
+    An ill-conditioned model amplifies rounding: on PP-OCRv4's recognizer one feed's softmax
+    moves by 1.6e-4 between ORT's optimization levels, so BatchNorm folding, which does the
+    same arithmetic reordering, cannot be held to 1e-5 there.
+    """
+    try:
+        sess = runtime.make_session(model, ep="cpu", optimize=True)
+        optimized = Outputs(reference.names, runtime.run_feeds(sess, feeds))
+    except RuntimeFailure:  # ORT's optimizer fails on this model: no widening
+        return {}
+    floor = {}
+    for i, name in enumerate(reference.names):
+        g, w = optimized.joined(i), reference.joined(i)
+        ok = g.shape == w.shape and g.dtype == w.dtype and g.dtype != object
+        if ok and w.dtype.kind in "fcV":
+            with np.errstate(invalid="ignore", over="ignore"):
+                d = np.abs(g.astype(np.float64) - w.astype(np.float64))
+            d = d[np.isfinite(d)]
+            floor[name] = float(d.max()) if d.size else 0.0
+    return floor
+
+
+def compare(
+    got: Outputs,
+    want: Outputs,
+    tolerance: Tolerance | None = None,
+    noise: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Per-output metrics, and with a tolerance whether each output (and all) passed.
+
+    ``noise`` (:func:`noise_floor`) widens a reassociation tolerance (finite, non-zero
+    ``max_abs``) to :data:`NOISE_FACTOR` times the output's own noise; exact and lossy
+    tolerances are used as declared."""
     result: dict[str, Any] = {"outputs": {}}
     passed = True
     if got.names != want.names:
@@ -69,7 +109,13 @@ def compare(got: Outputs, want: Outputs, tolerance: Tolerance | None = None) -> 
             if tolerance is None:
                 metrics = compare_arrays(g_all, w_all)
             else:
-                ok, metrics = tolerance.check(g_all, w_all)
+                tol = tolerance
+                floor = NOISE_FACTOR * (noise or {}).get(name, 0.0)
+                if 0 < tolerance.max_abs < floor and not tolerance.lossy:
+                    tol = dataclasses.replace(tolerance, max_abs=floor)
+                ok, metrics = tol.check(g_all, w_all)
+                if tol is not tolerance:
+                    metrics["noise_floor"] = floor / NOISE_FACTOR
         if tolerance is not None:
             metrics["passed"] = ok
             passed = passed and ok

@@ -251,7 +251,14 @@ class AssignPrecisionPass(GraphoptPass):
             r: sorted(k for k, (reason, _) in self.kept.items() if reason == r) for r in REASONS
         }
         self.details["why"] = {k: f"{r}: {w}" for k, (r, w) in sorted(self.kept.items())}
-        return changed
+        if changed:
+            return True
+        if not any(v.dtype == ir.DataType.FLOAT for n in nodes for v in n.outputs):
+            return self.decline("no float32 computation to lower: the model is not float32")
+        reasons = ", ".join(
+            f"{len(v)} {r}" for r, v in self.details["kept_fp32"].items() if v
+        )
+        return self.decline(f"every float32 node stays fp32 ({reasons or 'nothing to convert'})")
 
     def _can_probe(self) -> bool:
         try:
