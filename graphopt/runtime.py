@@ -205,19 +205,20 @@ def run_one(sess: Any, names: Sequence[str] | None, feed: dict[str, Any]) -> lis
     )
     if not wants_ml and not any(_is_ml_dtype(v) for v in feed.values()):
         return [_as_array(x) for x in sess.run(names, feed)]
+    ort_feed = {key: to_ortvalue(value) for key, value in feed.items()}
+    return [from_ortvalue(v) for v in sess.run_with_ort_values(names, ort_feed)]
+
+
+def to_ortvalue(value: np.ndarray) -> Any:
+    """An array as an OrtValue; ml_dtypes arrays travel as their bits with the ONNX type."""
     import onnx
 
-    rt = ort()
-    ort_feed = {}
-    for key, value in feed.items():
-        if _is_ml_dtype(value):
-            arr = np.ascontiguousarray(value)
-            raw = arr.view(np.uint16 if arr.dtype.itemsize == 2 else np.uint8)
-            et = onnx.helper.np_dtype_to_tensor_dtype(arr.dtype)
-            ort_feed[key] = rt.OrtValue.ortvalue_from_numpy_with_onnx_type(raw, et)
-        else:
-            ort_feed[key] = rt.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value))
-    return [_from_ortvalue(v) for v in sess.run_with_ort_values(names, ort_feed)]
+    arr = np.ascontiguousarray(value)
+    if _is_ml_dtype(arr):
+        raw = arr.view(np.uint16 if arr.dtype.itemsize == 2 else np.uint8)
+        et = onnx.helper.np_dtype_to_tensor_dtype(arr.dtype)
+        return ort().OrtValue.ortvalue_from_numpy_with_onnx_type(raw, et)
+    return ort().OrtValue.ortvalue_from_numpy(arr)
 
 
 #: sub-byte types ONNX Runtime stores packed, low bits first
@@ -234,7 +235,7 @@ def _unpack(raw: np.ndarray, bits: int, dtype: np.dtype, shape: tuple[int, ...])
     return values.astype(dtype).reshape(shape)
 
 
-def _from_ortvalue(value: Any) -> Any:
+def from_ortvalue(value: Any) -> Any:
     """A tensor OrtValue as numpy, ml_dtypes types included (read from its CPU buffer)."""
     import ctypes
 

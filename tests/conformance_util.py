@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import ctypes
 import dataclasses
 import logging
 import multiprocessing
@@ -344,69 +343,15 @@ def _ort_load_error(exc: BaseException, limit: int = 300) -> str:
     return text[:limit]
 
 
-# ONNX element types whose numpy form (ml_dtypes) onnxruntime's Python binding cannot take
-# or give back as numpy arrays, but can as OrtValues (one byte or two per element, unpacked).
-_ORTVALUE_TYPES = frozenset(
-    getattr(onnx.TensorProto, n)
-    for n in (
-        "BFLOAT16",
-        "FLOAT8E4M3FN",
-        "FLOAT8E4M3FNUZ",
-        "FLOAT8E5M2",
-        "FLOAT8E5M2FNUZ",
-        "FLOAT8E8M0",
-    )
-    if hasattr(onnx.TensorProto, n)
-)
-
-
-def _elem_type(value: Any) -> int | None:
-    if not isinstance(value, np.ndarray):
-        return None
-    try:
-        return onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _needs_ortvalues(feeds: dict[str, Any], outputs: Sequence[Any]) -> bool:
-    types = [_elem_type(v) for v in [*feeds.values(), *outputs]]
-    return any(t in _ORTVALUE_TYPES for t in types)
-
-
-def _to_ortvalue(rt: Any, value: Any) -> Any:
-    et = _elem_type(value)
-    arr = np.ascontiguousarray(value)
-    if et in _ORTVALUE_TYPES:
-        raw = arr.view(np.uint16 if arr.dtype.itemsize == 2 else np.uint8)
-        return rt.OrtValue.ortvalue_from_numpy_with_onnx_type(raw, et)
-    return rt.OrtValue.ortvalue_from_numpy(arr)
-
-
-def _from_ortvalue(value: Any) -> Any:
-    """A tensor OrtValue as numpy, ml_dtypes types included (read from its CPU buffer)."""
-    if not value.is_tensor():
-        return value.numpy()
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value.element_type()))
-    try:
-        arr = value.numpy()
-    except Exception:  # "No corresponding Numpy type" (bfloat16): copy the raw bytes
-        size = value.tensor_size_in_bytes()
-        raw = bytes((ctypes.c_uint8 * size).from_address(value.data_ptr())) if size else b""
-        return np.frombuffer(raw, dtype=dtype).reshape(value.shape()).copy()
-    if arr.dtype != dtype and arr.dtype.itemsize == dtype.itemsize:
-        arr = arr.view(dtype)  # float8 comes back as uint8 bits
-    return arr
-
-
 def _run_once(sess: Any, feeds: dict[str, Any], expected: Sequence[Any]) -> list[Any]:
-    if not _needs_ortvalues(feeds, expected):
-        return list(sess.run(None, feeds))
-    from graphopt.runtime import ort
+    """Runs through OrtValues where a feed or an expected output has an ml_dtypes type
+    (bfloat16, float8, int4), with graphopt's own conversions."""
+    from graphopt import runtime
 
-    rt = ort()
-    ort_feeds = {k: _to_ortvalue(rt, v) for k, v in feeds.items()}
-    return [_from_ortvalue(v) for v in sess.run_with_ort_values(None, ort_feeds)]
+    if not any(runtime._is_ml_dtype(v) for v in [*feeds.values(), *expected]):
+        return list(sess.run(None, feeds))
+    ort_feeds = {k: runtime.to_ortvalue(v) for k, v in feeds.items()}
+    return [runtime.from_ortvalue(v) for v in sess.run_with_ort_values(None, ort_feeds)]
 
 
 def _run_session(

@@ -144,25 +144,52 @@ def _atomic_target(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def _finalize(
-    exported: Path, path: Path, output_dims: dict[str, list[int | str]] | None = None
-) -> Path:
-    """Cap the IR version of ``exported`` at :data:`MAX_IR_VERSION` and move it to ``path``.
-
-    ``output_dims`` overrides graph output shapes the exporter left as odd symbolic names.
-    """
-    model = onnx.load(str(exported))
-    model.ir_version = min(model.ir_version, MAX_IR_VERSION)
+def set_output_dims(model: onnx.ModelProto, output_dims: dict[str, list[int | str]]) -> None:
+    """Override graph output dims the exporter left as odd symbolic names (or none)."""
     for out in model.graph.output:
-        dims = (output_dims or {}).get(out.name, [])
-        for dim, value in zip(out.type.tensor_type.shape.dim, dims, strict=False):
+        for dim, value in zip(out.type.tensor_type.shape.dim, output_dims.get(out.name, [])):
             if isinstance(value, int):
                 dim.dim_value = value
             else:
                 dim.dim_param = value
-    with _atomic_target(path) as tmp:
-        onnx.save(model, str(tmp))
-    return path
+
+
+def torchscript_proto(
+    module: Any,
+    args: tuple[Any, ...],
+    *,
+    opset: int = OPSET,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    output_dims: dict[str, list[int | str]] | None = None,
+) -> onnx.ModelProto:
+    """Export ``module`` with the legacy TorchScript exporter at ``opset``; the model proto.
+
+    The legacy exporter is chosen on purpose (dynamo=False): its graphs keep the unoptimised
+    shape arithmetic (Shape/Gather/Concat/Reshape chains, Constant nodes, Pad + Conv) that a
+    graph optimizer is meant to clean up, as old exports in the wild do.
+    """
+    torch = _require("torch")
+    with tempfile.TemporaryDirectory(prefix="graphopt-export-") as tmpdir:
+        raw = Path(tmpdir) / "raw.onnx"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                args,
+                str(raw),
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=dynamic_axes,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        model = onnx.load(str(raw))
+    if output_dims:
+        set_output_dims(model, output_dims)
+    return model
 
 
 def _export(
@@ -175,29 +202,21 @@ def _export(
     dynamic_axes: dict[str, dict[int, str]],
     output_dims: dict[str, list[int | str]] | None = None,
 ) -> Path:
-    """Export ``module`` with the TorchScript exporter (opset 17) and write ``path`` atomically."""
-    torch = _require("torch")
+    """Export ``module`` with the TorchScript exporter (opset 17) and write ``path`` atomically,
+    its IR version capped at :data:`MAX_IR_VERSION`."""
+    model = torchscript_proto(
+        module,
+        args,
+        input_names=input_names,
+        output_names=output_names,
+        dynamic_axes=dynamic_axes,
+        output_dims=output_dims,
+    )
+    model.ir_version = min(model.ir_version, MAX_IR_VERSION)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmpdir:
-        raw = Path(tmpdir) / "raw.onnx"
-        with torch.no_grad(), warnings.catch_warnings():
-            # The legacy TorchScript exporter is chosen on purpose (dynamo=False): its graphs
-            # keep the unoptimised shape arithmetic (Shape/Gather/Concat/Reshape chains,
-            # Constant nodes, Pad + Conv) that a graph optimizer is meant to clean up.
-            warnings.filterwarnings("ignore", "You are using the legacy TorchScript", Warning)
-            torch.onnx.export(
-                module,
-                args,
-                str(raw),
-                input_names=input_names,
-                output_names=output_names,
-                dynamic_axes=dynamic_axes,
-                opset_version=OPSET,
-                do_constant_folding=True,
-                dynamo=False,
-            )
-        return _finalize(raw, path, output_dims)
+    with _atomic_target(path) as tmp:
+        onnx.save(model, str(tmp))
+    return path
 
 
 def default_cache_dir() -> Path:

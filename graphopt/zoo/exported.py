@@ -71,48 +71,6 @@ def _save(model: onnx.ModelProto, path: Path, *, external: bool = False) -> Path
     return path
 
 
-def _set_output_dims(model: onnx.ModelProto, output_dims: dict[str, list[int | str]]) -> None:
-    for out in model.graph.output:
-        for dim, value in zip(out.type.tensor_type.shape.dim, output_dims.get(out.name, [])):
-            if isinstance(value, int):
-                dim.dim_value = value
-            else:
-                dim.dim_param = value
-
-
-def _torchscript(
-    module: Any,
-    args: tuple[Any, ...],
-    *,
-    opset: int,
-    input_names: list[str],
-    output_names: list[str],
-    dynamic_axes: dict[str, dict[int, str]],
-    output_dims: dict[str, list[int | str]] | None = None,
-) -> onnx.ModelProto:
-    """Export with the legacy TorchScript exporter at ``opset`` and return the model proto."""
-    torch = zoo._require("torch")
-    with tempfile.TemporaryDirectory(prefix="graphopt-export-") as tmpdir:
-        raw = Path(tmpdir) / "raw.onnx"
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module,
-                args,
-                str(raw),
-                input_names=input_names,
-                output_names=output_names,
-                dynamic_axes=dynamic_axes,
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
-        model = onnx.load(str(raw))
-    if output_dims:
-        _set_output_dims(model, output_dims)
-    return model
-
-
 def _dynamo(
     module: Any,
     args: tuple[Any, ...],
@@ -325,7 +283,7 @@ def _mtcnn_proto(kind: str) -> onnx.ModelProto:
     dynamic = {"input": axes}
     for name, out_dims in dims.items():
         dynamic[name] = {i: d for i, d in enumerate(out_dims) if isinstance(d, str)}
-    return _torchscript(
+    return zoo.torchscript_proto(
         _mtcnn_net(kind),
         (torch.zeros(2, 3, *size),),
         opset=zoo.OPSET,
@@ -506,7 +464,7 @@ def _gpt2_past_proto() -> onnx.ModelProto:
     dynamic.update({n: {0: "batch", 2: "past_sequence"} for n in past_names})
     dynamic.update({n: {0: "batch", 2: "total_sequence"} for n in present_names})
     kv = ["batch", _GPT2_HEADS, "total_sequence", head]
-    return _torchscript(
+    return zoo.torchscript_proto(
         module,
         (ids, mask, *past),
         opset=14,
@@ -674,7 +632,7 @@ def _whisper_proto() -> onnx.ModelProto:
         def forward(self, input_features: Any) -> Any:
             return self.encoder(input_features=input_features).last_hidden_state
 
-    return _torchscript(
+    return zoo.torchscript_proto(
         Hidden(encoder),
         (torch.zeros(2, 80, _WHISPER_FRAMES),),
         opset=zoo.OPSET,
@@ -718,7 +676,7 @@ def _minilm_opset12(path: Path) -> Path:
     torch = zoo._require("torch")
     feeds = zoo.minilm_inputs(zoo.SENTENCES[:2], seq_len=128)
     dyn = {0: "batch", 1: "sequence"}
-    model = _torchscript(
+    model = zoo.torchscript_proto(
         zoo._minilm_module(),
         (torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])),
         opset=12,
@@ -736,7 +694,7 @@ def _crepe_proto(opset: int = zoo.OPSET, half: bool = False) -> onnx.ModelProto:
     frames = torch.from_numpy(zoo.crepe_frames([220.0, 440.0])[0])
     if half:
         module, frames = module.half(), frames.half()
-    return _torchscript(
+    return zoo.torchscript_proto(
         module,
         (frames,),
         opset=opset,
@@ -928,7 +886,7 @@ def _control_flow(path: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scripted = torch.jit.script(net.eval())
-    model = _torchscript(
+    model = zoo.torchscript_proto(
         scripted,
         (torch.from_numpy(x_tr[:1]),),
         opset=zoo.OPSET,
@@ -975,7 +933,7 @@ def _resampled_crepe() -> Any:
 def _scalar_input(path: Path) -> Path:
     torch = zoo._require("torch")
     audio = torch.from_numpy(_harmonic_audio(np.array([220.0, 440.0]), [16000, 16000], seed=0))
-    model = _torchscript(
+    model = zoo.torchscript_proto(
         _resampled_crepe(),
         (audio, torch.tensor(16000, dtype=torch.int64)),
         opset=zoo.OPSET,
