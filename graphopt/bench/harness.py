@@ -225,7 +225,7 @@ def make_inputs(model: Any, settings: BenchSettings) -> Inputs:
             "--batch: the model has no input with a symbolic first dimension, so its batch "
             "size is fixed; leave --batch at 1"
         )
-    batch_names = {s.dims[0] for s in specs if s.name in batch_inputs and s.dims}
+    batch_names = {gdata.dim_key(s, 0) for s in specs if s.name in batch_inputs and s.dims}
     clash = sorted(n for n in batch_names if n and n in settings.dims)
     if clash:
         raise UsageError(f"--dim {clash[0]}: that is the batch dimension; set it with --batch")
@@ -241,9 +241,12 @@ def make_inputs(model: Any, settings: BenchSettings) -> Inputs:
         extras = dict(loaded.extras)
         source = f"{loaded.source} ({len(loaded.feeds)} feeds)"
     else:
-        dims = dict(settings.dims)
-        for name in batch_names:
-            dims[name or ""] = biggest
+        # sizes the model runs with for its other dynamic dims (a detector's height and
+        # width), then the batch
+        from graphopt import probe
+
+        found = probe.choose(model, dims=settings.dims, count=1, seed=settings.seed).dims
+        dims = {**found, **settings.dims, **dict.fromkeys(batch_names, biggest)}
         pool = gdata.random_feeds(model, count=1, seed=settings.seed, dims=dims).feeds[0]
         extras = {}
         source = f"random(seed={settings.seed})"

@@ -24,6 +24,7 @@ import onnx_ir as ir
 
 from graphopt import ir as gir
 from graphopt import verify
+from graphopt.core import registry
 from graphopt.core.pass_base import GraphoptPass, PassContext
 from graphopt.core.pipeline import PassStep, Pipeline, RepeatGroup
 from graphopt.data import Samples
@@ -48,13 +49,12 @@ LOSSY_HINT = (
 )
 #: the passes it inserts before a pass that needs constant-initializer weights
 LIFT = ("remove-initializer-inputs", "lift-constants")
-
-
-def _defaults(name: str) -> Any:
-    from graphopt.core import registry
-
-    return registry.get_pass(name).Options()
 Listener = Callable[[str, dict[str, Any]], None]
+
+
+def _step(name: str, **options: Any) -> PassStep:
+    """A step the runner inserts (its options validated like parsed ones)."""
+    return PassStep(name, registry.get_pass(name).Options(**options))
 
 
 def _delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
@@ -270,19 +270,16 @@ class Runner:
         graph = self._model.graph
         why = f"{for_pass} reads weights as constant initializers"
         if any(v.is_initializer() for v in graph.inputs):
-            self._run_step(PassStep(LIFT[0], _defaults(LIFT[0])), round_info, inserted_for=why)
+            self._run_step(_step(LIFT[0]), round_info, inserted_for=why)
         if any(n.op_type == "Constant" and n.domain in ("", "ai.onnx") for n in graph):
-            self._run_step(PassStep(LIFT[1], _defaults(LIFT[1])), round_info, inserted_for=why)
+            self._run_step(_step(LIFT[1]), round_info, inserted_for=why)
 
     def _upgrade(self, need: int, for_pass: str, round_info: str | None) -> bool:
         """Convert the model to ai.onnx ``need`` before a pass that needs it (verified like any
         pass); False when the conversion is not possible."""
-        from graphopt.core import registry
-
-        options = registry.get_pass(CONVERT).Options(opset=need)
         why = f"{for_pass} needs ai.onnx opset {need}"
         before = len(self._records)
-        self._run_step(PassStep(CONVERT, options), round_info, inserted_for=why)
+        self._run_step(_step(CONVERT, opset=need), round_info, inserted_for=why)
         record = self._records[before]
         return bool(record["modified"])
 

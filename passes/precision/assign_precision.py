@@ -255,9 +255,7 @@ class AssignPrecisionPass(GraphoptPass):
             return True
         if not any(v.dtype == ir.DataType.FLOAT for n in nodes for v in n.outputs):
             return self.decline("no float32 computation to lower: the model is not float32")
-        reasons = ", ".join(
-            f"{len(v)} {r}" for r, v in self.details["kept_fp32"].items() if v
-        )
+        reasons = ", ".join(f"{len(v)} {r}" for r, v in self.details["kept_fp32"].items() if v)
         return self.decline(f"every float32 node stays fp32 ({reasons or 'nothing to convert'})")
 
     def _can_probe(self) -> bool:
@@ -465,7 +463,9 @@ class AssignPrecisionPass(GraphoptPass):
             return self.context.data.feeds[0]
         from graphopt import data
 
-        return data.random_feeds(model, count=1, seed=self.context.seed).feeds[0]
+        return data.random_feeds(
+            model, count=1, seed=self.context.seed, dims=self.context.dims
+        ).feeds[0]
 
     def _choose_by_cost(
         self, model: ir.Model, pristine: Pristine, plans: dict[ir.DataType, dict[int, _Node]]

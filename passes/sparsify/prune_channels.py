@@ -336,7 +336,9 @@ class PruneChannelsPass(GraphoptPass):
         if samples is not None and len(samples.feeds):
             feeds = samples.feeds[:2]
         else:
-            feeds = random_feeds(model, count=2, seed=self.context.seed).feeds
+            feeds = random_feeds(
+                model, count=2, seed=self.context.seed, dims=self.context.dims
+            ).feeds
         outputs = [v.name for v in model.graph.outputs]
         names = outputs + [v.name for v, _ in probes]
         want_sess = runtime.make_session(silenced, optimize=False)
