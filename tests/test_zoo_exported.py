@@ -55,11 +55,6 @@ THRESHOLDS = {
 }
 
 #: Entries graphopt cannot load yet, and why.
-NOT_LOADABLE = {
-    "sklearn-logreg-zipmap": "onnx-ir 1.1 has no map types (ZipMap's seq(map) output)",
-}
-
-
 def _has_everything(entry) -> bool:
     return not entry.missing()
 
@@ -127,8 +122,6 @@ def test_data_loads_with_graphopt(corpus, cache: Path, name: str) -> None:
     from graphopt import ir as gir
 
     entry = _entry(corpus, name)
-    if name in NOT_LOADABLE:
-        pytest.xfail(NOT_LOADABLE[name])
     model, calib, evaluation = _built(corpus, name, cache)
     loaded = gir.load_model(model)
     for data in (calib, evaluation):

@@ -118,19 +118,12 @@ def _quiet_torch_onnx() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _top1(index: int = 0, *, direct: bool = False) -> Callable[..., dict[str, float]]:
+def _top1(index: int = 0) -> Callable[..., dict[str, float]]:
     """Evaluator: top-1 accuracy of output ``index`` (labels, or scores argmax'ed on the last
-    axis) against the DATA's ``label``; batches follow the entry's ``batch``.
-
-    ``direct`` cuts the .npz into batches here instead of through :mod:`graphopt.data`, for
-    models that graphopt cannot load (onnx-ir has no map types: ZipMap outputs).
-    """
+    axis) against the DATA's ``label``; batches follow the entry's ``batch``."""
 
     def evaluate(path: Path, data: Path, batch: int = 1) -> dict[str, float]:
-        if direct:
-            feeds, extras = _npz_batches(path, data, batch)
-        else:
-            feeds, extras = feeds_of(path, data, batch=batch)
+        feeds, extras = feeds_of(path, data, batch=batch)
         outs = [out[index] for out in run_model(path, feeds)]
         pred = np.concatenate(
             [np.asarray(o).reshape(-1) if np.asarray(o).ndim <= 1 else o.argmax(-1) for o in outs]
@@ -138,25 +131,6 @@ def _top1(index: int = 0, *, direct: bool = False) -> Callable[..., dict[str, fl
         return {"top1": float(np.mean(pred == np.asarray(extras["label"]).reshape(-1)))}
 
     return evaluate
-
-
-def _npz_batches(path: Path, data: Path, batch: int) -> tuple[list[dict[str, np.ndarray]], dict]:
-    """DATA cut into feeds without graphopt: an input's array of rank ``rank + 1`` gives one
-    feed per sample, one of the input's rank is cut on its batch axis; other keys are extras."""
-    graph = onnx.load(str(path), load_external_data=False).graph
-    ranks = {i.name: len(i.type.tensor_type.shape.dim) for i in graph.input}
-    with np.load(data) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    parts = {}
-    for name, rank in ranks.items():
-        arr = arrays[name]
-        if arr.ndim == rank + 1:
-            parts[name] = [np.asarray(a) for a in arr]
-        else:
-            parts[name] = [arr[i : i + batch] for i in range(0, len(arr), batch)]
-    count = min(len(p) for p in parts.values())
-    feeds = [{name: p[i] for name, p in parts.items()} for i in range(count)]
-    return feeds, {k: v for k, v in arrays.items() if k not in ranks}
 
 
 def _with_batch(fn: Callable[..., dict[str, float]], batch: int) -> Callable[[Path, Path], Any]:
@@ -1103,7 +1077,7 @@ def _register_all() -> None:
             build=_sklearn_build("wine", _logreg, zipmap=True),
             data=_sklearn_data("wine"),
             batch=_SKL_BATCH,
-            evaluate=_with_batch(_top1(0, direct=True), _SKL_BATCH),
+            evaluate=_with_batch(_top1(0), _SKL_BATCH),
             requires=_SKL_REQUIRES,
             tags=frozenset({"ml-domain", "sequence-output", "several-outputs", "dynamic-batch"}),
             notes="graphopt cannot load it yet: onnx-ir 1.1 has no map types "
