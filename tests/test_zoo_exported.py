@@ -93,7 +93,6 @@ def test_all_registered(corpus) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_builds_and_runs_on_ort(corpus, cache: Path, name: str) -> None:
-    from graphopt.zoo import exported
 
     entry = _entry(corpus, name)
     model, calib, evaluation = _built(corpus, name, cache)
@@ -108,7 +107,7 @@ def test_builds_and_runs_on_ort(corpus, cache: Path, name: str) -> None:
             assert len(counts) == 1  # one leading sample axis
             if entry.batch > 1:
                 assert counts.pop() % entry.batch == 0
-    feeds, _ = exported._npz_batches(model, evaluation, entry.batch)
+    feeds, _ = corpus.feeds_of(model, evaluation, batch=entry.batch)
     outs = corpus.run_model(model, feeds[:1])[0]
     assert len(outs) == len(proto.graph.output)
     for out in outs:
@@ -271,11 +270,10 @@ def test_version_converted_pnet_keeps_weights(corpus, cache: Path) -> None:
 
 
 def test_gpt2_past_grows_the_cache(corpus, cache: Path) -> None:
-    from graphopt.zoo import exported
 
     entry = _entry(corpus, "gpt2-past-torchscript")
     model, _, evaluation = _built(corpus, "gpt2-past-torchscript", cache)
-    feeds, _ = exported._npz_batches(model, evaluation, entry.batch)
+    feeds, _ = corpus.feeds_of(model, evaluation, batch=entry.batch)
     outs = corpus.run_model(model, feeds[:1])[0]
     past = feeds[0]["past_key_values.0.key"]
     assert outs[0].shape == (entry.batch, 1, 256)
