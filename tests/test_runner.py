@@ -201,3 +201,18 @@ def test_model_that_does_not_run_is_reported_before_passes(tmp_path: Path) -> No
 
     with pytest.raises(RuntimeFailure, match="input model does not run"):
         run_pipeline(model, "eliminate-identity", samples=random_feeds(model))
+
+
+def test_budget_notes_read_both_passes_budgets() -> None:
+    """qdq-insert reports quantized_all, assign-precision converted_all (was a KeyError)."""
+    from graphopt.report import detail_notes
+
+    qdq = detail_notes(
+        {"budget": {"budget": "cosine>=0.99", "quantized_all": 0.98, "final": 0.995}}
+    )
+    assert qdq == ["budget cosine>=0.99: all int8 0.98 → final 0.995"]
+    fp16 = detail_notes(
+        {"budget": {"budget": "cosine>=0.999", "converted_all": 0.9991, "met": False}}
+    )
+    assert fp16 == ["budget cosine>=0.999: all converted 0.9991 → final 0.9991 (NOT met)"]
+    assert detail_notes({"budget": "not measured: no DATA"}) == []
