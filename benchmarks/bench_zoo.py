@@ -67,8 +67,10 @@ DOCUMENTED: list[tuple[str, str]] = [
     (r"no Conv, Gemm or MatMul", "nothing int8 speeds up"),
     (r"none of the \d+ Conv/Gemm/MatMul nodes has a float32 activation", "no float32 weights"),
     (r"latency guard: int8 is not faster", "int8 not faster here (guard)"),
-    (r"no \S+ (weight|node|with) .*(constant weight|float32 values|float32 initializer)",
-     "no weight of the kind the pass takes"),
+    (
+        r"no \S+ (weight|node|with) .*(constant weight|float32 values|float32 initializer)",
+        "no weight of the kind the pass takes",
+    ),
     (r"no Conv \(group=1\), Gemm or MatMul with a constant weight", "nothing prunable"),
     (r"no float32 computation to lower", "not a float32 model"),
     (r"already meets the target sparsity", "already sparse"),
@@ -77,11 +79,15 @@ DOCUMENTED: list[tuple[str, str]] = [
     (r"every node's precision was decided", "precision already assigned"),
     (r"already at ai\.onnx opset", "already at the opset"),
     (r"no channel group|keeps every channel|left alone", "no prunable channel group"),
-    (r"needs ai\.onnx opset \d+; the model is at \d+ and could not be converted",
-     "opset conversion impossible"),
+    (
+        r"needs ai\.onnx opset \d+; the model is at \d+ and could not be converted",
+        "opset conversion impossible",
+    ),
     (r"map-typed inputs", "map-typed inputs (DictVectorizer) not supported"),
-    (r"give the sizes it runs with \(--dim .*\) or real inputs with --data",
-     "no DATA: names the dims and the --dim/--data it needs"),
+    (
+        r"give the sizes it runs with \(--dim .*\) or real inputs with --data",
+        "no DATA: names the dims and the --dim/--data it needs",
+    ),
     (r"give real inputs with --data DATA", "no DATA: random inputs do not run; asks for --data"),
     (r"changed the outputs beyond its tolerance", "lossy pass beyond its tolerance at defaults"),
     (r"every channel group is left alone", "no prunable channel group"),
@@ -232,8 +238,7 @@ def run_matrix(
         missing = entry.missing()
         if missing:
             cells += [
-                Cell(entry.name, p, "unavailable", f"needs {', '.join(missing)}")
-                for p in pipelines
+                Cell(entry.name, p, "unavailable", f"needs {', '.join(missing)}") for p in pipelines
             ]
             log(f"{entry.name}: unavailable (needs {', '.join(missing)})")
             continue
@@ -323,6 +328,11 @@ def markdown(cells: list[Cell], meta: dict[str, Any]) -> str:
         "",
         f"Machine: {meta['machine']}; onnxruntime {meta['onnxruntime']} CPU EP; "
         f"{meta['date']}; `python benchmarks/bench_zoo.py`.",
+        *(
+            [f"Rows run later and merged (`--merge`): {', '.join(meta['merged'])}."]
+            if meta.get("merged")
+            else []
+        ),
         "",
         "Cell: **ok** worst output cosine to the original on held-out DATA, latency ratio "
         "optimized/original (×, lower is faster; median of interleaved rounds, batch of the "
@@ -386,6 +396,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="write the markdown again from OUT/NAME.json with the current rules (no runs)",
     )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep OUT/NAME.json's cells for models not run now (add or redo a few models)",
+    )
     args = parser.parse_args(argv)
     if args.rerender:
         saved = json.loads((args.out / f"{args.name}.json").read_text())
@@ -419,6 +434,15 @@ def main(argv: list[str] | None = None) -> int:
         "environment": env,
     }
     args.out.mkdir(parents=True, exist_ok=True)
+    saved_path = args.out / f"{args.name}.json"
+    if args.merge and saved_path.exists():
+        done = {c.model for c in cells}
+        saved = json.loads(saved_path.read_text())
+        kept = [rejudge(Cell(**c)) for c in saved["cells"] if c["model"] not in done]
+        cells = kept + cells
+        meta["merged"] = sorted(
+            set(saved["meta"].get("merged", [])) | {f"{m} ({meta['date']})" for m in done}
+        )
     rows = [dataclasses.asdict(c) for c in cells]
     write_json(args.out / f"{args.name}.json", {"meta": meta, "cells": rows})
     (args.out / f"{args.name}.md").write_text(markdown(cells, meta))

@@ -382,3 +382,56 @@ def test_reassociation_tolerance_widens_to_the_models_own_noise() -> None:
     assert widened["passed"] and widened["outputs"]["y"]["noise_floor"] == pytest.approx(1e-4)
     assert not verify.compare(got, want, tol, {"y": 1e-5})["passed"]  # 4 x 1e-5 < 3e-4
     assert not verify.compare(got, want, Tolerance.exact(), {"y": 1.0})["passed"]
+
+
+def _tf2onnx_digits(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
+    """The shipped tf2onnx export and the demo's held-out digits as NHWC DATA."""
+    from graphopt.models import train_digits_keras
+
+    with np.load(Path(train_digits_keras.__file__).with_name("digits_test.npz")) as npz:
+        x, label = npz["input"].transpose(0, 2, 3, 1), npz["label"]
+    data = tmp_path / "digits_nhwc.npz"
+    np.savez(data, input=np.ascontiguousarray(x), label=label)
+    return train_digits_keras.DEFAULT_ONNX, data, label
+
+
+def _top1(path: Path, data: Path, label: np.ndarray) -> float:
+    with np.load(data) as npz:
+        logits = _run(Path(path), {"input": npz["input"]})[0]
+    return float(np.mean(logits.argmax(1) == label))
+
+
+def test_tf2onnx_model_is_quantized_and_keeps_its_accuracy(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A Keras CNN as tf2onnx writes it (NHWC input behind a Transpose, a Shape/Slice/Concat
+    flatten, MatMul+Add dense layers): both convolutions and both dense layers run in int8 and
+    top-1 on the 450 held-out digits moves by at most one point."""
+    model, data, label = _tf2onnx_digits(tmp_path)
+    out = tmp_path / "int8.onnx"
+    res = cli_testing.cli(
+        capsys, "optimize", model, "-o", out, "-p", "cleanup,qdq-insert", "--data", data,
+        "--batch", "10",
+    )  # fmt: skip
+    assert res.code == 0, res.err
+    proto = onnx.load(str(out))
+    produced_by = {o: n.op_type for n in proto.graph.node for o in n.output}
+    for node in proto.graph.node:
+        if node.op_type in ("Conv", "MatMul"):
+            assert produced_by.get(node.input[0]) == "DequantizeLinear", node.name
+            assert produced_by.get(node.input[1]) == "DequantizeLinear", node.name
+    assert sum(n.op_type in ("Conv", "MatMul") for n in proto.graph.node) == 4
+    before, after = _top1(model, data, label), _top1(out, data, label)
+    assert before > 0.98
+    assert after >= before - 0.01, (before, after)
+
+
+def test_tf2onnx_model_cleans_up_without_data(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """No DATA: the symbolic batch (tf2onnx names it ``unk__42``) gets a size that runs."""
+    model, data, label = _tf2onnx_digits(tmp_path)
+    out = tmp_path / "clean.onnx"
+    res = cli_testing.cli(capsys, "optimize", model, "-o", out, "-p", "cleanup")
+    assert res.code == 0, res.err
+    assert _top1(out, data, label) == _top1(model, data, label)

@@ -77,7 +77,7 @@ class Entry:
     #: one line: who made the file and how ("PP-OCRv4 text detector, Paddle via paddle2onnx,
     #: shipped in rapidocr_onnxruntime 1.4.4")
     origin: str
-    #: short tag of the exporter: paddle, pytorch-old, torchscript, dynamo, skl2onnx, spox,
+    #: short tag of the exporter: paddle, pytorch-old, torchscript, dynamo, tf2onnx, skl2onnx, spox,
     #: onnx-helper, version-converter, ort-quantizer
     exporter: str
     kind: str

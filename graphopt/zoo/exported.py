@@ -9,6 +9,7 @@ Each entry is built in seconds on a CPU from packages on PyPI (no download at bu
   encoder), so they have DATA but no task metric;
 * old opsets: MiniLM at opset 12 and CREPE tiny at opset 11 (TorchScript exporter), and MTCNN's
   PNet taken down to opset 11 with ``onnx.version_converter``;
+* a Keras CNN exported by tf2onnx (shipped in ``graphopt/models``; TensorFlow is not needed);
 * scikit-learn models through skl2onnx (``ai.onnx.ml`` ops, a ZipMap sequence-of-maps output);
 * structure cases: If/Loop subgraphs with real compute, weights in Constant nodes, float16 end
   to end, external data, a 0-d int64 input, nodes without names.
@@ -776,6 +777,20 @@ def _digits_data(path: Path, split: str) -> dict[str, np.ndarray]:
     return {"input": x_te, "label": y_te}
 
 
+def _digits_nhwc_data(path: Path, split: str) -> dict[str, np.ndarray]:
+    """The demo's digits as a Keras model takes them: NHWC [n, 8, 8, 1]."""
+    arrays = _digits_data(path, split)
+    arrays["input"] = np.ascontiguousarray(arrays["input"].transpose(0, 2, 3, 1))
+    return arrays
+
+
+def _tf2onnx_digits(path: Path) -> Path:
+    """The shipped tf2onnx export (TensorFlow is not a dependency: see train_digits_keras)."""
+    from graphopt.models import train_digits_keras
+
+    return _save(onnx.load(str(train_digits_keras.DEFAULT_ONNX)), path)
+
+
 def _unnamed_nodes(path: Path) -> Path:
     from graphopt.demo import demo_files
 
@@ -1193,6 +1208,22 @@ def _register_all() -> None:
             tags=frozenset({"scalar-input", "dynamic-batch"}),
             notes="DATA: tones at 8, 16, 22.05 and 44.1 kHz in a 3072-sample buffer; one "
             "sample_rate per feed, so batch 1",
+        )
+    )
+    register(
+        Entry(
+            name="digits-tf2onnx",
+            origin="Keras CNN (Conv/BatchNorm/Dense) trained on scikit-learn's digits, tf2onnx "
+            "1.17 from_keras at opset 13: NHWC input, tf2onnx's Transpose and Shape/Slice/"
+            "Concat flatten (graphopt/models/train_digits_keras.py made it)",
+            exporter="tf2onnx",
+            kind="image",
+            build=_tf2onnx_digits,
+            data=_digits_nhwc_data,
+            batch=10,
+            evaluate=_with_batch(_top1(0), 10),
+            requires=("sklearn",),
+            tags=frozenset({"dynamic-batch"}),
         )
     )
     register(
