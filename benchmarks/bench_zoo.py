@@ -64,6 +64,7 @@ PIPELINES = (NO_DATA, *PRESETS, *LOSSY)
 #: documents them. A reason outside this list is a finding to look at.
 DOCUMENTED: list[tuple[str, str]] = [
     (r"already quantized", "already quantized"),
+    (r"sit inside If/Loop bodies, which qdq-insert does not enter", "layers only in If/Loop"),
     (r"no Conv, Gemm or MatMul", "nothing int8 speeds up"),
     (r"none of the \d+ Conv/Gemm/MatMul nodes has a float32 activation", "no float32 weights"),
     (r"latency guard: int8 is not faster", "int8 not faster here (guard)"),

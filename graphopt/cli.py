@@ -140,7 +140,7 @@ def run_optimize(
     run_dims = gdata.parse_dims(dims)
     if verify_each:
         if calib is not None:  # verify on the user's data, read once
-            samples = calib.head(verify_samples) if verify_samples else calib
+            samples = calib.spread(verify_samples) if verify_samples else calib
         else:
             chosen = _inputs_for(model, model_path, None, dims, verify_samples, seed, batch)
             samples, run_dims = chosen.samples, chosen.dims

@@ -89,6 +89,18 @@ class Samples:
     def head(self, n: int) -> Samples:
         return Samples(self.feeds[:n], self.source, self.extras)
 
+    def spread(self, n: int) -> Samples:
+        """``n`` feeds evenly spaced from the first to the last (all when there are fewer).
+
+        Verification takes these rather than the first ``n``: DATA is often ordered (by
+        class, by clip, or as the consecutive calls of a streaming model), and its first
+        feeds can all be alike.
+        """
+        if n >= len(self.feeds):
+            return Samples(list(self.feeds), self.source, self.extras)
+        picks = sorted({round(i * (len(self.feeds) - 1) / max(n - 1, 1)) for i in range(n)})
+        return Samples([self.feeds[i] for i in picks], self.source, self.extras)
+
 
 def parse_dims(items: list[str] | tuple[str, ...]) -> dict[str, int]:
     """``["batch=8", "sequence=128"]`` -> dict; errors name the bad item."""

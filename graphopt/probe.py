@@ -11,10 +11,12 @@ operator test's ``axis`` input fails on a random axis. So, in order:
    used as given; sizes the exporter left in the model's metadata (``imgsz``, ``image_size``)
    come next; else the smallest step of a ladder that runs: batch dims 1, image dims
    (height/width of an NCHW or NHWC input) from 32 up, other dims (sequence, time) from 8 up
-   and then the small sizes 1, 2, 4. A step "runs" when ONNX Runtime (CPU, no graph
-   optimizations, as the reference run) returns outputs for it. Integer inputs are drawn from
-   {0, 1}; when that fails they are tried as zeros (axes, indices and counts that must be
-   valid).
+   and then the small sizes 1, 2, 4; when two or three such dims never run together, the
+   ladder is climbed again with some of them held at 1 (an unnamed batch dim off axis 0, as
+   in a recurrent state ``[2, 0, 128]`` beside ``input [0, 0]``). A step "runs" when ONNX
+   Runtime (CPU, no graph optimizations, as the reference run) returns outputs for it.
+   Integer inputs are drawn from {0, 1}; when that fails they are tried as zeros (axes,
+   indices and counts that must be valid).
 
 When nothing runs, the error names the inputs and dims it varied, what it tried, ONNX
 Runtime's message, and the flags that fix it (``--dim NAME=N``, ``--data``); "fix the model"
@@ -24,6 +26,7 @@ is said only of a model ONNX Runtime cannot load at all.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,6 +44,8 @@ BATCH, SPATIAL, OTHER = "batch", "spatial", "other"
 SPATIAL_LADDER = (32, 64, 96, 128, 160, 224, 256, 320, 416, 512, 640, 1024)
 #: sizes tried for other dynamic dims: sequences and time first, then the degenerate ones
 OTHER_LADDER = (8, 16, 32, 64, 128, 256, 512, 1024, 1, 2, 4)
+#: at most this many free "other" dims are also tried with some of them pinned to 1
+MAX_PINNED_SEARCH = 3
 #: metadata keys exporters use for the input image size (ultralytics writes ``imgsz``)
 SIZE_KEYS = ("imgsz", "img_size", "image_size", "input_size", "imagesize", "input_shape")
 
@@ -190,12 +195,25 @@ def _candidates(model: ir.Model, free: dict[str, str]) -> list[tuple[dict[str, i
         sizes = {**batch, **_spatial_sizes(spatial, meta)}
         sizes.update({k: OTHER_LADDER[0] for k in other})
         out.append((sizes, _label(sizes) + " (from the model's metadata)"))
-    for i in range(max(len(SPATIAL_LADDER) if spatial else 0, len(OTHER_LADDER) if other else 0)):
-        s = SPATIAL_LADDER[min(i, len(SPATIAL_LADDER) - 1)]
-        o = OTHER_LADDER[min(i, len(OTHER_LADDER) - 1)]
-        sizes = {**batch, **{k: s for k in spatial}, **{k: o for k in other}}
-        if all(sizes != prev for prev, _ in out):
-            out.append((sizes, _label(sizes)))
+    pinned_sets: list[tuple[str, ...]] = [()]
+    if 2 <= len(other) <= MAX_PINNED_SEARCH:
+        # an unnamed dim off axis 0 may be a batch (a recurrent state [2, batch, 128] beside
+        # input [batch, time]): with every such dim climbing together, batch and time never
+        # differ, so each proper subset also gets pinned to the batch size 1
+        pinned_sets += [
+            c for r in range(1, len(other)) for c in itertools.combinations(other, r)
+        ]
+    for pinned in pinned_sets:
+        climbing = [k for k in other if k not in pinned]
+        for i in range(
+            max(len(SPATIAL_LADDER) if spatial else 0, len(OTHER_LADDER) if climbing else 0)
+        ):
+            s = SPATIAL_LADDER[min(i, len(SPATIAL_LADDER) - 1)]
+            o = OTHER_LADDER[min(i, len(OTHER_LADDER) - 1)]
+            sizes = {**batch, **{k: s for k in spatial}, **{k: o for k in climbing}}
+            sizes.update({k: 1 for k in pinned})
+            if all(sizes != prev for prev, _ in out):
+                out.append((sizes, _label(sizes)))
     return out
 
 

@@ -253,6 +253,62 @@ def test_eliminate_dead_code_noop() -> None:
     )
 
 
+def _if_on_a_constant() -> ir.Model:
+    """y = If(true, then: MatMul(x, w_then), else: MatMul(x, w_else)); the then branch also
+    holds an initializer nothing reads (Silero VAD's shape, in small)."""
+    from onnx import TensorProto, numpy_helper
+
+    rng = _rng()
+    arr = {k: _f32(rng, 4, 4) for k in ("w_then", "w_else", "w_stray")}
+
+    def branch(name: str, weight: str, inits: tuple[str, ...] = ()) -> object:
+        return helper.make_graph(
+            [helper.make_node("MatMul", ["x", weight], [f"{name}_y"])],
+            name,
+            [],
+            [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, [2, 4])],
+            [numpy_helper.from_array(arr[k], k) for k in inits],
+        )
+
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "If",
+                ["cond"],
+                ["y"],
+                then_branch=branch("then", "w_then", ("w_stray",)),
+                else_branch=branch("else", "w_else"),
+            )
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+        [
+            numpy_helper.from_array(np.array(True), "cond"),
+            numpy_helper.from_array(arr["w_then"], "w_then"),
+            numpy_helper.from_array(arr["w_else"], "w_else"),
+        ],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return ir.serde.deserialize_model(proto)
+
+
+def test_eliminate_dead_code_drops_initializers_no_live_node_reads() -> None:
+    """A branch's unread initializer goes, and so does the weight of the branch the constant
+    folder dropped (its nodes still list the weight as an input, but are not in the model)."""
+    model = _if_on_a_constant()
+    _, p = apply_and_check(model, "eliminate-dead-code")
+    assert p.stats["initializers_removed"] == 1  # w_stray, inside the then branch
+    assert "w_else" in model.graph.initializers  # the If still reads it
+    run_pass(model, "fold-constants")  # inlines the then branch, drops the else branch
+    assert op_sequence(model) == ["MatMul"]
+    assert "w_else" in model.graph.initializers  # read by an orphan node only
+    reference = copy_model(model)
+    _, p = run_pass(model, "eliminate-dead-code")
+    assert set(model.graph.initializers) == {"w_then"}
+    assert_same_outputs(reference, model, Tolerance.exact())
+
+
 # =============================================================== eliminate-common-subexpressions
 def test_eliminate_common_subexpressions_golden() -> None:
     rng = _rng()

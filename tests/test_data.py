@@ -155,6 +155,16 @@ def test_npz_extras_are_kept(tmp_path: Path, fixed_model: ir.Model) -> None:
     assert len(head) == 2 and head.source == samples.source and "label" in head.extras
 
 
+def test_spread_takes_feeds_across_the_data(tmp_path: Path, fixed_model: ir.Model) -> None:
+    """Verification samples span ordered DATA (first, last and evenly between)."""
+    x = np.arange(10, dtype=np.float32)[:, None, None] * np.ones((10, 2, 3), np.float32)
+    samples = gdata.load_data(fixed_model, _npz(tmp_path / "d.npz", x=x))
+    picked = [float(f["x"][0, 0]) for f in samples.spread(4).feeds]
+    assert picked == [0.0, 3.0, 6.0, 9.0]
+    assert [float(f["x"][0, 0]) for f in samples.spread(1).feeds] == [0.0]
+    assert len(samples.spread(50)) == 10
+
+
 def test_npz_two_inputs(tmp_path: Path, two_input_model: ir.Model) -> None:
     a = np.zeros((3, 2, 3), dtype=np.float32)
     b = np.ones((3, 2, 3), dtype=np.float32)

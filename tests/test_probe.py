@@ -145,6 +145,35 @@ def test_nothing_runs_names_the_dims_and_flags(
     assert res.code == 0, res.err
 
 
+def test_an_unnamed_batch_dim_off_axis_zero_is_found(build_proto: MakeModel) -> None:
+    """Silero VAD's shape: ``input [0, 0]`` beside a recurrent ``state [2, 0, 128]`` (here
+    -1, the same to graphopt) whose axis 1 is the batch. The plain ladder keeps state's batch
+    equal to the time dim (never 1 when time is more than 1); the pinned climb holds it at 1
+    while the time dim climbs."""
+    n = helper.make_node
+    consts = [
+        helper.make_tensor(k, I64, [len(v)], v)
+        for k, v in (("one", [1]), ("two", [2]), ("zero", [0]), ("rows", [-1, 5]))
+    ]
+    proto = build_proto(
+        [
+            n("Slice", ["input", "one", "two", "one"], ["x1"]),  # [N, 1]; [N, 0] when T = 1
+            n("Gather", ["state", "zero"], ["s0"], axis=0),  # [1, N, 4]
+            n("Squeeze", ["s0", "zero"], ["s"]),  # [N, 4]
+            n("Concat", ["x1", "s"], ["c"], axis=1),  # N must agree (no broadcasting)
+            n("Reshape", ["c", "rows"], ["y"]),  # [N, 5]; T = 1 leaves 4 columns: fails
+        ],
+        [("input", F, [-1, -1]), ("state", F, [2, -1, 4])],
+        [("y", F, None)],
+        consts,
+    )
+    chosen = probe.choose(_ir(proto), count=1)
+    feed = chosen.samples.feeds[0]
+    assert feed["input"].shape[0] == feed["state"].shape[1] == 1
+    assert feed["input"].shape[1] > 1
+    assert chosen.dims == {"input[0]": 1, "input[1]": 8, "state[1]": 1}
+
+
 def test_integer_inputs_fall_back_to_zeros(build_proto: MakeModel) -> None:
     """Random indices into a one-row table fail; zeros are valid."""
     table = onnx.numpy_helper.from_array(np.ones((1, 4), np.float32), "table")

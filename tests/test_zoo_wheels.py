@@ -34,6 +34,8 @@ FLOOR = {
     "ppocr-det": ("hmean", 0.90),  # 0.977
     "ppocr-rec": ("exact_match", 0.80),  # 0.906 (58/64)
     "ppocr-cls": ("top1", 0.90),  # 0.969 (62/64)
+    "silero-vad": ("clip_acc", 0.9),  # 1.0 (12/12 clips)
+    "silero-vad-op15": ("clip_acc", 0.9),  # 1.0 (12/12 clips)
 }
 PINNED = {
     "ddddocr-common": wheels.DDDDOCR_COMMON,
@@ -44,6 +46,8 @@ PINNED = {
     "ppocr-det": wheels.PPOCR_DET,
     "ppocr-rec": wheels.PPOCR_REC,
     "ppocr-cls": wheels.PPOCR_CLS,
+    "silero-vad": wheels.SILERO_VAD,
+    "silero-vad-op15": wheels.SILERO_VAD_OP15,
 }
 NPZ_LIMIT = 30 * 1024 * 1024
 
@@ -108,13 +112,21 @@ def _properties(path: Path) -> set[str]:
         props.add("already-quantized")
     if len(g.output) > 1:
         props.add("several-outputs")
+    if any(n.op_type in ("If", "Loop", "Scan") for n in g.node):
+        props.add("control-flow")
     for value in g.input:
         dims = value.type.tensor_type.shape.dim
+        if not dims and value.type.tensor_type.HasField("shape"):
+            props.add("scalar-input")
         if any(d.HasField("dim_value") and d.dim_value < 0 for d in dims):
             props.add("dims-minus-one")
-        if any(not d.HasField("dim_value") or d.dim_value < 0 for d in list(dims)[2:]):
+
+        def dynamic(d: onnx.TensorShapeProto.Dimension) -> bool:
+            return not d.HasField("dim_value") or d.dim_value <= 0  # -1 and 0: dynamic
+
+        if any(dynamic(d) for d in list(dims)[2:]):
             props.add("dynamic-spatial")
-        if dims and (not dims[0].HasField("dim_value") or dims[0].dim_value < 0):
+        if dims and dynamic(dims[0]):
             props.add("dynamic-batch")
     return props
 

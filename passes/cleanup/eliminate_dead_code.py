@@ -32,6 +32,29 @@ class _KeepEmptyInputs(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, restored)
 
 
+class _RemoveUnreadInitializers(ir.passes.InPlacePass):
+    """Drop initializers, in any graph, that no node of the model reads.
+
+    onnx_ir's unused-node removal drops unused initializers of the main graph only, and
+    counts a read by a node that is no longer in the model: onnxscript's constant folder
+    inlines an If with a constant condition and drops the other branch without detaching
+    its nodes. In Silero VAD (spox) both left the LSTM weights of every branch behind,
+    unread: ``cleanup`` grew the file by half instead of shrinking it.
+    """
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        live = {id(n) for n in gir.iter_nodes(model)}
+        removed = False
+        for graph in gir.iter_graphs(model):
+            kept = set(map(id, graph.outputs)) | set(map(id, graph.inputs))
+            for name, value in list(graph.initializers.items()):
+                if id(value) in kept or any(id(u.node) in live for u in value.uses()):
+                    continue
+                del graph.initializers[name]
+                removed = True
+        return ir.passes.PassResult(model, removed)
+
+
 @register_pass
 class EliminateDeadCodePass(IrPassAdapter):
     """Wraps onnx_ir's unused-node, unused-function and unused-opset removal."""
@@ -48,6 +71,7 @@ class EliminateDeadCodePass(IrPassAdapter):
         common = ir.passes.common
         return ir.passes.Sequential(
             common.RemoveUnusedNodesPass(),
+            _RemoveUnreadInitializers(),
             _KeepEmptyInputs(self._input_counts),
             common.RemoveUnusedFunctionsPass(),
             common.RemoveUnusedOpsetsPass(),

@@ -50,7 +50,7 @@ from graphopt.calib import collect_stats, compute_ranges
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
 from graphopt.errors import DataError
-from graphopt.ir import Pristine, ai_onnx_opset, fill_types
+from graphopt.ir import Pristine, ai_onnx_opset, fill_types, nodes_in_subgraphs
 from graphopt.ir import attr_value as _attr
 from graphopt.ir import const_array as _const
 from graphopt.target import int8_scheme
@@ -295,7 +295,7 @@ class InsertQdqPass(GraphoptPass):
         self._excluded = set(opts.exclude)
         plan = self._plan(graph)
         if not plan.nodes:
-            return self.decline(self._nothing_to_quantize(graph))
+            return self.decline(self._nothing_to_quantize(model))
         if opset < _MIN_OPSET:
             self.count("skipped:opset", len(plan.nodes))
             return self.decline(
@@ -391,8 +391,9 @@ class InsertQdqPass(GraphoptPass):
             node.replace_input_with(1, None)
             self.count("resize_empty_roi_dropped")
 
-    def _nothing_to_quantize(self, graph: ir.Graph) -> str:
+    def _nothing_to_quantize(self, model: ir.Model) -> str:
         """Why the plan is empty, in the words a user can act on."""
+        graph = model.graph
         if any(_from_dq(v) for n in graph for v in n.inputs if v is not None):
             return "already quantized: the quantizable nodes read DequantizeLinear outputs"
         integer = sorted({n.op_type for n in graph if n.op_type in _INTEGER_OPS})
@@ -400,6 +401,12 @@ class InsertQdqPass(GraphoptPass):
             return f"already quantized: the model computes in int8 ({', '.join(integer)})"
         ops = collections.Counter(n.op_type for n in graph if n.op_type in WEIGHTED)
         if not ops:
+            inner = nodes_in_subgraphs(model, WEIGHTED)
+            if inner:
+                return (
+                    f"no Conv, Gemm or MatMul in the main graph: its {inner} Conv/Gemm/MatMul "
+                    "sit inside If/Loop bodies, which qdq-insert does not enter"
+                )
             return (
                 "no Conv, Gemm or MatMul: nothing int8 would speed up "
                 f"(op_types: {', '.join(self.options.op_types or DEFAULT_OPS)})"
