@@ -151,8 +151,17 @@ def save_bert_encoder(path: str | Path, **kwargs: Any) -> Path:
 # ------------------------------------------------------------------------------ ResNet-50
 
 
-def _resnet50_module(seed: int = 0) -> Any:
-    """A torchvision-compatible ResNet-50 (v1.5: stride on the 3x3) in plain torch, eval mode."""
+def _resnet50_module(
+    seed: int = 0,
+    base: int = 64,
+    blocks: tuple[int, int, int, int] = (3, 4, 6, 3),
+    size: int = 224,
+    classes: int = 1000,
+) -> Any:
+    """A torchvision-compatible ResNet-50 (v1.5: stride on the 3x3) in plain torch, eval mode.
+
+    ``base``, ``blocks``, ``size`` and ``classes`` shrink it for dry runs (the GPU suite's
+    ``--dry-run``); the defaults are ResNet-50's."""
     import torch
     from torch import nn
 
@@ -186,18 +195,19 @@ def _resnet50_module(seed: int = 0) -> Any:
         def __init__(self, classes: int = 1000) -> None:
             super().__init__()
             self.stem = nn.Sequential(
-                nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False),
-                nn.BatchNorm2d(64),
+                nn.Conv2d(3, base, 7, stride=2, padding=3, bias=False),
+                nn.BatchNorm2d(base),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(3, stride=2, padding=1),
             )
-            blocks: list[nn.Module] = []
-            cin = 64
-            for width, count, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+            layers: list[nn.Module] = []
+            cin = base
+            stages = zip((base, base * 2, base * 4, base * 8), blocks, (1, 2, 2, 2))
+            for width, count, stride in stages:
                 for i in range(count):
-                    blocks.append(Bottleneck(cin, width, stride if i == 0 else 1))
+                    layers.append(Bottleneck(cin, width, stride if i == 0 else 1))
                     cin = width * Bottleneck.expansion
-            self.blocks = nn.Sequential(*blocks)
+            self.blocks = nn.Sequential(*layers)
             self.pool = nn.AdaptiveAvgPool2d(1)
             self.fc = nn.Linear(cin, classes)
 
@@ -206,7 +216,7 @@ def _resnet50_module(seed: int = 0) -> Any:
             return self.fc(torch.flatten(x, 1))
 
     torch.manual_seed(seed)
-    model = ResNet50()
+    model = ResNet50(classes)
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -220,18 +230,20 @@ def _resnet50_module(seed: int = 0) -> Any:
     model.train()
     with torch.no_grad():
         for _ in range(2):
-            model(torch.randn(4, 3, 224, 224, generator=gen))
+            model(torch.randn(4, 3, size, size, generator=gen))
     return model.eval()
 
 
-def export_resnet50(path: str | Path, seed: int = 0) -> Path:
-    """Export the ResNet-50-shaped CNN: ``image`` [batch, 3, 224, 224] -> ``logits``."""
+def export_resnet50(path: str | Path, seed: int = 0, **shape: Any) -> Path:
+    """Export the ResNet-50-shaped CNN: ``image`` [batch, 3, 224, 224] -> ``logits``
+    (``shape``: :func:`_resnet50_module`'s ``base``, ``blocks``, ``size``, ``classes``)."""
     import torch
 
     from graphopt import zoo
 
-    model = _resnet50_module(seed)
-    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(seed + 2))
+    model = _resnet50_module(seed, **shape)
+    size = shape.get("size", 224)
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(seed + 2))
     return zoo._export(
         model,
         (x,),
@@ -242,10 +254,10 @@ def export_resnet50(path: str | Path, seed: int = 0) -> Path:
     )
 
 
-def resnet_inputs(samples: int, seed: int = 1) -> dict[str, np.ndarray]:
+def resnet_inputs(samples: int, seed: int = 1, size: int = 224) -> dict[str, np.ndarray]:
     """Random images, roughly ImageNet-normalised (standard normal per pixel)."""
     rng = np.random.default_rng(seed)
-    return {"image": rng.standard_normal((samples, 3, 224, 224), dtype=np.float32)}
+    return {"image": rng.standard_normal((samples, 3, size, size), dtype=np.float32)}
 
 
 # ------------------------------------------------------------------------------ cache

@@ -38,11 +38,39 @@ def ort() -> Any:
     return onnxruntime
 
 
+_GPU_LIBRARIES: list[str] = []  # the preload's outcome, once per process
+
+
+def load_gpu_libraries() -> str:
+    """Load the CUDA and cuDNN libraries onnxruntime-gpu needs, once per process.
+
+    onnxruntime-gpu finds them in the ``nvidia-*`` wheels (PyTorch's) only through
+    ``onnxruntime.preload_dlls()``; without it the CUDA EP may fail to load and sessions fall
+    back to the CPU. Returns what happened, for reports ("" when not applicable).
+    """
+    if not _GPU_LIBRARIES:
+        rt = ort()
+        preload = getattr(rt, "preload_dlls", None)
+        if preload is None or "CUDAExecutionProvider" not in rt.get_available_providers():
+            _GPU_LIBRARIES.append("")
+        else:
+            try:
+                with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+                    preload()
+                _GPU_LIBRARIES.append("preloaded")
+            except Exception as exc:  # a missing library: the session will say more
+                _GPU_LIBRARIES.append(f"preload failed: {_first_line(exc)}")
+    return _GPU_LIBRARIES[0]
+
+
 def providers_for(ep: str) -> list[str]:
-    """The provider list for a target; GPU targets keep CPU as the fallback for other ops."""
+    """The provider list for a target; GPU targets keep CPU as the fallback for other ops
+    (and get onnxruntime-gpu's CUDA libraries loaded, see :func:`load_gpu_libraries`)."""
     if ep not in EP_NAMES:
         raise UsageError(f"unknown execution provider '{ep}' (choose from {', '.join(EP_NAMES)})")
     names = [EP_NAMES[ep]]
+    if ep != "cpu":
+        load_gpu_libraries()  # before any session of a GPU provider is made
     if ep == "tensorrt":
         names.append(EP_NAMES["cuda"])
     if ep != "cpu":

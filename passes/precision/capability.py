@@ -159,6 +159,10 @@ def _probe(
         opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in opsets],
         ir_version=8,
     )
+    if provider != "CPUExecutionProvider":
+        from graphopt import runtime
+
+        runtime.load_gpu_libraries()  # else the CUDA EP may not load and CPU answers instead
     so = rt.SessionOptions()
     so.log_severity_level = 4
     so.graph_optimization_level = rt.GraphOptimizationLevel.ORT_DISABLE_ALL
