@@ -437,12 +437,16 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     saved_path = args.out / f"{args.name}.json"
     if args.merge and saved_path.exists():
-        done = {c.model for c in cells}
+        fresh = {(c.model, c.pipeline): c for c in cells}
+        ran = sorted({c.model for c in cells})
+        asked = args.pipelines.split(",")
+        what = ran if set(PIPELINES) <= set(asked) else [f"{m} x {'/'.join(asked)}" for m in ran]
         saved = json.loads(saved_path.read_text())
-        kept = [rejudge(Cell(**c)) for c in saved["cells"] if c["model"] not in done]
-        cells = kept + cells
+        old = [rejudge(Cell(**c)) for c in saved["cells"]]
+        # the stored order, each cell run now in its place; new models at the end
+        cells = [fresh.pop((c.model, c.pipeline), c) for c in old] + list(fresh.values())
         meta["merged"] = sorted(
-            set(saved["meta"].get("merged", [])) | {f"{m} ({meta['date']})" for m in done}
+            set(saved["meta"].get("merged", [])) | {f"{w} ({meta['date']})" for w in what}
         )
     rows = [dataclasses.asdict(c) for c in cells]
     write_json(args.out / f"{args.name}.json", {"meta": meta, "cells": rows})

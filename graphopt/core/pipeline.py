@@ -25,9 +25,9 @@ from graphopt.errors import PipelineError
 
 PRESETS: dict[str, str] = {
     "cleanup": (
-        "remove-initializer-inputs,repeat<4>(lift-constants,fold-constants,eliminate-identity,fold-batchnorm,"
-        "eliminate-common-subexpressions,deduplicate-initializers,eliminate-dead-code,"
-        "infer-shapes),sort-topologically"
+        "remove-initializer-inputs,repeat<4>(lift-constants,fold-constants,eliminate-identity,"
+        "fold-batchnorm,fuse-hardswish,eliminate-common-subexpressions,deduplicate-initializers,"
+        "eliminate-dead-code,infer-shapes),sort-topologically"
     ),
     # qdq-insert picks types and placement for the CPU it runs on (graphopt.target), checks
     # what ONNX Runtime fuses, and (guard) keeps float whatever int8 does not make faster.
@@ -41,8 +41,8 @@ PRESETS: dict[str, str] = {
     "cuda-int8": "cleanup,qdq-insert{target=cuda},sort-topologically",
 }
 PRESET_DOCS: dict[str, str] = {
-    "cleanup": "weights out of the inputs, lossless cleanups to a fixed point, then shape "
-    "inference and a topological sort",
+    "cleanup": "weights out of the inputs, lossless cleanups to a fixed point (hard-swish "
+    "fused), then shape inference and a topological sort",
     "cpu-fp32": "cleanup, then the graph's form chosen for ONNX Runtime's fastest kernels here",
     "cpu-int8": "cleanup, then static int8 QDQ placed for ONNX Runtime's CPU EP on this CPU",
     "cuda-int8": "cleanup, then symmetric static int8 QDQ for the CUDA/TensorRT EPs",

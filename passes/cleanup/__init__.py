@@ -9,6 +9,7 @@ from graphopt.passes.cleanup import (  # noqa: F401
     fold_attention_biases,
     fold_batchnorm,
     fold_constants,
+    fuse_hardswish,
     infer_shapes,
     lift_constants,
     remove_initializer_inputs,
