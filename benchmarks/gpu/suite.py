@@ -534,6 +534,7 @@ class Suite:
             for v in ready:
                 try:
                     sess = sessions.get(v.name)
+                    shapes_from = None
                     if sess is None and v.cuda_graph:
                         if cfg.ep != "cuda":
                             v.latency[str(batch)] = {
@@ -541,11 +542,16 @@ class Suite:
                                 "reason": "CUDA graphs need the CUDA EP",
                             }
                             continue
+                        # a graph session's first run through the binding is the capture:
+                        # its output shapes come from the same file's plain session
+                        shapes_from = sessions.get(v.same_file_as)
+                        if shapes_from is None:
+                            raise RuntimeError(f"no session of {v.same_file_as} for its shapes")
                         sess = _session(v.path, cfg.ep, v.provider_options)
                         v.providers = sess.get_providers()
                     if sess is None:
                         continue
-                    runners.append(_Runner(v.name, sess, cfg.ep, feed))
+                    runners.append(_Runner(v.name, sess, cfg.ep, feed, shapes_from))
                 except Exception as exc:
                     v.latency[str(batch)] = {"status": "failed", "reason": _why(exc)}
             rounds = cfg.rounds if self.left() > 60 else 2
@@ -942,19 +948,21 @@ class _Runner:
     outputs resident on the EP's device (what CUDA graphs need; the dry run binds CPU memory
     through the same calls)."""
 
-    def __init__(self, name: str, sess: Any, ep: str, feed: Feed) -> None:
+    def __init__(self, name: str, sess: Any, ep: str, feed: Feed, shapes_from: Any = None) -> None:
         self.name, self.sess, self.error = name, sess, ""
         try:
-            self._run = self._bind("cuda" if ep == "cuda" else "cpu", feed)
+            self._run = self._bind("cuda" if ep == "cuda" else "cpu", feed, shapes_from or sess)
             self._run()  # first run: allocations, a CUDA graph's capture
         except Exception as exc:
             self.error = _why(exc)
 
-    def _bind(self, device: str, feed: Feed) -> Callable[[], Any]:
+    def _bind(self, device: str, feed: Feed, shapes_from: Any) -> Callable[[], Any]:
         import onnxruntime as ort
 
         sess = self.sess
-        outs = sess.run(None, feed)  # output shapes and types for the preallocated buffers
+        # output shapes and types for the preallocated buffers (from a plain session of the
+        # same file when this one captures a CUDA graph: it must not run outside the binding)
+        outs = shapes_from.run(None, feed)
         binding = sess.io_binding()
         self._keep = [
             ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), device, 0)
