@@ -104,6 +104,10 @@ def test_ort_recipes_are_measured_or_say_why(dry) -> None:
     bert = doc["models"]["bert-base"]["variants"]
     for recipe in ("occ-fp16", "ort-opt-fp16"):
         v = bert[recipe]
+        if recipe == "ort-opt-fp16" and importlib.util.find_spec("torch") is None:
+            # onnxruntime.transformers' optimizer imports torch (the GPU host has it)
+            assert v["build"]["status"] == "failed" and "torch" in v["build"]["reason"]
+            continue
         assert v["build"]["status"] == "ok", v["build"]
         assert v["accuracy"].get("status") in ("ok", "failed")
         if v["accuracy"]["status"] == "failed":
