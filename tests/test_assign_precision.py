@@ -363,3 +363,17 @@ def test_mixed_int8_and_fp16_keeps_the_quantized_groups() -> None:
         assert cos > 0.99
     again, _ = _run(model, samples, target="fp16", require_kernels=False)
     assert not again.modified
+
+
+def test_auto_skips_a_candidate_the_ep_cannot_load() -> None:
+    """With kernels not probed, the bf16 candidate of a BERT layer loads unoptimized (the
+    validation) but not once ONNX Runtime's fusions run (no bfloat16 kernel for the GELU's
+    Add on the CPU EP): auto times the candidates that load and records why the other was
+    left out, instead of failing (the GPU suite's dry run met this)."""
+    model = pt.tiny_bert(1)
+    _, p = _run(model, target="auto", require_kernels=False)
+    cost = p.details["cost"]
+    assert "does not load on CPUExecutionProvider" in cost["bf16"]["error"]
+    assert "ratio" in cost["fp16"]  # the fp16 candidate was timed
+    assert cost["decision"] in ("fp16", "fp32: not faster")
+    runtime.make_session(model)  # whatever was chosen runs

@@ -482,11 +482,19 @@ class AssignPrecisionPass(GraphoptPass):
             return None
         feed = self._feed(model)
         sessions = [runtime.make_session(pristine.copy(), ep=self.ep)]
-        order = list(candidates)
-        for fmt in order:
+        order = []
+        for fmt in candidates:
             trial = pristine.copy()
             self._rewrite(trial, candidates[fmt], fmt, count=False)
-            sessions.append(runtime.make_session(trial, ep=self.ep))
+            try:
+                sessions.append(runtime.make_session(trial, ep=self.ep))
+            except RuntimeFailure as exc:  # a kernel the EP lacks (require_kernels=false)
+                info[_SHORT[fmt]] = {"error": f"does not load on {self.provider}: {exc.message}"}
+                continue
+            order.append(fmt)
+        if not order:
+            info["decision"] = f"fp32: no candidate loads on {self.provider}"
+            return None
         rounds = runtime.interleaved_latency(sessions, feed)
         best, best_ratio = None, _PAYS
         for k, fmt in enumerate(order, start=1):
