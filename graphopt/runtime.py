@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import shutil
 import tempfile
@@ -38,9 +39,7 @@ def ort() -> Any:
     return onnxruntime
 
 
-_GPU_LIBRARIES: list[str] = []  # the preload's outcome, once per process
-
-
+@functools.cache
 def load_gpu_libraries() -> str:
     """Load the CUDA and cuDNN libraries onnxruntime-gpu needs, once per process.
 
@@ -48,19 +47,16 @@ def load_gpu_libraries() -> str:
     ``onnxruntime.preload_dlls()``; without it the CUDA EP may fail to load and sessions fall
     back to the CPU. Returns what happened, for reports ("" when not applicable).
     """
-    if not _GPU_LIBRARIES:
-        rt = ort()
-        preload = getattr(rt, "preload_dlls", None)
-        if preload is None or "CUDAExecutionProvider" not in rt.get_available_providers():
-            _GPU_LIBRARIES.append("")
-        else:
-            try:
-                with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-                    preload()
-                _GPU_LIBRARIES.append("preloaded")
-            except Exception as exc:  # a missing library: the session will say more
-                _GPU_LIBRARIES.append(f"preload failed: {_first_line(exc)}")
-    return _GPU_LIBRARIES[0]
+    rt = ort()
+    preload = getattr(rt, "preload_dlls", None)
+    if preload is None or "CUDAExecutionProvider" not in rt.get_available_providers():
+        return ""
+    try:
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            preload()
+    except Exception as exc:  # a missing library: the session will say more
+        return f"preload failed: {_first_line(exc)}"
+    return "preloaded"
 
 
 def providers_for(ep: str) -> list[str]:

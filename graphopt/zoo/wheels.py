@@ -1433,46 +1433,48 @@ _VAD_NOTES = (
     "probability and the others < 0.01."
 )
 
-register(
-    Entry(
-        name="silero-vad",
-        origin="Silero VAD v6 (trained voice activity detector: STFT conv front end, LSTM), "
-        "built with spox, shipped in silero-vad 6.2.3 (silero_vad.onnx), opset 16",
-        exporter="spox",
+_VAD_TAGS = frozenset({"control-flow", "scalar-input", "several-outputs", "dynamic-batch"})
+
+
+def _vad_entry(name: str, wf: WheelFile, origin: str, exporter: str, tags: frozenset[str],
+               notes: str) -> Entry:  # fmt: skip
+    """A Silero VAD file: the same streaming DATA and clip metric for every export of it."""
+    return Entry(
+        name=name,
+        origin=origin,
+        exporter=exporter,
         kind="audio",
-        build=_builder(SILERO_VAD),
+        build=_builder(wf),
         data=_vad_data,
         batch=1,
         evaluate=_vad_eval,
         requires=("scipy",),
-        tags=frozenset(
-            {
-                "control-flow",
-                "constant-weights",
-                "scalar-input",
-                "several-outputs",
-                "dynamic-batch",
-            }
-        ),
-        notes="The whole network sits in the two branches of one If on sr (8 or 16 kHz), "
-        "every weight a Constant node inside a branch; dims are stored as 0 (input [0, 0], "
-        "state [2, 0, 128]), sr is a 0-d int64. " + _VAD_NOTES,
+        tags=tags,
+        notes=f"{notes} {_VAD_NOTES}",
+    )
+
+
+register(
+    _vad_entry(
+        "silero-vad",
+        SILERO_VAD,
+        "Silero VAD v6 (trained voice activity detector: STFT conv front end, LSTM), built "
+        "with spox, shipped in silero-vad 6.2.3 (silero_vad.onnx), opset 16",
+        "spox",
+        _VAD_TAGS | {"constant-weights"},
+        "The whole network sits in the two branches of one If on sr (8 or 16 kHz), every "
+        "weight a Constant node inside a branch; dims are stored as 0 (input [0, 0], state "
+        "[2, 0, 128]), sr is a 0-d int64.",
     )
 )
 register(
-    Entry(
-        name="silero-vad-op15",
-        origin="Silero VAD v6 16 kHz, PyTorch 2.3.1 TorchScript exporter, shipped in "
-        "silero-vad 6.2.3 (silero_vad_16k_op15.onnx), opset 15",
-        exporter="torchscript",
-        kind="audio",
-        build=_builder(SILERO_VAD_OP15),
-        data=_vad_data,
-        batch=1,
-        evaluate=_vad_eval,
-        requires=("scipy",),
-        tags=frozenset({"control-flow", "scalar-input", "several-outputs", "dynamic-batch"}),
-        notes="Three Ifs on the input's rank and sr around the network; state's batch is "
-        "axis 1. " + _VAD_NOTES,
+    _vad_entry(
+        "silero-vad-op15",
+        SILERO_VAD_OP15,
+        "Silero VAD v6 16 kHz, PyTorch 2.3.1 TorchScript exporter, shipped in silero-vad "
+        "6.2.3 (silero_vad_16k_op15.onnx), opset 15",
+        "torchscript",
+        _VAD_TAGS,
+        "Three Ifs on the input's rank and sr around the network; state's batch is axis 1.",
     )
 )
