@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from graphopt import runtime
-from graphopt.cli import run_optimize
+from graphopt.optimize import optimize
 from graphopt.report import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -71,7 +71,7 @@ def bench(
 ) -> dict[str, Any]:
     out = work / (model.stem + ".cleanup.onnx")
     t0 = time.perf_counter()
-    report = run_optimize(model, out, "cleanup", quiet=True)
+    report = optimize(model, "cleanup", output=out).report
     optimize_s = time.perf_counter() - t0
     variants = {"original": model, "cleanup": out}
     build: dict[str, list[float]] = {k: [] for k in variants}

@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_quant import CALIB_SENTENCES, _clean, _cosine_rows, machine
 from graphopt.passes.sparsify.prune_channels import layer_macs
-from graphopt.passes.sparsify.sparsify_weights import _Target, nm_holds
+from graphopt.passes.sparsify.sparsity_patterns import _Target, nm_holds
 
 from graphopt import data, runtime
 from graphopt import ir as gir

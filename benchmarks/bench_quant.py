@@ -3,7 +3,7 @@
 For each model it builds, from the same fp32 ONNX file and the same calibration samples:
 
 * ``fp32``: the exported model, unchanged;
-* ``graphopt``: ``run_optimize(model, out, GRAPHOPT_PIPELINE, data=calib.npz)``;
+* ``graphopt``: ``graphopt.optimize(model, GRAPHOPT_PIPELINE, data=calib.npz, output=out)``;
 * ``ort-static-default``: ``onnxruntime.quantization.quantize_static`` with its defaults (QDQ,
   per-tensor, MinMax, s8 activations and weights) and a ``CalibrationDataReader``;
 * ``ort-static-pc-*``: candidates for ONNX Runtime's "best" static config (per-channel
@@ -308,7 +308,7 @@ def _describe(spec: dict[str, Any]) -> str:
         return "exported model"
     if spec["tool"] == "graphopt":
         budget = f" --budget {spec['budget']}" if spec.get("budget") else ""
-        return f"run_optimize '{spec['pipeline']}'{budget}"
+        return f"graphopt.optimize '{spec['pipeline']}'{budget}"
     kw = spec.get("kwargs", {})
     parts = [f"{k}={v}" for k, v in kw.items()]
     parts += [f"{k}={v}" for k, v in (spec.get("extra_options") or {}).items()]
@@ -367,7 +367,7 @@ def worker(spec_path: Path) -> None:
     # external data) into the working directory: keep them in the scratch folder.
     os.chdir(spec_path.resolve().parent)
     if spec["tool"] == "graphopt":
-        from graphopt.cli import run_optimize
+        from graphopt.optimize import optimize
     else:
         from onnxruntime import quantization as oq
         from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -375,15 +375,14 @@ def worker(spec_path: Path) -> None:
     result: dict[str, Any] = {"base_mb": base_mb}
     t0 = time.perf_counter()
     if spec["tool"] == "graphopt":
-        report = run_optimize(
+        report = optimize(
             model,
-            out,
             spec["pipeline"],
+            output=out,
             data=spec["data"],
-            verify_each=False,
-            quiet=True,
+            verify=False,
             budget=spec.get("budget"),
-        )
+        ).report
         result["passes"] = [
             {
                 "pass": p.get("pass"),

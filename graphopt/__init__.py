@@ -9,6 +9,21 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
+#: The Python API. Each is a module that is also a function (see graphopt._callable):
+#: ``graphopt.optimize(model, "cpu-int8", data=...)`` returns a ``graphopt.optimize.Result``,
+#: ``graphopt.bench([...])`` the bench report, ``graphopt.passes()`` the pass catalog.
+_API = ("optimize", "bench", "passes", "tune")
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> object:
+    """Import an API module on first use (``import graphopt`` stays cheap for the CLI)."""
+    if name in _API:
+        import importlib
+
+        return importlib.import_module(f"graphopt.{name}")
+    raise AttributeError(f"module 'graphopt' has no attribute {name!r}")
+
 
 class _SourcePassesFinder:
     """Make ``graphopt.passes`` importable from a plain source checkout.

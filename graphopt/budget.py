@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from graphopt.metrics import cosine_sample_mean
+
 _BUILTIN = {"cosine": ">=", "max_abs": "<=", "max_rel": "<=", "top1": ">="}
 _SYNTAX = re.compile(r"^\s*(?P<metric>[A-Za-z_][\w.:]*)\s*(?P<op>>=|<=)\s*(?P<value>[^\s]+)\s*$")
 
@@ -80,10 +82,7 @@ class Budget:
         if self.metric == "top1":
             return top1(got, samples)
         if self.metric == "cosine":
-            return min(
-                float(np.mean([_cosine(r[k], g[k]) for r, g in zip(reference, got, strict=True)]))
-                for k in range(len(reference[0]))
-            )
+            return min(cosine_sample_mean(reference, got, k) for k in range(len(reference[0])))
         worst_abs, scale = 0.0, 0.0
         for r, g in zip(reference, got, strict=True):
             for a, b in zip(r, g, strict=True):
@@ -114,13 +113,3 @@ def top1(outputs: Outputs, samples: Any) -> float:
     if len(truth) < len(pred):
         raise DataError(f"budget top1: {len(pred)} predictions but only {len(truth)} labels")
     return float(np.mean(pred.argmax(axis=-1) == truth))
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    x, y = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    nx, ny = float(np.linalg.norm(x)), float(np.linalg.norm(y))
-    if nx == 0 and ny == 0:
-        return 1.0
-    if nx == 0 or ny == 0:
-        return 0.0
-    return float(x @ y / (nx * ny))

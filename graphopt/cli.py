@@ -6,7 +6,6 @@ documented exit code; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import tempfile
@@ -29,14 +28,6 @@ _console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 _err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 150)
 
 TARGETS = ("cpu", "cuda", "tensorrt")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _inputs_for(
@@ -89,99 +80,37 @@ class _ProgressListener:
             self.progress.advance(self.task)
 
 
-def run_optimize(
+def optimize_and_print(
     model_path: Path,
     output: Path,
     pipeline_text: str,
     *,
-    data: str | None = None,
-    target: str = "cpu",
-    report_path: Path | None = None,
-    dump_dir: Path | None = None,
-    verify_each: bool = True,
-    dims: tuple[str, ...] = (),
-    verify_samples: int = 4,
-    seed: int = 0,
-    batch: int = 1,
-    external_data: bool | None = None,
     show_unchanged: bool = False,
-    quiet: bool = False,
-    budget: str | None = None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
-    """What ``graphopt optimize`` does, callable from Python (returns the report)."""
-    from graphopt import runtime
-    from graphopt.core.pass_base import PassContext
+    """``graphopt.optimize`` with a progress bar on a terminal, then the report printed."""
     from graphopt.core.pipeline import parse
-    from graphopt.core.runner import Runner
-    from graphopt.report import print_run, write_json
+    from graphopt.optimize import optimize as run
+    from graphopt.report import print_run
 
-    pipeline = parse(pipeline_text)  # usage errors first, before any heavy work
-    if budget:
+    total = sum(1 for _ in parse(pipeline_text).steps())
+    if kwargs.get("budget"):  # name the flag in the message
         from graphopt.budget import Budget
 
         try:
-            Budget.parse(budget)
+            Budget.parse(kwargs["budget"])
         except ValueError as exc:
             raise errors.UsageError(f"--budget: {exc}") from None
-    if output.resolve() == model_path.resolve():
-        raise errors.UsageError(
-            f"output path is the input model ({output}); graphopt never modifies its input"
-        )
-    if report_path is not None and not report_path.resolve().parent.is_dir():
-        raise errors.UsageError(f"report folder does not exist: {report_path.parent}")
-    if not output.resolve().parent.is_dir():
-        raise errors.UsageError(f"output folder does not exist: {output.parent}")
-    model = gir.load_model(model_path)
-    source_hash = _sha256(model_path)
-    from graphopt import data as gdata
-
-    calib = gdata.load_data(model, data, batch=batch) if data else None
-    samples = None
-    run_dims = gdata.parse_dims(dims)
-    if verify_each:
-        if calib is not None:  # verify on the user's data, read once
-            samples = calib.spread(verify_samples) if verify_samples else calib
-        else:
-            chosen = _inputs_for(model, model_path, None, dims, verify_samples, seed, batch)
-            samples, run_dims = chosen.samples, chosen.dims
-    context = PassContext(
-        target=target, data=calib, seed=seed, budget=budget or "", dims=run_dims
+    with _ProgressListener(total, enabled=_err.is_terminal) as listener:
+        result = run(model_path, pipeline_text, output=output, listener=listener, **kwargs)
+    print_run(_console, result.report, show_unchanged=show_unchanged)
+    report_path = kwargs.get("report_path")
+    _console.print(
+        f"wrote {output}" + (f" and {report_path}" if report_path else ""),
+        markup=False,
+        soft_wrap=True,
     )
-    total = sum(1 for _ in pipeline.steps())
-    with _ProgressListener(total, enabled=not quiet and _err.is_terminal) as listener:
-        result = Runner(
-            pipeline,
-            context=context,
-            samples=samples,
-            verify_each=verify_each,
-            dump_dir=dump_dir,
-            listener=listener,
-        ).run(model, source=str(model_path))
-    written = gir.save_model(result.model, output, external_data=external_data, source=model_path)
-    report = result.report
-    report["model"] = {"path": str(model_path), "sha256": source_hash}
-    report["output"] = {
-        "path": str(output),
-        "files": [str(p) for p in written],
-        "bytes": sum(p.stat().st_size for p in written),
-    }
-    report["providers"] = {
-        "verify": ["CPUExecutionProvider"],
-        "target": runtime.providers_for(target),
-    }
-    report["environment"] = runtime.environment()
-    if _sha256(model_path) != source_hash:  # belt and braces: the input must be untouched
-        raise errors.GraphoptError(f"internal error: input model {model_path} changed on disk")
-    if report_path is not None:
-        write_json(report_path, report)
-    if not quiet:
-        print_run(_console, report, show_unchanged=show_unchanged)
-        _console.print(
-            f"wrote {output}" + (f" and {report_path}" if report_path else ""),
-            markup=False,
-            soft_wrap=True,
-        )
-    return report
+    return result.report
 
 
 # ----------------------------------------------------------------------------- commands
@@ -288,7 +217,7 @@ def optimize(
     budget: str | None,
 ) -> None:
     """Run PIPELINE on MODEL, verifying after every pass, and write the result to OUTPUT."""
-    run_optimize(
+    optimize_and_print(
         model,
         output,
         pipeline_text,
@@ -296,7 +225,7 @@ def optimize(
         target=target,
         report_path=report_path,
         dump_dir=dump_dir,
-        verify_each=not no_verify,
+        verify=not no_verify,
         dims=dims,
         verify_samples=verify_samples,
         seed=seed,
@@ -314,27 +243,7 @@ def passes_cmd(as_json: bool) -> None:
     from graphopt.core import registry
     from graphopt.core.pipeline import PRESET_DOCS, PRESETS
 
-    listing = []
-    for name, cls in registry.all_passes().items():
-        opts = [
-            {
-                "name": f.name,
-                "type": registry.type_name(tp),
-                "default": registry.format_value(registry.default_of(f)),
-                "doc": f.metadata["doc"],
-            }
-            for f, tp in registry.option_fields(cls.Options)
-        ]
-        listing.append(
-            {
-                "name": name,
-                "class": cls.__name__,
-                "summary": cls.summary or (cls.__doc__ or "").strip().splitlines()[0],
-                "tolerance": cls.tolerance.to_dict(),
-                "needs": sorted(cls.needs),
-                "options": opts,
-            }
-        )
+    listing = registry.catalog()
     if as_json:
         import json
 
@@ -714,6 +623,134 @@ def sweep(
 
 
 @cli.command()
+@_model_arg
+@click.option(
+    "--data", required=True, help="DATA: calibration, and held-out evaluation unless --eval-data."
+)
+@click.option(
+    "--budget",
+    required=True,
+    metavar="METRIC>=X",
+    help="Accuracy to keep on held-out data: cosine>=0.99, top1>=-0.5pt (relative to the "
+    "original), python:module:function>=0.95.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Where to write the winner.",
+)
+@click.option("--target", type=click.Choice(TARGETS), default="cpu", show_default=True)
+@click.option(
+    "--time", "time_limit", default="20m", show_default=True, help="Search time (90s, 20m, 1h)."
+)
+@click.option(
+    "--eval-data", help="Held-out DATA for accuracy (default: every other feed of --data)."
+)
+@click.option(
+    "--backend",
+    type=click.Choice(("local",)),
+    default="local",
+    show_default=True,
+    help="Where candidates are built (local: this machine).",
+)
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=3),
+    default=7,
+    show_default=True,
+    help="Paired latency rounds per candidate.",
+)
+@click.option(
+    "--work",
+    "work_dir",
+    type=click.Path(path_type=Path),
+    help="Folder of candidates (resume); default OUTPUT.tune.",
+)
+@click.option(
+    "--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here."
+)
+@click.option(
+    "--md", "md_path", type=click.Path(path_type=Path), help="Write the markdown report here."
+)
+@click.option(
+    "--html", "html_path", type=click.Path(path_type=Path), help="Write the HTML report here."
+)
+def tune(
+    model: Path,
+    data: str,
+    budget: str,
+    output: Path,
+    target: str,
+    time_limit: str,
+    eval_data: str | None,
+    backend: str,
+    batch: int,
+    rounds: int,
+    work_dir: Path | None,
+    report_path: Path | None,
+    md_path: Path | None,
+    html_path: Path | None,
+) -> None:
+    """Find the fastest model that still meets BUDGET on held-out data, on this machine.
+
+    Candidates (float, static/dynamic int8, weight-only int8/int4, pruning + reconstruct at
+    bracketed ratios, pruning + int8, fp16/bf16 on GPUs) are built from the calibration part
+    of DATA, scored on the held-out part, and the ones within budget are timed against the
+    original in rotated paired rounds. Nothing pays: the original is written, exit 0.
+    """
+    from graphopt.tune import tune as run_tune
+
+    del backend  # one backend for now
+    for path, what in ((report_path, "--report"), (md_path, "--md"), (html_path, "--html")):
+        _writable(path, what)
+    result = run_tune(
+        model,
+        data,
+        budget,
+        output=output,
+        target=target,
+        time_limit=time_limit,
+        eval_data=eval_data,
+        work_dir=work_dir,
+        rounds=rounds,
+        batch=batch,
+        report_path=report_path,
+        md_path=md_path,
+        html_path=html_path,
+        say=lambda text: _err.print(f"tune: {text}", markup=False, soft_wrap=True),
+    )
+    rep = result.report
+    table = Table(
+        title=escape(f"tune {model.name}: budget {rep['budget']['absolute']}"), title_justify="left"
+    )
+    for col in ("candidate", "status", "accuracy", "×orig", "why"):
+        table.add_column(col)
+    for c in result.candidates:
+        table.add_row(
+            escape(c.name),
+            c.status,
+            "–" if c.accuracy is None else f"{c.accuracy:.6g}",
+            "–" if c.ratio is None else f"{c.ratio:.3f}",
+            escape(c.why),
+        )
+    _console.print(table)
+    if result.winner is not None:
+        w = result.winner
+        _console.print(
+            f"winner: {w.name} ({w.accuracy:.6g}, {w.ratio:.3f}x the original's latency); "
+            f"pipeline: {w.pipeline}" + (f" --budget '{w.budget}'" if w.budget else ""),
+            markup=False,
+            soft_wrap=True,
+        )
+    else:
+        _console.print(f"nothing pays: {rep['nothing_pays']}", markup=False, soft_wrap=True)
+    _console.print(f"wrote {output}", markup=False, soft_wrap=True)
+
+
+@cli.command()
 @click.option(
     "-p",
     "--pipeline",
@@ -745,7 +782,7 @@ def demo(pipeline_text: str, output: Path | None, report_path: Path | None) -> N
     if output is None:
         tmp = tempfile.mkdtemp(prefix="graphopt-demo-")
         output = Path(tmp) / "digits_cnn.opt.onnx"
-    report = run_optimize(
+    report = optimize_and_print(
         model_path,
         output,
         pipeline_text,

@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -100,6 +101,23 @@ class Samples:
             return Samples(list(self.feeds), self.source, self.extras)
         picks = sorted({round(i * (len(self.feeds) - 1) / max(n - 1, 1)) for i in range(n)})
         return Samples([self.feeds[i] for i in picks], self.source, self.extras)
+
+    def subset(self, indices: Sequence[int], source: str | None = None) -> Samples:
+        """The feeds at ``indices``, with the rows of each extra array that belong to them.
+
+        An extra (``label``) whose first axis is a whole multiple of the feed count holds
+        that many rows per feed (one feed of a batch-10 DATA carries 10 labels); others are
+        kept whole."""
+        n = len(self.feeds)
+        extras: dict[str, np.ndarray] = {}
+        for key, arr in self.extras.items():
+            arr = np.asarray(arr)
+            if n and arr.ndim and arr.shape[0] % n == 0 and arr.shape[0] >= n:
+                per = arr.shape[0] // n
+                extras[key] = np.concatenate([arr[i * per : (i + 1) * per] for i in indices])
+            else:
+                extras[key] = arr
+        return Samples([self.feeds[i] for i in indices], source or self.source, extras)
 
 
 def parse_dims(items: list[str] | tuple[str, ...]) -> dict[str, int]:
@@ -254,9 +272,7 @@ def from_test_data_dir(model: ir.Model, folder: Path) -> Samples:
     if not sets:
         raise DataError(f"{folder}: no test_data_set_* folders and no input_*.pb files")
     specs = input_specs(model)
-    containers = {
-        v.name: _container(v.type) for v in model.graph.inputs if not v.is_initializer()
-    }
+    containers = {v.name: _container(v.type) for v in model.graph.inputs if not v.is_initializer()}
     feeds = []
     for s in sets:
         files = _tensor_files(s)
@@ -295,6 +311,67 @@ def load_data(model: ir.Model, path: str | os.PathLike[str], *, batch: int = 1) 
     with loaded as npz:
         arrays = {k: npz[k] for k in npz.files}
     return from_arrays(model, arrays, source=str(p), batch=batch)
+
+
+def from_feeds(model: ir.Model, feeds: Iterable[Mapping[str, Any]], *, source: str) -> Samples:
+    """Samples from feed dicts (input name -> array), one feed per sample, each checked
+    against the model's inputs like DATA. Extra keys are refused: they are a typo more often
+    than not."""
+    specs = {s.name: s for s in input_specs(model)}
+    out: list[Feed] = []
+    for i, feed in enumerate(feeds):
+        if not isinstance(feed, Mapping):
+            raise DataError(
+                f"{source}: feed {i} is a {type(feed).__name__}, not a dict of input name -> array"
+            )
+        missing = [n for n in specs if n not in feed]
+        extra = [k for k in feed if k not in specs]
+        if missing or extra:
+            raise DataError(
+                f"{source}: feed {i} "
+                + (f"lacks input(s) {', '.join(map(repr, missing))}" if missing else "")
+                + ("; " if missing and extra else "")
+                + (f"has unknown key(s) {', '.join(map(repr, extra))}" if extra else "")
+                + f" (the model's inputs: {', '.join(specs)})"
+            )
+        checked: Feed = {}
+        for name, spec in specs.items():
+            arr = np.asarray(feed[name])
+            _check_dtype(spec, arr)
+            _check_dims(spec, tuple(arr.shape), f"feed {i}")
+            checked[name] = arr
+        out.append(checked)
+    if not out:
+        raise DataError(f"{source}: no samples")
+    return Samples(out, source)
+
+
+def _reader_feeds(reader: Any) -> Iterator[Mapping[str, Any]]:
+    """The feeds of an ONNX Runtime ``CalibrationDataReader`` (``get_next()`` until None)."""
+    while (feed := reader.get_next()) is not None:
+        yield feed
+
+
+def as_samples(model: ir.Model, data: Any, *, batch: int = 1) -> Samples | None:
+    """DATA in any form the Python API takes: None, ``Samples``, a .npz or test-data folder
+    path, a dict of arrays (the .npz contract), an ONNX Runtime ``CalibrationDataReader``, or
+    any iterable of feed dicts."""
+    if data is None or isinstance(data, Samples):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        return load_data(model, data, batch=batch)
+    if isinstance(data, Mapping):
+        if all(isinstance(v, np.ndarray) for v in data.values()):
+            return from_arrays(model, data, source="arrays given in Python", batch=batch)
+        raise DataError("data given as a dict must map input names to numpy arrays")
+    if hasattr(data, "get_next"):
+        return from_feeds(model, _reader_feeds(data), source=type(data).__name__)
+    if isinstance(data, Iterable):
+        return from_feeds(model, data, source="feeds given in Python")
+    raise UsageError(
+        f"data: cannot use a {type(data).__name__}",
+        hint="give a .npz path, a dict of arrays, or an iterable of {input name: array} feeds",
+    )
 
 
 def random_feeds(

@@ -170,8 +170,10 @@ def detach_map_outputs(proto: onnx.ModelProto, path: Path) -> None:
             kept_outputs.append(out)
             continue
         node = producers.get(out.name)
-        if node is None or len(node.output) != 1 or any(
-            _has_map(v.type) for v in graph.input if v.name in node.input
+        if (
+            node is None
+            or len(node.output) != 1
+            or any(_has_map(v.type) for v in graph.input if v.name in node.input)
         ):
             raise UnsupportedModelError(
                 f"{path}: output '{out.name}' is map-typed and not made by a single node from "

@@ -200,9 +200,7 @@ def _candidates(model: ir.Model, free: dict[str, str]) -> list[tuple[dict[str, i
         # an unnamed dim off axis 0 may be a batch (a recurrent state [2, batch, 128] beside
         # input [batch, time]): with every such dim climbing together, batch and time never
         # differ, so each proper subset also gets pinned to the batch size 1
-        pinned_sets += [
-            c for r in range(1, len(other)) for c in itertools.combinations(other, r)
-        ]
+        pinned_sets += [c for r in range(1, len(other)) for c in itertools.combinations(other, r)]
     for pinned in pinned_sets:
         climbing = [k for k in other if k not in pinned]
         for i in range(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import json
 import math
 import os
@@ -52,6 +51,55 @@ def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return p
+
+
+REPORT_SCHEMA = "graphopt.report/1"
+
+
+def pipeline_report(
+    *,
+    source: str | None,
+    pipeline: str,
+    target: str,
+    verify: dict[str, Any],
+    seconds: float,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    passes: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The report of one pipeline run (what the runner knows)."""
+    import datetime
+
+    return {
+        "schema": REPORT_SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source": source,
+        "pipeline": pipeline,
+        "target": target,
+        "verify": verify,
+        "seconds": seconds,
+        "before": before,
+        "after": after,
+        "passes": passes,
+    }
+
+
+def add_files(
+    report: dict[str, Any],
+    *,
+    model: dict[str, Any],
+    output: dict[str, Any] | None,
+    providers: dict[str, Any],
+    environment: dict[str, Any],
+) -> dict[str, Any]:
+    """Complete a pipeline report with what ``graphopt.optimize`` knows: the input model
+    (path, sha256), the files written, the execution providers and the environment."""
+    report["model"] = model
+    if output is not None:
+        report["output"] = output
+    report["providers"] = providers
+    report["environment"] = environment
+    return report
 
 
 def human_bytes(n: float) -> str:
@@ -156,58 +204,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     for rec in report["passes"]:
         if rec.get("inserted") and rec["modified"]:
             lines.append(f"{rec['step']}: inserted because {rec['inserted']}")
-        lines += [f"{rec['pass']}: {note}" for note in detail_notes(rec.get("details") or {})]
+        lines += [f"{rec['pass']}: {note}" for note in rec.get("notes", [])]
         if rec.get("unchanged"):  # a pass that declined, or a lossy one that did nothing
             lines.append(f"{rec['pass']}: left the model unchanged: {rec['unchanged']}")
     return lines
-
-
-def detail_notes(details: dict[str, Any]) -> list[str]:
-    """One-line findings of a pass worth a user's attention (fusion, float fallbacks, guard)."""
-    notes = []
-    if "isa" in details and "activation_type" in details:
-        notes.append(
-            f"target {details.get('target')} ({details['isa']}): {details['activation_type']} "
-            f"activations, {details.get('weight_bits')}-bit weights — {details.get('why', '')}"
-        )
-    fusion = details.get("fusion_final") or details.get("fusion")
-    if fusion:
-        kernels = ", ".join(f"{k}×{n}" for k, n in fusion.get("integer_kernels", {}).items())
-        notes.append(
-            f"ONNX Runtime fuses {fusion['fused']} quantized nodes ({kernels or 'none'}); "
-            f"{fusion['unfused']} unfused"
-        )
-    kept = details.get("kept_float") or {}
-    if kept:
-        reasons = collections.Counter(kept.values())
-        notes.append(
-            f"kept in float: {len(kept)} nodes ("
-            + ", ".join(f"{n} {why}" for why, n in sorted(reasons.items()))
-            + ")"
-        )
-    budget = details.get("budget")
-    if isinstance(budget, dict):  # qdq-insert: quantized_all, assign-precision: converted_all
-        start = budget.get("quantized_all", budget.get("converted_all"))
-        what = "all int8" if "quantized_all" in budget else "all converted"
-        if start is not None:
-            notes.append(
-                f"budget {budget['budget']}: {what} {start:.6g} → final "
-                f"{budget.get('final', start):.6g}"
-                + ("" if budget.get("met", True) else " (NOT met)")
-            )
-    kept32 = details.get("kept_fp32")
-    if isinstance(kept32, dict) and details.get("precision") == "fp32":
-        reasons = ", ".join(f"{len(v)} {r}" for r, v in kept32.items() if v)
-        notes.append(f"every node stays fp32 ({reasons or 'no float nodes'})")
-    guard = details.get("guard")
-    if guard and "decision" in guard and not guard["decision"].startswith("float"):  # else the
-        # pass declined and says so itself
-        timing = guard.get("all", {})
-        notes.append(
-            f"latency guard: {guard['decision']} (int8 {timing.get('int8_ms', 0):.3g} ms vs "
-            f"float {timing.get('float_ms', 0):.3g} ms on DATA's first feed)"
-        )
-    return notes
 
 
 def print_run(console: Console, report: dict[str, Any], *, show_unchanged: bool = False) -> None:

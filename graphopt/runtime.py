@@ -223,7 +223,8 @@ def _is_ml_dtype(value: Any) -> bool:
 def run_one(sess: Any, names: Sequence[str] | None, feed: dict[str, Any]) -> list[Any]:
     """``sess.run`` that also takes and returns ml_dtypes arrays (bfloat16 inputs/outputs)."""
     wants_ml = any(
-        o.type in ("tensor(bfloat16)",) or o.type.startswith("tensor(float8")
+        o.type in ("tensor(bfloat16)",)
+        or o.type.startswith("tensor(float8")
         or o.type.startswith(("tensor(int4", "tensor(uint4", "tensor(int2", "tensor(uint2"))
         for o in sess.get_outputs()
     )

@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import onnx
+import pass_testing
 import pytest
-from onnx import helper
 
 OPSET = 17
 IR_VERSION = 8
@@ -20,10 +20,6 @@ IR_VERSION = 8
 Dims = Sequence[int | str | None]
 MakeModel = Callable[..., onnx.ModelProto]
 SaveModel = Callable[[onnx.ModelProto, str], Path]
-
-
-def _value(name: str, elem_type: int, dims: Dims | None) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, elem_type, None if dims is None else list(dims))
 
 
 def build_model(
@@ -35,16 +31,18 @@ def build_model(
     opset: int = OPSET,
     ir_version: int = IR_VERSION,
 ) -> onnx.ModelProto:
-    """A one-graph model; inputs/outputs are ``(name, TensorProto.<TYPE>, dims)``."""
-    graph = helper.make_graph(
-        list(nodes),
-        "g",
-        [_value(*i) for i in inputs],
-        [_value(*o) for o in outputs],
-        list(initializers),
-    )
-    return helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version
+    """A one-graph model; inputs/outputs are ``(name, TensorProto.<TYPE>, dims)``. The tests'
+    one builder (``pass_testing.make_proto``), without shape inference: these models are
+    often deliberately invalid."""
+    return pass_testing.make_proto(
+        nodes,
+        inputs,
+        outputs,
+        initializers,
+        infer_shapes=False,
+        name="g",
+        opset=opset,
+        ir_version=ir_version,
     )
 
 

@@ -9,6 +9,7 @@ optimizations off, the same reference the runner's verify-each uses.
 from __future__ import annotations
 
 import collections
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -18,8 +19,9 @@ import onnx_ir as ir
 from onnx import helper, numpy_helper
 
 from graphopt import data, runtime
+from graphopt import data as data_mod
 from graphopt import ir as gir
-from graphopt.core.pass_base import PROVENANCE_KEY, GraphoptPass, Tolerance
+from graphopt.core.pass_base import PROVENANCE_KEY, GraphoptPass, PassContext, Tolerance
 from graphopt.core.registry import get_pass
 
 OPSET = 17
@@ -59,6 +61,14 @@ def constant(output: str, array: np.ndarray | Sequence[Any]) -> Any:
     )
 
 
+def _value_info(v: Any) -> Any:
+    """A ValueInfoProto as given, or built from ``(name, elem_type, dims)``."""
+    if isinstance(v, tuple):
+        name, elem_type, dims = v
+        return vi(name, None if dims is None else list(dims), elem_type)
+    return v
+
+
 def make_proto(
     nodes: Iterable[Any],
     inputs: Iterable[Any],
@@ -68,20 +78,26 @@ def make_proto(
     *,
     infer_shapes: bool = True,
     name: str = "test",
+    opset: int = OPSET,
+    ir_version: int = IR_VERSION,
 ) -> onnx.ModelProto:
-    """An opset-17, IR-8 ModelProto; ``infer_shapes`` fills intermediate value shapes."""
+    """An opset-17, IR-8 ModelProto; ``infer_shapes`` fills intermediate value shapes.
+
+    Inputs and outputs are ValueInfoProtos (:func:`vi`) or ``(name, TensorProto.<TYPE>,
+    dims)`` tuples. The one model builder of the tests (conftest's ``build_proto`` fixture
+    is this, without shape inference)."""
     graph = helper.make_graph(
         list(nodes),
         name,
-        list(inputs),
-        list(outputs),
+        [_value_info(v) for v in inputs],
+        [_value_info(v) for v in outputs],
         initializer=list(initializers),
         value_info=list(value_info),
     )
     proto = helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
-        ir_version=IR_VERSION,
+        opset_imports=[helper.make_opsetid("", opset)],
+        ir_version=ir_version,
         producer_name="graphopt-tests",
     )
     if infer_shapes:
@@ -215,26 +231,66 @@ def initializer_array(model: ir.Model, name: str) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------ running passes
-def make_pass(pass_name: str, **options: Any) -> GraphoptPass:
+def make_context(
+    model: ir.Model | None = None,
+    *,
+    context: PassContext | None = None,
+    data: Any = None,
+    reference: ir.Model | None = None,
+    **fields: Any,
+) -> PassContext:
+    """The run's context: ``context`` as given, or a new one from ``fields`` (``target``,
+    ``budget``, ``dims``...). ``data`` (``Samples``, a list of feeds, a dict of arrays) is
+    what passes that need DATA calibrate on; ``reference`` is the model before the lossy
+    passes (what ``reconstruct`` fits to)."""
+    ctx = context if context is not None else PassContext(**fields)
+    if data is not None:
+        if isinstance(data, list) and not isinstance(data, data_mod.Samples):
+            data = data_mod.Samples(list(data), "test feeds")
+        ctx.data = data_mod.as_samples(model, data) if model is not None else data
+    if reference is not None:
+        ctx.reference = runtime.Snapshot.of(reference)
+    return ctx
+
+
+def make_pass(
+    pass_name: str, *, context: PassContext | None = None, **options: Any
+) -> GraphoptPass:
     cls = get_pass(pass_name)
-    return cls(cls.Options(**options))
+    return cls(cls.Options(**options), context)
 
 
 def run_pass(
-    model: ir.Model, pass_name: str, **options: Any
+    model: ir.Model,
+    pass_name: str,
+    *,
+    context: PassContext | None = None,
+    data: Any = None,
+    **options: Any,
 ) -> tuple[ir.passes.PassResult, GraphoptPass]:
-    """Run one pass in place; returns its result and the pass object (for ``stats``)."""
-    p = make_pass(pass_name, **options)
-    result = p(model)
+    """Run one pass in place with ``context`` (and ``data`` as its DATA); returns the result
+    and the pass object (``stats``, ``details``, ``findings``)."""
+    ctx = make_context(model, context=context, data=data)
+    p = make_pass(pass_name, context=ctx, **options)
+    with warnings.catch_warnings():  # numpy warns about a lossy tolerance's infinite atol
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = p(model)
     assert result.model is model, "graphopt passes are in place"
     return result, p
 
 
-def assert_idempotent(model: ir.Model, pass_name: str, **options: Any) -> None:
+def assert_idempotent(
+    model: ir.Model,
+    pass_name: str,
+    *,
+    context: PassContext | None = None,
+    data: Any = None,
+    **options: Any,
+) -> None:
     """A second run changes nothing: modified=False, no stats, identical graph."""
     before = to_bytes(model)
     fp = gir.fingerprint(model)
-    result, p = run_pass(model, pass_name, **options)
+    result, p = run_pass(model, pass_name, context=context, data=data, **options)
     assert not result.modified, f"{pass_name} is not idempotent (stats {dict(p.stats)})"
     assert not p.stats, f"{pass_name} counted work on its second run: {dict(p.stats)}"
     assert gir.fingerprint(model) == fp
@@ -258,20 +314,27 @@ def apply_and_check(
     model: ir.Model,
     pass_name: str,
     feeds: Sequence[Feed] | None = None,
+    *,
+    context: PassContext | None = None,
+    data: Any = None,
     **options: Any,
 ) -> tuple[ir.Model, GraphoptPass]:
-    """Run the pass on ``model`` (in place) expecting a change; check numerics and idempotence.
+    """Run the pass on ``model`` (in place) expecting a change; check numerics against ONNX
+    Runtime within the pass's declared tolerance, validity and idempotence.
 
-    Returns the untouched original (a copy taken before) and the pass object.
+    ``context``/``data`` are the run's (see :func:`run_pass`); ``feeds`` are what the outputs
+    are compared on (default: random inputs). Returns the untouched original (a copy taken
+    before) and the pass object.
     """
     original = copy_model(model)
     if feeds is None:
         feeds = random_feeds(original)
     valid_before = _passes_checker(original)
-    result, p = run_pass(model, pass_name, **options)
+    ctx = make_context(model, context=context, data=data)
+    result, p = run_pass(model, pass_name, context=ctx, **options)
     assert result.modified, f"{pass_name} found nothing to do"
     if valid_before:  # a valid model stays valid
         onnx.checker.check_model(ir.serde.serialize_model(model))
     assert_same_outputs(original, model, type(p).tolerance, feeds)
-    assert_idempotent(model, pass_name, **options)
+    assert_idempotent(model, pass_name, context=ctx, **options)
     return original, p

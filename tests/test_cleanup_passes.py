@@ -1,4 +1,5 @@
-"""Golden, numerical and idempotence tests of the cleanup passes, and the pass contract.
+"""Golden, numerical and idempotence tests of the cleanup passes (the contract every pass
+keeps is checked in test_pass_contract.py).
 
 Each pass gets a small model that gives it work (structure, stats and provenance are checked,
 outputs are compared with ONNX Runtime within the pass's tolerance, and a second run must
@@ -7,8 +8,6 @@ report ``modified=False``) and models where it has nothing to do (graph left unc
 
 from __future__ import annotations
 
-import dataclasses
-import re
 from collections.abc import Callable
 
 import numpy as np
@@ -35,8 +34,8 @@ from pass_testing import (
 )
 
 from graphopt import ir as gir
-from graphopt.core import Tolerance, all_passes, run_pipeline
-from graphopt.core.pass_base import PROVENANCE_KEY, GraphoptPass
+from graphopt.core import Tolerance, run_pipeline
+from graphopt.core.pass_base import PROVENANCE_KEY
 from graphopt.data import random_feeds as samples_for
 from graphopt.demo import demo_files
 
@@ -597,80 +596,10 @@ def test_adapter_marks_created_nodes(
     assert all(n.metadata_props.get(PROVENANCE_KEY) == pass_name for n in created)
 
 
-# =============================================================================== pass contract
-_KEBAB = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-ALL_PASSES = all_passes()
-
-
-def test_all_cleanup_passes_are_registered() -> None:
-    expected = {
-        "lift-constants",
-        "fold-constants",
-        "eliminate-dead-code",
-        "eliminate-common-subexpressions",
-        "eliminate-identity",
-        "deduplicate-initializers",
-        "infer-shapes",
-        "sort-topologically",
-        "fold-batchnorm",
-    }
-    assert expected <= set(ALL_PASSES)
-
-
-@pytest.mark.parametrize("name", sorted(ALL_PASSES))
-def test_pass_declaration(name: str) -> None:
-    cls = ALL_PASSES[name]
-    assert issubclass(cls, GraphoptPass)
-    assert cls.name == name and _KEBAB.match(name)
-    assert cls.__name__.endswith("Pass")
-    opts = cls.Options
-    assert dataclasses.is_dataclass(opts)
-    assert opts.__dataclass_params__.frozen  # type: ignore[attr-defined]
-    for f in dataclasses.fields(opts):
-        doc = f.metadata.get("doc")
-        assert isinstance(doc, str) and doc.strip(), f"{name}: option {f.name} has no doc"
-    default = opts()  # every option has a default
-    fields = dataclasses.fields(opts)
-    if fields:
-        with pytest.raises(dataclasses.FrozenInstanceError):
-            setattr(default, fields[0].name, getattr(default, fields[0].name))
-    assert isinstance(cls.tolerance, Tolerance)
-    assert cls.summary.strip(), f"{name} has no summary"
-
-
-def _demo_model(shapes: bool) -> ir.Model:
-    model = gir.load_model(demo_files()[0])
-    if shapes:  # a second variant where value shapes are known, as inside the cleanup preset
-        run_pass(model, "infer-shapes")
-    return model
-
-
 @pytest.fixture(scope="module")
 def demo_feeds() -> list[dict[str, np.ndarray]]:
     model = gir.load_model(demo_files()[0])
     return samples_for(model, count=2, seed=7, dims={"batch": 4}).feeds
-
-
-@pytest.mark.parametrize("shapes", [False, True], ids=["as-exported", "shapes-inferred"])
-# passes that need calibration data are tested with it in their own modules
-@pytest.mark.parametrize("name", sorted(n for n, c in ALL_PASSES.items() if not c.needs))
-def test_pass_on_demo_model_is_idempotent_and_within_tolerance(
-    name: str, shapes: bool, demo_feeds: list[dict[str, np.ndarray]]
-) -> None:
-    cls = ALL_PASSES[name]
-    model = _demo_model(shapes)
-    original = copy_model(model)
-    first = cls(cls.Options())(model)
-    assert first.model is model
-    assert_same_outputs(original, model, cls.tolerance, demo_feeds)
-    fp = gir.fingerprint(model)
-    second_pass = cls(cls.Options())
-    second = second_pass(model)
-    assert second.modified is False, f"{name}: second run modified the model"
-    assert not second_pass.stats
-    assert gir.fingerprint(model) == fp
-    if name == "fold-batchnorm":
-        assert first.modified and "BatchNormalization" not in op_counts(model)
 
 
 def test_cleanup_preset_on_demo_model(demo_feeds: list[dict[str, np.ndarray]]) -> None:

@@ -48,9 +48,10 @@ def test_every_step_runs(dry) -> None:
     assert all(s["status"] == "ok" for s in steps.values()), steps
     for name in ("device facts", "build models", "make variants", "graphopt bench ranking"):
         assert name in steps
-    assert doc["facts"]["onnxruntime"] and "CPUExecutionProvider" in doc["facts"][
-        "available_providers"
-    ]
+    assert (
+        doc["facts"]["onnxruntime"]
+        and "CPUExecutionProvider" in doc["facts"]["available_providers"]
+    )
     assert doc["elapsed_s"] < doc["config"]["budget_s"]
 
 
@@ -136,8 +137,9 @@ def test_a_rerun_reuses_what_was_built(dry, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     doc = json.loads((tmp_path / "gpu.json").read_text())
     v = doc["models"]["bert-base"]["variants"]["ap-fp16"]
-    assert v["build"].get("reused") and v["path"] == (
-        first["models"]["bert-base"]["variants"]["ap-fp16"]["path"]
+    assert (
+        v["build"].get("reused")
+        and v["path"] == (first["models"]["bert-base"]["variants"]["ap-fp16"]["path"])
     )
     assert "p50_ms" in v["latency"]["1"]
     assert doc["elapsed_s"] < first["elapsed_s"]

@@ -197,9 +197,7 @@ def test_test_data_beside_the_model_is_used(
     x = np.random.default_rng(0).standard_normal((1, 3, 50, 50)).astype(np.float32)
     (ds / "input_0.pb").write_bytes(onnx.numpy_helper.from_array(x, "images").SerializeToString())
     report = tmp_path / "r.json"
-    res = cli_testing.cli(
-        capsys, "optimize", path, "-o", tmp_path / "o.onnx", "--report", report
-    )
+    res = cli_testing.cli(capsys, "optimize", path, "-o", tmp_path / "o.onnx", "--report", report)
     assert res.code == 0, res.err
     assert json.loads(report.read_text())["verify"]["inputs"].startswith("test_data_set_*")
 

@@ -17,13 +17,12 @@ import numpy as np
 import onnx_ir as ir
 import pass_testing as pt
 import pytest
-from graphopt.passes.sparsify import channels as ch
-from graphopt.passes.sparsify.prune_channels import (
-    PruneChannelsPass,
-    global_counts,
-    keep_count,
-    layer_macs,
-)
+from graphopt.passes.sparsify.channel_analysis import _Analyzer, analyze
+from graphopt.passes.sparsify.channel_layout import CHANNELS_KEY, Analysis
+from graphopt.passes.sparsify.channel_rewrite import apply
+from graphopt.passes.sparsify.channel_shapes import symbolic_shapes
+from graphopt.passes.sparsify.prune_channels import PruneChannelsPass, layer_macs
+from graphopt.passes.sparsify.prune_importance import global_counts, keep_count
 
 from graphopt import data, demo
 from graphopt import ir as gir
@@ -41,7 +40,7 @@ def _w(*shape: int, seed: int = 0) -> np.ndarray:
     )
 
 
-def _silenced(model: ir.Model, analysis: ch.Analysis, kept: dict[int, np.ndarray]) -> ir.Model:
+def _silenced(model: ir.Model, analysis: Analysis, kept: dict[int, np.ndarray]) -> ir.Model:
     """A copy of ``model`` with the removed channels' rows of every sink set to zero."""
     ref = pt.copy_model(model)
     by_name = {n.name: n for n in ref.graph}
@@ -59,7 +58,7 @@ def _silenced(model: ir.Model, analysis: ch.Analysis, kept: dict[int, np.ndarray
     return ref
 
 
-def _random_kept(analysis: ch.Analysis, seed: int = 0) -> dict[int, np.ndarray]:
+def _random_kept(analysis: Analysis, seed: int = 0) -> dict[int, np.ndarray]:
     rng = np.random.default_rng(seed)
     kept: dict[int, np.ndarray] = {}
     for group in analysis.groups():
@@ -75,11 +74,11 @@ def _random_kept(analysis: ch.Analysis, seed: int = 0) -> dict[int, np.ndarray]:
 
 def assert_prune_exact(model: ir.Model, *, dims: dict[str, int] | None = None) -> dict:
     """Prune random kept sets in place; outputs equal the silenced original's."""
-    analysis = ch.analyze(model.graph, ch.symbolic_shapes(model))
+    analysis = analyze(model.graph, symbolic_shapes(model))
     kept = _random_kept(analysis)
     assert kept, "nothing prunable"
     reference = _silenced(model, analysis, kept)
-    stats = ch.apply(model.graph, analysis, kept)
+    stats = apply(model.graph, analysis, kept)
     feeds = pt.random_feeds(reference, count=2, dims=dims or {"*": 2})
     pt.assert_same_outputs(reference, model, pt.Tolerance.reassociation(), feeds)
     import onnx
@@ -136,7 +135,7 @@ def _chain(*, residual: bool = False, concat: bool = False, depthwise: bool = Fa
 
 def test_chain_groups_sinks_and_parameters() -> None:
     model = _chain()
-    a = ch.analyze(model.graph)
+    a = analyze(model.graph)
     groups = {tuple(a.spaces[s].producer.name for s in g): a.group_unsafe(g) for g in a.groups()}
     assert groups == {
         ("c1_node",): None,
@@ -163,7 +162,7 @@ def test_rewrite_is_exact(kind: str) -> None:
     stats = assert_prune_exact(model)
     assert stats["channels_removed"] > 0
     if flags["residual"]:
-        a = ch.analyze(pt.copy_model(_chain(**flags)).graph)
+        a = analyze(pt.copy_model(_chain(**flags)).graph)
         tied = [g for g in a.groups() if len(g) > 1]
         assert [sorted(a.spaces[s].producer.name for s in g) for g in tied] == [
             ["c1_node", "c2_node"]
@@ -201,7 +200,7 @@ def _head(transposed: bool) -> ir.Model:
 @pytest.mark.parametrize("transposed", [False, True], ids=["flatten", "transpose-reshape"])
 def test_flattened_channels_into_gemm(transposed: bool) -> None:
     model = _head(transposed)
-    a = ch.analyze(model.graph)
+    a = analyze(model.graph)
     (sink,) = [s for s in a.sinks if s.node.op_type == "Gemm"]
     # [2, 6, 4, 3]: Flatten gives 12 values per channel; Transpose(0,2,1,3) + Reshape gives
     # 4 repeats of (6 channels x 3 values)
@@ -245,7 +244,7 @@ def _mlp(hidden_out: bool = False) -> ir.Model:
 
 def test_mlp_neurons_through_gelu() -> None:
     model = _mlp()
-    a = ch.analyze(model.graph)
+    a = analyze(model.graph)
     safe = [g for g in a.groups() if a.group_unsafe(g) is None]
     assert [a.spaces[g[0]].producer.name for g in safe] == ["m1_node"]
     assert_prune_exact(model, dims={"batch": 3})
@@ -314,7 +313,7 @@ def test_unsafe_structures_are_left_alone(case: str, reason: str) -> None:
         inputs.append(pt.vi("z", [2, 8]))
     model = pt.make_model(nodes, inputs, outputs, inits)
     before = pt.to_bytes(model)
-    a = ch.analyze(model.graph)
+    a = analyze(model.graph)
     first = next(g for g in a.groups() if a.spaces[g[0]].producer.name == "h_node")
     assert reason in (a.group_unsafe(first) or "")
     result, p = pt.run_pass(model, PASS, ratio=0.5, round_to=1, min_channels=1)
@@ -335,7 +334,7 @@ def test_concat_with_a_graph_input_keeps_that_segment() -> None:
         [pt.vi("y", [1, 2, 4, 4])],
         [pt.init("w1", _w(6, 3, 1, 1)), pt.init("w2", _w(2, 9, 1, 1))],
     )
-    a = ch.analyze(model.graph)
+    a = analyze(model.graph)
     sink = next(s for s in a.sinks if s.node.name == "y_node")
     assert [n for _, n in sink.layout.segments] == [6, 3]
     producers = [g for g in a.groups() if a.spaces[g[0]].producer.name == "a_node"]
@@ -386,10 +385,10 @@ def test_pass_on_demo_counts_macs_and_records_kept_channels() -> None:
     assert p.details["macs"] == {"before": macs, "after": layer_macs(model)}
     assert p.details["macs"]["after"] < 0.6 * macs
     convs = {n.name: n for n in model.graph if n.op_type == "Conv"}
-    rec = json.loads(convs["/3/Conv"].metadata_props[ch.CHANNELS_KEY])
+    rec = json.loads(convs["/3/Conv"].metadata_props[CHANNELS_KEY])
     assert rec["original"] == 32 and len(rec["kept"]) == 24  # 32 * 0.7 rounded to 8s
     # the kept filters are the original ones, restricted to the kept input channels
-    kept0 = json.loads(convs["/0/Conv"].metadata_props[ch.CHANNELS_KEY])["kept"]
+    kept0 = json.loads(convs["/0/Conv"].metadata_props[CHANNELS_KEY])["kept"]
     w0 = next(n for n in original.graph if n.name == "/3/Conv").inputs[1].const_value.numpy()
     w = convs["/3/Conv"].inputs[1].const_value.numpy()
     np.testing.assert_array_equal(w, w0[rec["kept"]][:, kept0])
@@ -419,7 +418,7 @@ def test_second_order_drops_a_duplicated_channel_magnitude_keeps() -> None:
                 PassContext(data=samples))  # fmt: skip
         p(m)
         h = next(n for n in m.graph if n.name == "h_node")
-        return json.loads(h.metadata_props[ch.CHANNELS_KEY])["kept"]
+        return json.loads(h.metadata_props[CHANNELS_KEY])["kept"]
 
     assert {0, 1} <= set(kept_after("magnitude"))
     assert not {0, 1} <= set(kept_after("second-order"))
@@ -443,9 +442,9 @@ def test_global_scope_is_idempotent_and_removes_the_ratio() -> None:
     model = gir.load_model(demo.demo_files()[0])
     run_pipeline(model, "cleanup", verify_each=False)
     total = sum(
-        ch.analyze(model.graph).spaces[g[0]].size
-        for g in ch.analyze(model.graph).groups()
-        if ch.analyze(model.graph).group_unsafe(g) is None
+        analyze(model.graph).spaces[g[0]].size
+        for g in analyze(model.graph).groups()
+        if analyze(model.graph).group_unsafe(g) is None
     )
     _, p = pt.run_pass(model, PASS, scope="global", ratio=0.4, round_to=1)
     removed = p.stats["channels_removed"]
@@ -477,7 +476,7 @@ def _bert(layers: int = 2) -> ir.Model:
 
 def test_attention_heads_are_one_group_that_goes_in_whole_heads() -> None:
     model = _bert()
-    a = ch.analyze(model.graph)
+    a = analyze(model.graph)
     groups = {tuple(a.spaces[s].producer.name for s in g): g for g in a.groups()}
     qkv = groups[("l0.q.matmul", "l0.k.matmul", "l0.v.matmul")]
     assert a.group_unsafe(qkv) is None and a.group_unit(qkv) == 16
@@ -498,7 +497,7 @@ def test_head_pruning_rewrites_the_reshapes() -> None:
     assert [list(n.inputs[1].const_value.numpy()) for n in merged] == [[0, -1, 32]] * 2
     for name in ("l0.q.matmul", "l1.v.matmul"):
         node = next(n for n in model.graph if n.name == name)
-        kept = json.loads(node.metadata_props[ch.CHANNELS_KEY])["kept"]
+        kept = json.loads(node.metadata_props[CHANNELS_KEY])["kept"]
         heads = np.asarray(kept).reshape(2, 16)  # two whole heads of 16 channels
         np.testing.assert_array_equal(heads, heads[:, :1] + np.arange(16))
         assert set(heads[:, 0] % 16) == {0}
@@ -539,7 +538,7 @@ def test_shared_computed_head_shapes_get_a_concat_each() -> None:
         inits += [pt.init(f"w{b}", _w(8, 64, seed=ord(b))), pt.init(f"v{b}", _w(64, 8, seed=3))]
     nodes.append(pt.node("Add", ["oa", "ob"], ["y"]))
     model = pt.make_model(nodes, [pt.vi("x", ["B", "S", 8])], [pt.vi("y", ["B", "S", 8])], inits)
-    a = ch.analyze(model.graph, ch.symbolic_shapes(model))
+    a = analyze(model.graph, symbolic_shapes(model))
     group = {a.spaces[g[0]].producer.name: g for g in a.groups()}
     assert a.group_unit(group["ha_node"]) == a.group_unit(group["hb_node"]) == 16
     heads = {"ha_node": [0, 1, 3], "hb_node": [2]}
@@ -550,7 +549,7 @@ def test_shared_computed_head_shapes_get_a_concat_each() -> None:
         for s in g
     }
     reference = _silenced(model, a, kept)
-    stats = ch.apply(model.graph, a, kept)
+    stats = apply(model.graph, a, kept)
     assert stats["reshapes_fixed"] == 4
     feeds = pt.random_feeds(reference, count=2, dims={"B": 2, "S": 3})
     pt.assert_same_outputs(reference, model, pt.Tolerance.reassociation(), feeds)
@@ -590,7 +589,7 @@ def test_the_pass_proves_its_rewrite(monkeypatch: pytest.MonkeyPatch) -> None:
     def wrong(self, node, ins) -> None:  # type: ignore[no-untyped-def]
         self.set(node.outputs[0], ins[0][2])
 
-    monkeypatch.setattr(ch._Analyzer, "op_Softmax", wrong)
+    monkeypatch.setattr(_Analyzer, "op_Softmax", wrong)
     with pytest.raises(RuntimeError, match="graphopt bug"):
         pt.run_pass(pt.copy_model(model), PASS, ratio=0.5, round_to=1, min_channels=1)
     _, p = pt.run_pass(model, PASS, ratio=0.5, round_to=1, min_channels=1, check=False)
@@ -625,7 +624,7 @@ def _c2f() -> ir.Model:
 
 def test_split_parts_are_pruned_on_their_own() -> None:
     model = _c2f()
-    a = ch.analyze(model.graph)
+    a = analyze(model.graph)
     labels = {a.spaces[g[0]].label: a.group_unsafe(g) for g in a.groups()}
     assert labels == {
         "c1_node[0:8]": None,
@@ -665,7 +664,7 @@ def test_split_pass_is_idempotent_and_refuses_tied_channels() -> None:
             pt.init("w3", _w(5, 16, 1, 1, seed=2)),
         ],
     )
-    a = ch.analyze(model.graph)
+    a = analyze(model.graph)
     tied_group = next(g for g in a.groups() if a.spaces[g[0]].producer.name == "c1_node")
     assert "tied" in (a.group_unsafe(tied_group) or "")
 
@@ -728,7 +727,7 @@ def _db_head(logit_bias: float = 0.0) -> ir.Model:
 
 def test_db_detector_structures_are_pruned_exactly() -> None:
     model = _db_head()
-    a = ch.analyze(model.graph)
+    a = analyze(model.graph)
     groups = {tuple(a.spaces[s].label for s in g): a.group_unsafe(g) for g in a.groups()}
     assert groups == {  # the SE gate ties its expanding Conv to the gated one
         ("c1_node", "se_2_node"): None,
@@ -771,7 +770,7 @@ def test_a_saturated_output_does_not_hide_a_wrong_rewrite(
     result, p = pt.run_pass(softmax_head(-60.0), PASS, **options)
     assert result.modified and p.details["check"]["layers_compared"] == 3
     assert p.details["check"]["layers_max_rel"] < 1e-5
-    monkeypatch.setattr(ch._Analyzer, "op_Softmax", _wrong_softmax)
+    monkeypatch.setattr(_Analyzer, "op_Softmax", _wrong_softmax)
     model = softmax_head(-60.0)
     feeds = pt.random_feeds(model, count=2)
     assert np.abs(pt.run_model(model, feeds)[1][0][0]).max() < 1e-12  # saturated
@@ -809,7 +808,7 @@ def test_resize_crop_keeps_channels_only_with_the_whole_channel_roi(
             pt.init("sc", np.array([1, 1, 2, 2], np.float32)),
         ],
     )
-    a = ch.analyze(model.graph)
+    a = analyze(model.graph)
     first = next(g for g in a.groups() if a.spaces[g[0]].producer.name == "c1_node")
     if reason is None:
         assert a.group_unsafe(first) is None
@@ -838,10 +837,10 @@ def test_resize_with_axes_reads_the_channel_scale_by_axis() -> None:
         proto.opset_import[0].CopyFrom(helper.make_opsetid("", 18))
         return ir.serde.deserialize_model(proto)
 
-    a = ch.analyze(model_with([2, 3]).graph)
+    a = analyze(model_with([2, 3]).graph)
     (c1,) = [g for g in a.groups() if a.spaces[g[0]].producer.name == "c1_node"]
     assert "graph output" in (a.group_unsafe(c1) or "")  # followed to the output
-    a = ch.analyze(model_with([1, 2]).graph)
+    a = analyze(model_with([1, 2]).graph)
     (c1,) = [g for g in a.groups() if a.spaces[g[0]].producer.name == "c1_node"]
     assert "resizes the channel axis" in (a.group_unsafe(c1) or "")
 
@@ -871,7 +870,7 @@ def test_paddle_minus_one_dims_are_unknowns(length: int | None) -> None:
         [pt.vi("c", conv_out), pt.vi("r", [-1, 8])],
         infer_shapes=False,
     )
-    a = ch.analyze(model.graph)
+    a = analyze(model.graph)
     (c,) = [g for g in a.groups() if a.spaces[g[0]].producer.name == "c_node"]
     if length is None:
         assert "cannot follow the channel axis" in (a.group_unsafe(c) or "")
@@ -896,5 +895,5 @@ def test_symbolic_shape_inference_leaves_nothing_in_the_current_folder(
     model = pt.make_model(
         [pt.node("Relu", ["x"], ["y"])], [pt.vi("x", [1, 4])], [pt.vi("y", [1, 4])]
     )
-    assert ch.symbolic_shapes(model) is None
+    assert symbolic_shapes(model) is None
     assert list(tmp_path.iterdir()) == []

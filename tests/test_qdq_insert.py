@@ -976,3 +976,15 @@ def test_repair_replans_what_fed_the_repaired_node(monkeypatch: pytest.MonkeyPat
     assert _op(nodes["/7/Conv"].inputs[1]) == "DequantizeLinear"  # a Conv output stays int8
     _assert_no_dangling_qdq(model)
     assert _min_cosine(reference, model, samples.head(2).feeds) >= 0.99
+
+
+def test_nodes_kept_float_by_an_earlier_run_are_named_in_the_reason() -> None:
+    """A second run on a model whose every quantizable node an earlier run kept float (budget,
+    guard) declines with that reason, not "no float32 activation"."""
+    model, samples = _cleaned()
+    for node in model.graph:
+        if node.op_type in ("Conv", "Gemm"):
+            node.metadata_props[qdq.KEPT_FLOAT_KEY] = "sensitivity"
+    p = _apply(model, samples.head(2))
+    assert not p.modified
+    assert p.declined == "every quantizable node was kept float by an earlier run"

@@ -127,7 +127,7 @@ def test_smoothing_only_where_the_error_estimate_says_it_pays() -> None:
 
 def test_error_estimate_matches_simulated_rounding() -> None:
     """int8_matmul_error against fake-quantized numpy on random data (within 20%)."""
-    from graphopt.passes.quantize.insert_qdq import int8_matmul_error
+    from graphopt.passes.quantize.qdq_smooth import int8_matmul_error
 
     rng = np.random.default_rng(3)
     x = rng.standard_normal((4096, K)) * np.linspace(0.2, 3.0, K)

@@ -13,8 +13,11 @@ import numpy as np
 import onnx_ir as ir
 import pass_testing as pt
 import pytest
-from graphopt.passes.sparsify import channels as ch
 from graphopt.passes.sparsify import reconstruct as rc
+from graphopt.passes.sparsify.channel_analysis import analyze
+from graphopt.passes.sparsify.channel_rewrite import apply
+from graphopt.passes.sparsify.reconstruct_fit import conv_patches, masked_solve
+from graphopt.passes.sparsify.reconstruct_layers import Layer
 
 from graphopt import data, demo, runtime
 from graphopt import ir as gir
@@ -73,7 +76,7 @@ def test_conv_patches_match_onnxruntime(attrs: dict) -> None:
     where = np.unravel_index(
         np.arange(y.shape[0] * y.shape[2] * y.shape[3]), (y.shape[0], *y.shape[2:])
     )
-    patches = rc.conv_patches(model.graph.node(0), x, (3, 3), where)
+    patches = conv_patches(model.graph.node(0), x, (3, 3), where)
     got = patches @ w.reshape(5, -1).T + b
     np.testing.assert_allclose(got, y[(where[0], slice(None), *where[1:])], atol=1e-5)
 
@@ -89,7 +92,7 @@ def test_masked_solve_reaches_the_constrained_optimum() -> None:
         d = t - theta
         return float(np.trace(d.T @ h @ d))
 
-    got = rc.masked_solve(theta, h, mask)
+    got = masked_solve(theta, h, mask)
     assert np.all(got[~mask] == 0)
     naive = np.where(mask, theta, 0.0)
     exact = np.zeros_like(theta)  # per output: min over the support of (t-theta)^T H (t-theta)
@@ -118,10 +121,10 @@ def _redundant_convs() -> ir.Model:
 
 
 def _remove_channel(model: ir.Model, producer: str, drop: int) -> None:
-    a = ch.analyze(model.graph)
+    a = analyze(model.graph)
     (group,) = [g for g in a.groups() if a.spaces[g[0]].producer.name == producer]
     n = a.spaces[group[0]].size
-    ch.apply(model.graph, a, {s: np.array([i for i in range(n) if i != drop]) for s in group})
+    apply(model.graph, a, {s: np.array([i for i in range(n) if i != drop]) for s in group})
 
 
 @pytest.mark.parametrize("method", ["output", "input"])
@@ -222,7 +225,7 @@ def test_a_refit_that_does_not_help_is_reverted(monkeypatch: pytest.MonkeyPatch)
     _remove_channel(model, "h_node", 5)
     pruned = pt.to_bytes(model)
 
-    def wrong(self: rc.ReconstructPass, lay: rc._Layer) -> tuple[np.ndarray, np.ndarray]:
+    def wrong(self: rc.ReconstructPass, lay: Layer) -> tuple[np.ndarray, np.ndarray]:
         return -3 * lay.w, np.full(lay.w.shape[0], 5.0)
 
     monkeypatch.setattr(rc.ReconstructPass, "_solve", wrong)

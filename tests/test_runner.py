@@ -16,10 +16,11 @@ from graphopt import ir as gir
 from graphopt import runtime
 from graphopt.core import registry
 from graphopt.core.pass_base import GraphoptPass, PassContext, Tolerance
-from graphopt.core.runner import REPORT_SCHEMA, run_pipeline
+from graphopt.core.runner import run_pipeline
 from graphopt.data import load_data, random_feeds
 from graphopt.demo import demo_files
 from graphopt.errors import PassFailure, PipelineError, VerificationError
+from graphopt.report import REPORT_SCHEMA
 
 
 @pytest.fixture
@@ -203,16 +204,23 @@ def test_model_that_does_not_run_is_reported_before_passes(tmp_path: Path) -> No
         run_pipeline(model, "eliminate-identity", samples=random_feeds(model))
 
 
-def test_budget_notes_read_both_passes_budgets() -> None:
-    """qdq-insert reports quantized_all, assign-precision converted_all (was a KeyError)."""
-    from graphopt.report import detail_notes
+def test_budget_notes_are_rendered_by_each_pass() -> None:
+    """qdq-insert reports quantized_all, assign-precision converted_all (the report once read
+    both from the details and crashed); each pass now renders its own notes."""
+    from graphopt.core.registry import get_pass
+    from graphopt.report import summary_lines
 
-    qdq = detail_notes(
-        {"budget": {"budget": "cosine>=0.99", "quantized_all": 0.98, "final": 0.995}}
-    )
-    assert qdq == ["budget cosine>=0.99: all int8 0.98 → final 0.995"]
-    fp16 = detail_notes(
-        {"budget": {"budget": "cosine>=0.999", "converted_all": 0.9991, "met": False}}
-    )
-    assert fp16 == ["budget cosine>=0.999: all converted 0.9991 → final 0.9991 (NOT met)"]
-    assert detail_notes({"budget": "not measured: no DATA"}) == []
+    qdq = get_pass("qdq-insert")()
+    qdq.details["budget"] = {"budget": "cosine>=0.99", "quantized_all": 0.98, "final": 0.995}
+    assert qdq.render_notes() == ["budget cosine>=0.99: all int8 0.98 → final 0.995"]
+    fp16 = get_pass("assign-precision")()
+    fp16.details["budget"] = {"budget": "cosine>=0.999", "converted_all": 0.9991, "met": False}
+    assert fp16.render_notes() == [
+        "budget cosine>=0.999: all converted 0.9991 → final 0.9991 (NOT met)"
+    ]
+    fp16.details["budget"] = "not measured: no DATA"
+    assert fp16.render_notes() == []
+    # the report prints the notes a pass rendered, as they are
+    rep = run_pipeline(gir.load_model(demo_files()[0]), "eliminate-identity").report
+    rep["passes"][0]["notes"] = ["a note"]
+    assert "eliminate-identity: a note" in summary_lines(rep)

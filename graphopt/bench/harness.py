@@ -40,6 +40,7 @@ from graphopt import data as gdata
 from graphopt import ir as gir
 from graphopt import runtime
 from graphopt.errors import DataError, GraphoptError, RuntimeFailure, UsageError
+from graphopt.metrics import cosine_rows
 
 SCHEMA = "graphopt.bench/1"
 Feed = dict[str, np.ndarray]
@@ -456,14 +457,7 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray) -> dict[str, Any
     scale = float(np.abs(a).max(initial=0.0))
     out["max_abs"] = max_abs
     out["max_rel"] = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
-    rows_a = a.reshape(a.shape[0], -1) if a.ndim >= 1 and a.shape[0] else a.reshape(1, -1)
-    rows_b = b.reshape(rows_a.shape)
-    na, nb = np.linalg.norm(rows_a, axis=1), np.linalg.norm(rows_b, axis=1)
-    dot = np.einsum("ij,ij->i", rows_a, rows_b)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cos = np.where(
-            (na == 0) & (nb == 0), 1.0, np.where((na == 0) | (nb == 0), 0.0, dot / (na * nb))
-        )
+    cos = cosine_rows(b, a)
     out["cosine"] = float(cos.mean()) if cos.size else 1.0
     out["cosine_min"] = float(cos.min()) if cos.size else 1.0
     if ref.ndim == 2 and np.issubdtype(ref.dtype, np.floating) and ref.shape[1] >= 5:

@@ -43,9 +43,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from graphopt.bench.recipe import Cell, OptimizeTask, Recipe, timing_passes
-from graphopt.bench.sweep_store import Store, log_tail
+from graphopt.bench.sweep_store import Store
+from graphopt.bench.sweep_task import Backend, Task, crash_result, store_result
 from graphopt.bench.sweep_worker import OPTIMIZED_NAME, now
-from graphopt.errors import EXIT_INTERNAL, GraphoptError, UsageError
+from graphopt.errors import GraphoptError, UsageError
 
 SCHEMA = "graphopt.sweep/1"
 BACKENDS = ("local", "ray", "inline")
@@ -79,35 +80,6 @@ class CellsFailed(GraphoptError):
     """Some cells failed; the report lists them."""
 
 
-@dataclasses.dataclass
-class Task:
-    """One unit of work for a backend: optimize a (model, pipeline) pair, or bench a cell."""
-
-    kind: str  # "optimize" | "bench"
-    key: str
-    id: str
-    spec: dict[str, Any]
-    exclusive: bool  # runs with nothing else of the sweep running
-    resources: dict[str, Any] = dataclasses.field(default_factory=dict)  # Ray requests
-    paths: list[Path] = dataclasses.field(default_factory=list)  # input files (Ray shipping)
-
-
-class Backend(Protocol):
-    name: str
-
-    def submit(self, task: Task) -> None: ...
-
-    def wait(self, timeout: float) -> list[tuple[Task, dict[str, Any]]]:
-        """Tasks that finished (their results are stored by then), waiting up to timeout."""
-        ...
-
-    def running(self) -> list[Task]: ...
-
-    def cancel_all(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
 class Listener(Protocol):
     def begin(self, plan: dict[str, Any]) -> None: ...
 
@@ -130,24 +102,6 @@ class _Quiet:
 
     def end(self) -> None:
         pass
-
-
-def crash_result(task: Task, why: str, log: Path | None) -> dict[str, Any]:
-    """The result of a task whose process died before storing one."""
-    from graphopt.bench.sweep_worker import CELL_SCHEMA, OPTIMIZE_SCHEMA
-
-    tail = log_tail(log) if log else ""
-    message = why + (f"; last lines of {log}:\n{tail}" if tail else "")
-    return {
-        "schema": OPTIMIZE_SCHEMA if task.kind == "optimize" else CELL_SCHEMA,
-        "key": task.key,
-        "id": task.id,
-        "definition": task.spec["definition"],
-        "run_id": task.spec["run_id"],
-        "status": "error",
-        "error": {"type": "WorkerDied", "message": message, "exit_code": EXIT_INTERNAL},
-        "finished": now(),
-    }
 
 
 # ----------------------------------------------------------------------------- backends
@@ -280,19 +234,6 @@ class InlineBackend:
 
     def close(self) -> None:
         self.queue.clear()
-
-
-def store_result(
-    store: Store, task: Task, result: dict[str, Any], files: dict[str, bytes] | None
-) -> None:
-    """Persist a result the task could not store itself (crash, or a remote Ray worker)."""
-    if task.kind == "optimize":
-        if files:
-            store.commit_optimized_files(task.key, result, files)
-        else:
-            store.commit_optimized(task.key, result, None)
-    else:
-        store.write_cell(result)
 
 
 # ----------------------------------------------------------------------------- planning

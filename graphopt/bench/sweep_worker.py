@@ -71,8 +71,6 @@ def _base(spec: dict[str, Any], schema: str) -> dict[str, Any]:
 
 def optimize_summary(report: dict[str, Any]) -> dict[str, Any]:
     """The few numbers of an optimize report the sweep tables show."""
-    from graphopt.report import detail_notes
-
     before, after = report.get("before", {}), report.get("after", {})
     verify = report.get("verify", {})
     final = verify.get("final_vs_reference") or {}
@@ -92,34 +90,32 @@ def optimize_summary(report: dict[str, Any]) -> dict[str, Any]:
         "notes": [
             f"{rec['pass']}: {note}"
             for rec in report.get("passes", [])
-            for note in detail_notes(rec.get("details") or {})
+            for note in rec.get("notes", [])
         ],
     }
 
 
 def run_optimize_task(spec: dict[str, Any], dest: Path) -> dict[str, Any]:
-    """Optimize ``spec['model']`` into ``dest/optimized.onnx`` through ``run_optimize`` (the
-    code of ``graphopt optimize``); writes ``dest/report.json``; returns the task's result."""
-    from graphopt.cli import run_optimize
-    from graphopt.report import write_json
+    """Optimize ``spec['model']`` into ``dest/optimized.onnx`` through ``graphopt.optimize``
+    (the code of ``graphopt optimize``); writes ``dest/report.json``; returns the result."""
+    from graphopt.optimize import optimize
 
     result = _base(spec, OPTIMIZE_SCHEMA)
     t0 = time.perf_counter()
     try:
-        report = run_optimize(
+        report = optimize(
             Path(spec["model"]),
-            dest / OPTIMIZED_NAME,
             spec["pipeline"],
+            output=dest / OPTIMIZED_NAME,
+            report_path=dest / "report.json",
             data=spec.get("data"),
             target=spec.get("target", "cpu"),
-            verify_each=spec.get("verify", True),
+            verify=spec.get("verify", True),
             dims=tuple(f"{k}={v}" for k, v in spec.get("dims", {}).items()),
             verify_samples=spec.get("verify_samples", 4),
             batch=spec.get("batch", 1),
             budget=spec.get("budget"),
-            quiet=True,
-        )
-        write_json(dest / "report.json", report)
+        ).report
         result["status"] = "ok"
         result["summary"] = optimize_summary(report)
         result["files"] = sorted(p.name for p in dest.iterdir() if p.name != "result.json")

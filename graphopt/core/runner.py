@@ -8,7 +8,6 @@ same outputs within the pass's tolerance, keep a dump, and on failure leave a re
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import json
 import math
 import os
@@ -35,9 +34,9 @@ from graphopt.errors import (
     RuntimeFailure,
     VerificationError,
 )
+from graphopt.report import pipeline_report
 from graphopt.runtime import Snapshot
 
-REPORT_SCHEMA = "graphopt.report/1"
 #: the pass the runner inserts before a pass that needs a newer opset
 CONVERT = "convert-opset"
 #: what to do when a lossy pass loses more than its tolerance allows
@@ -144,13 +143,11 @@ class Runner:
         after = gir.summarize(model, sparsity=True)
         after["serialized_bytes"] = self._snapshot.size
         self._snapshot.close()
-        report = {
-            "schema": REPORT_SCHEMA,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "source": source,
-            "pipeline": str(self.pipeline),
-            "target": self.context.target,
-            "verify": {
+        report = pipeline_report(
+            source=source,
+            pipeline=str(self.pipeline),
+            target=self.context.target,
+            verify={
                 "enabled": self.verify_each,
                 "inputs": self.samples.source if self.samples is not None else None,
                 "feeds": len(self.samples) if self.samples is not None else 0,
@@ -159,11 +156,11 @@ class Runner:
                 # tolerances to NOISE_FACTOR times this)
                 "noise_floor": self._noise,
             },
-            "seconds": time.perf_counter() - started,
-            "before": before,
-            "after": after,
-            "passes": self._records,
-        }
+            seconds=time.perf_counter() - started,
+            before=before,
+            after=after,
+            passes=self._records,
+        )
         if self._reference is not None and self._records:
             last = next((r for r in reversed(self._records) if "vs_reference" in r), None)
             report["verify"]["final_vs_reference"] = last["vs_reference"] if last else None
@@ -241,8 +238,13 @@ class Runner:
             "stats": dict(pass_.stats),
             "tolerance": pass_.tolerance.to_dict(),
         }
-        if pass_.details:
-            record["details"] = pass_.details
+        findings = pass_.findings
+        if findings.data:
+            record["details"] = findings.data
+        if findings.notes:
+            record["notes"] = list(findings.notes)
+        if findings.left_alone:
+            record["left_alone"] = dict(findings.left_alone)
         if inserted_for:
             record["inserted"] = inserted_for
         if result.modified:

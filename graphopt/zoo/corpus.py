@@ -118,7 +118,10 @@ def register(entry: Entry) -> Entry:
 
 
 def _load_all() -> None:
-    from graphopt.zoo import exported, wheels  # noqa: F401  (they register their entries)
+    # The entry modules register themselves on import and import this one: load them by
+    # name, like plugins, so the registry does not import its own entries.
+    for name in ("graphopt.zoo.exported", "graphopt.zoo.wheels"):
+        importlib.import_module(name)
 
 
 def entries(names: Sequence[str] | None = None) -> list[Entry]:

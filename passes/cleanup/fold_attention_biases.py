@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from graphopt.passes.quantize._emit import Namer, add_initializer, drop_if_unused
 
 from graphopt import data, runtime
+from graphopt import ir as gir
+from graphopt.core.build import Namer, add_initializer, drop_if_unused
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import register_pass
 from graphopt.errors import DataError
@@ -154,7 +155,7 @@ class FoldAttentionBiasesPass(GraphoptPass):
 
     def _rewrite(self, model: ir.Model) -> tuple[int, int]:
         graph = model.graph
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        opset = gir.ai_onnx_opset(model)
         keys: list[tuple[ir.Node, int]] = []
         values: list[tuple[ir.Node, int, ir.Node, ir.Node, int]] = []
         for s in graph:

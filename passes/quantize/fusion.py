@@ -21,6 +21,7 @@ import onnx
 import onnx_ir as ir
 
 from graphopt import runtime
+from graphopt.core.ops import QDQ, SCALE_PRESERVING
 
 #: kernels that mean "this group runs in integer arithmetic"
 INTEGER_KERNELS = frozenset(
@@ -44,7 +45,7 @@ INTEGER_KERNELS = frozenset(
         "MatMulNBits",
     }
 )
-_QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
+_QDQ = QDQ
 _TOKEN = re.compile(r"_token_\d+$")
 _FUSION_SUFFIX = re.compile(r"/\w*Fusion$")
 
@@ -144,19 +145,4 @@ def check_fusion(model: ir.Model, nodes: dict[str, str], ep: str = "cpu") -> Fus
     return FusionReport(kernels=kernels, fused=fused, unfused=unfused, ops=dict(ops))
 
 
-_INTEGER_SAFE = frozenset(
-    {
-        "MaxPool",
-        "NhwcMaxPool",
-        "Reshape",
-        "Transpose",
-        "Squeeze",
-        "Unsqueeze",
-        "Flatten",
-        "Slice",
-        "Resize",
-        "Gather",
-        "Expand",
-        "Tile",
-    }
-)
+_INTEGER_SAFE = SCALE_PRESERVING | {"NhwcMaxPool"}

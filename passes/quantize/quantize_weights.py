@@ -38,7 +38,8 @@ import math
 
 import numpy as np
 import onnx_ir as ir
-from graphopt.passes.quantize._emit import (
+
+from graphopt.core.build import (
     MS_DOMAIN,
     Namer,
     add_initializer,
@@ -46,7 +47,6 @@ from graphopt.passes.quantize._emit import (
     ensure_ms_opset,
     replace_node,
 )
-
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
 from graphopt.ir import const_array as _const

@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
-from graphopt.passes.quantize._emit import Namer, add_initializer
 
+from graphopt import ir as gir
+from graphopt.core.build import Namer, add_initializer
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
 from graphopt.ir import const_array, not_constant
@@ -111,7 +112,7 @@ class ClusterWeightsPass(GraphoptPass):
     def run(self, model: ir.Model) -> bool:
         o = self.options
         graph = model.graph
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        opset = gir.ai_onnx_opset(model)
         self.details = {"k": o.k, "layers": {}, "dense_bytes": 0, "stored_bytes": 0}
         if opset < _MIN_OPSET:
             self.details["skipped"] = f"opset {opset} < {_MIN_OPSET}"

@@ -37,8 +37,9 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
-from graphopt.passes.quantize._emit import Namer, add_initializer
 
+from graphopt import ir as gir
+from graphopt.core.build import Namer, add_initializer
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
 
@@ -67,7 +68,7 @@ def compress_sparse_initializers(
     Returns what was done: the initializers encoded and the bytes before and after.
     """
     graph = model.graph
-    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+    opset = gir.ai_onnx_opset(model)
     done: dict[str, Any] = {"encoded": [], "dense_bytes": 0, "encoded_bytes": 0}
     if opset < _MIN_OPSET or len(graph) == 0:
         done["skipped"] = f"opset {opset} < {_MIN_OPSET}" if opset < _MIN_OPSET else "empty"

@@ -46,6 +46,9 @@ Patterns:
 A second run with the same options changes nothing: layers already at or above the target
 sparsity (or already following the N:M pattern; under global scope: targets already at the
 global sparsity in total) are left as they are and listed in ``details["already_sparse"]``.
+
+The importance criteria are in :mod:`.sparsify_importance`, the weight views and masks in
+:mod:`.sparsity_patterns`; this module picks the targets and applies the pattern.
 """
 
 from __future__ import annotations
@@ -54,24 +57,26 @@ import collections
 import dataclasses
 import math
 import re
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import onnx_ir as ir
+from graphopt.passes.sparsify.sparsify_importance import importance, sensitivity
+from graphopt.passes.sparsify.sparsity_patterns import (
+    _Target,
+    apply_global,
+    apply_layer,
+    apply_nm,
+    nm_holds,
+)
 
-from graphopt import runtime
-from graphopt.calib.collect import augmented_session
+from graphopt.core.ops import WEIGHTED
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
-from graphopt.errors import DataError
-from graphopt.ir import attr_value as _attr
 from graphopt.ir import const_array as _const
 from graphopt.ir import not_constant
 
-_WEIGHTED = ("Conv", "Gemm", "MatMul")
 _NM_RE = re.compile(r"\s*(\d+)\s*:\s*(\d+)\s*")
-#: relative damping added to the Hessian diagonal (``second-order``), as in OBS/SparseGPT
-DAMPING = 0.01
 
 
 def parse_pattern(pattern: str) -> tuple[int, int] | None:
@@ -140,102 +145,6 @@ class SparsifyWeightsOptions:
         return parse_pattern(self.pattern)
 
 
-@dataclasses.dataclass
-class _Target:
-    node: ir.Node
-    weight: ir.Value
-    array: np.ndarray
-
-    @property
-    def name(self) -> str:
-        return self.weight.name or self.node.name or self.node.op_type
-
-    # ------------------------------------------------------------ reduction-axis views
-    def to_rows(self, a: np.ndarray) -> np.ndarray:
-        """``a`` (weight-shaped) as [rows, R]: consecutive along R = along the reduction axis."""
-        op = self.node.op_type
-        if op == "Conv":
-            return np.moveaxis(a, 1, -1).reshape(-1, a.shape[1])
-        if op == "Gemm" and _attr(self.node, "transB", 0):
-            return a
-        return a.T
-
-    def from_rows(self, rows: np.ndarray) -> np.ndarray:
-        shape = self.array.shape
-        op = self.node.op_type
-        if op == "Conv":
-            moved = (shape[0], *shape[2:], shape[1])
-            return np.moveaxis(rows.reshape(moved), -1, 1)
-        if op == "Gemm" and _attr(self.node, "transB", 0):
-            return rows
-        return rows.T
-
-    # ------------------------------------------------------------ activation statistics
-    def channel_sums(self, x: np.ndarray) -> np.ndarray:
-        """Sum of squares of the activation ``x`` (input 0) per reduction-axis channel."""
-        x = np.asarray(x, np.float64)
-        op = self.node.op_type
-        if op == "Conv":
-            axes = tuple(i for i in range(x.ndim) if i != 1)
-        elif op == "Gemm":
-            axes = (1,) if _attr(self.node, "transA", 0) else (0,)
-        else:
-            axes = tuple(range(x.ndim - 1))
-        return np.square(x).sum(axis=axes)
-
-    def channel_scale(self, per_channel: np.ndarray) -> np.ndarray:
-        """A per-input-channel quantity broadcast to the weight's shape."""
-        shape = self.array.shape
-        op = self.node.op_type
-        if op == "Conv":
-            group = int(_attr(self.node, "group", 1))  # type: ignore[arg-type]
-            out, cg = shape[0], shape[1]
-            if per_channel.shape[0] != cg * group:
-                raise DataError(
-                    f"{self.node.name}: activation has {per_channel.shape[0]} channels, "
-                    f"the weight expects {cg * group}"
-                )
-            first = (np.arange(out) // (out // group)) * cg
-            idx = first[:, None] + np.arange(cg)[None, :]
-            return per_channel[idx].reshape(out, cg, *([1] * (len(shape) - 2)))
-        if op == "Gemm" and _attr(self.node, "transB", 0):
-            return per_channel[None, :]
-        return per_channel[:, None]
-
-    def reduction_len(self) -> int:
-        op = self.node.op_type
-        if op == "Conv":
-            return int(self.array.shape[1])
-        if op == "Gemm" and _attr(self.node, "transB", 0):
-            return int(self.array.shape[1])
-        return int(self.array.shape[0])
-
-
-def nm_holds(rows: np.ndarray, n: int, m: int) -> bool:
-    """Whether every group of ``m`` consecutive values along the last axis has <= n non-zeros."""
-    groups = rows.reshape(rows.shape[0], -1, m)
-    return bool(((groups != 0).sum(axis=-1) <= n).all())
-
-
-def nm_mask(importance_rows: np.ndarray, n: int, m: int) -> np.ndarray:
-    """Keep-mask (bool, same shape) keeping the ``n`` most important of every ``m`` along R."""
-    r, k = importance_rows.shape
-    groups = importance_rows.reshape(r, k // m, m)
-    order = np.argsort(-groups, axis=-1, kind="stable")  # most important first
-    keep = np.zeros(groups.shape, dtype=bool)
-    np.put_along_axis(keep, order[..., :n], True, axis=-1)
-    return keep.reshape(r, k)
-
-
-def lowest_mask(importance: np.ndarray, k: int) -> np.ndarray:
-    """Bool mask of exactly ``k`` entries with the lowest importance (ties by position)."""
-    flat = importance.ravel()
-    drop = np.zeros(flat.shape, dtype=bool)
-    if k > 0:
-        drop[np.argpartition(flat, k - 1, kind="introselect")[:k]] = True
-    return drop.reshape(importance.shape)
-
-
 @register_pass
 class SparsifyWeightsPass(GraphoptPass):
     name = "sparsify"
@@ -280,20 +189,13 @@ class SparsifyWeightsPass(GraphoptPass):
                 self.details["already_sparse"].append(t.name)
         changed = False
         if pending:
-            importance = self._importance(model, pending)
+            imp = importance(model, pending, o.criterion, self.context.data)
             if nm is not None:
-                new = {id(t): self._apply_nm(t, importance[id(t)], nm) for t in pending}
+                new = {id(t): apply_nm(t, imp[id(t)], nm) for t in pending}
             elif o.scope == "global":
-                new = self._apply_global(pending, importance)
+                new = apply_global(pending, imp, o.sparsity)
             else:
-                new = {
-                    id(t): np.where(
-                        lowest_mask(importance[id(t)], round(o.sparsity * t.array.size)),
-                        np.float32(0),
-                        t.array,
-                    )
-                    for t in pending
-                }
+                new = {id(t): apply_layer(t, imp[id(t)], o.sparsity) for t in pending}
             if o.skip_sensitive > 0:
                 pending = self._drop_sensitive(model, pending, new)
             for t in pending:
@@ -337,7 +239,7 @@ class SparsifyWeightsPass(GraphoptPass):
         return self.decline_no_target(
             f"Conv/Gemm/MatMul weight of at least {o.min_size} float32 values",
             model,
-            _WEIGHTED,
+            WEIGHTED,
             skipped=", ".join(f"{n} {w}" for w, n in sorted(counts.items())),
         )
 
@@ -346,47 +248,30 @@ class SparsifyWeightsPass(GraphoptPass):
         self, model: ir.Model, pending: list[_Target], new: dict[int, np.ndarray]
     ) -> list[_Target]:
         """Measure each layer pruned alone (one session each); keep the insensitive ones."""
-        samples = self.context.data
-        if samples is None or len(samples.feeds) == 0:
-            raise DataError("sparsify{skip_sensitive} measures on calibration data (DATA)")
-        feeds = samples.feeds
-
-        def outputs() -> list[list[np.ndarray]]:
-            return runtime.run_feeds(runtime.make_session(model), feeds)
-
-        dense = outputs()
-        keep, sensitivity = [], {}
+        errors = sensitivity(model, pending, new, self.context.data)
+        keep = []
         for t in pending:
-            value = t.weight.const_value
-            t.weight.const_value = ir.tensor(new[id(t)].astype(np.float32), name=t.weight.name)
-            try:
-                got = outputs()
-            finally:
-                t.weight.const_value = value
-            num = sum(
-                float(np.square(np.asarray(g, np.float64) - w).sum())
-                for gs, ws in zip(got, dense)
-                for g, w in zip(gs, ws)
-            )
-            den = sum(float(np.square(np.asarray(w, np.float64)).sum()) for ws in dense for w in ws)
-            err = num / den if den > 0 else 0.0
-            sensitivity[t.name] = err
+            err = errors[t.name]
             if err > self.options.skip_sensitive:
-                self._skip(t.node.name or t.node.op_type, f"sensitive ({err:.3g})")
+                label = t.node.name or t.node.op_type
+                self._skip(label, f"sensitive ({err:.3g})", finding="sensitive")
             else:
                 keep.append(t)
-        self.details["sensitivity"] = sensitivity
+        self.details["sensitivity"] = errors
         return keep
 
     # ----------------------------------------------------------------- matching
-    def _skip(self, what: str, reason: str) -> None:
+    def _skip(self, what: str, reason: str, finding: str | None = None) -> None:
+        """Leave ``what`` dense, saying why (report; findings: ``finding`` if given, so that
+        the note groups reasons that carry a measurement)."""
         self.details["skipped"][what] = reason
+        self.findings.leave(what, finding or reason)
 
     def _targets(self, graph: ir.Graph) -> list[_Target]:
         o = self.options
         weighted = []
         for node in graph:
-            if node.domain not in ("", "ai.onnx") or node.op_type not in _WEIGHTED:
+            if node.domain not in ("", "ai.onnx") or node.op_type not in WEIGHTED:
                 continue
             if len(node.inputs) < 2 or node.inputs[1] is None or node.inputs[0] is None:
                 continue
@@ -456,83 +341,13 @@ class SparsifyWeightsPass(GraphoptPass):
             return False  # decided over all targets together
         return int((t.array == 0).sum()) >= round(self.options.sparsity * t.array.size)
 
-    # ----------------------------------------------------------------- importance
-    def _importance(self, model: ir.Model, targets: list[_Target]) -> dict[int, np.ndarray]:
-        crit = self.options.criterion
-        tables = [t for t in targets if t.node.op_type == "Gather"]
-        out = {id(t): np.abs(t.array).astype(np.float64) for t in tables}
-        layers = [t for t in targets if t.node.op_type != "Gather"]
-        if crit == "magnitude":
-            out.update((id(t), np.abs(t.array).astype(np.float64)) for t in layers)
-            return out
-        sums = self._channel_sums(model, layers) if layers else {}
-        for t in layers:
-            ss = sums[id(t)]
-            if crit == "activation":
-                out[id(t)] = np.abs(t.array) * t.channel_scale(np.sqrt(ss))
-            else:
-                damped = ss + DAMPING * (float(ss.mean()) if ss.size else 0.0)
-                out[id(t)] = np.square(t.array.astype(np.float64)) * t.channel_scale(damped)
-        return out
-
-    def _channel_sums(self, model: ir.Model, targets: list[_Target]) -> dict[int, np.ndarray]:
-        """Per-input-channel sum of squares of each target's activation over DATA."""
-        samples = self.context.data
-        if samples is None or len(samples.feeds) == 0:
-            raise DataError(
-                f"sparsify{{criterion={self.options.criterion}}} needs calibration data (DATA)"
-            )
-        graph_inputs = {v.name for v in model.graph.inputs}
-        names = []
-        for t in targets:
-            x = t.node.inputs[0]
-            assert x is not None
-            if x.name not in graph_inputs and x.name not in names:
-                names.append(x.name)
-        sums: dict[int, np.ndarray] = {}
-
-        def update(feed: dict[str, Any], fetched: dict[str, np.ndarray]) -> None:
-            for t in targets:
-                x = t.node.inputs[0]
-                assert x is not None
-                act = feed[x.name] if x.name in graph_inputs else fetched[x.name]
-                s = t.channel_sums(act)
-                sums[id(t)] = s if id(t) not in sums else sums[id(t)] + s
-
-        if not names:
-            for feed in samples.feeds:
-                update(feed, {})
-            return sums
-        with augmented_session(model, names) as sess:
-            for i, feed in enumerate(samples.feeds):
-                missing = [
-                    n for n in graph_inputs if n not in feed and n not in model.graph.initializers
-                ]
-                if missing:
-                    raise DataError(f"feed {i} of {samples.source} lacks input '{missing[0]}'")
-                outs = runtime.run_checked(sess, names, feed, f"calibration feed {i}")
-                update(feed, dict(zip(names, outs, strict=True)))
-        return sums
-
-    # ----------------------------------------------------------------- masks
-    def _apply_nm(self, t: _Target, importance: np.ndarray, nm: tuple[int, int]) -> np.ndarray:
-        rows = t.to_rows(t.array)
-        keep = nm_mask(t.to_rows(importance), *nm)
-        return t.from_rows(np.where(keep, rows, np.float32(0)))
-
-    def _apply_global(
-        self, targets: list[_Target], importance: dict[int, np.ndarray]
-    ) -> dict[int, np.ndarray]:
-        normed = []
-        for t in targets:
-            imp = importance[id(t)]
-            mean = float(imp.mean())
-            normed.append(imp.ravel() / mean if mean > 0 else imp.ravel())
-        flat = np.concatenate(normed)
-        drop = lowest_mask(flat, round(self.options.sparsity * flat.size))
-        out, start = {}, 0
-        for t in targets:
-            d = drop[start : start + t.array.size].reshape(t.array.shape)
-            start += t.array.size
-            out[id(t)] = np.where(d, np.float32(0), t.array)
-        return out
+    def render_notes(self) -> list[str]:
+        """The sparsity reached over the targets, and the layers left dense."""
+        d = self.details
+        if self.declined or "overall_sparsity" not in d:
+            return []
+        notes = [
+            f"{d['overall_sparsity']:.1%} of the weights of {len(d['layers'])} targets are zero",
+            self.findings.left_alone_note("left dense", "layers"),
+        ]
+        return [n for n in notes if n]

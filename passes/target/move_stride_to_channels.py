@@ -30,8 +30,8 @@ import math
 
 import numpy as np
 import onnx_ir as ir
-from graphopt.passes.quantize._emit import Namer, add_initializer, drop_if_unused
 
+from graphopt.core.build import Namer, add_initializer, drop_if_unused
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
 from graphopt.ir import attr_value as _attr

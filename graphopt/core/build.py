@@ -1,4 +1,4 @@
-"""Helpers shared by the weight-rewriting quantization passes (quantize-dynamic, quantize-weights).
+"""Graph building shared by the passes of every family.
 
 Fresh unique names, constant initializers with their type and shape filled in, and the
 ``com.microsoft`` opset import that ONNX Runtime's contrib operators need.

@@ -1,0 +1,158 @@
+"""Whether a lossy pass's plan is accepted: the accuracy budget and "a lower precision must pay".
+
+Two passes trade accuracy and latency against a float reference in the same way:
+``qdq-insert`` (int8) and ``assign-precision`` (float16/bfloat16). This module holds what
+they share, so both keep the same thresholds and record the same keys:
+
+* :func:`fall_back`: the accuracy-budget search. Measure the fully lowered plan; if the budget
+  does not hold, measure each candidate node alone back in float (its *sensitivity*), then put
+  nodes back to float greedily, most sensitive first, re-measuring after each, until it holds.
+  Returns the ``details["budget"]`` record;
+* :class:`BudgetProbe`: the budget's metric of a trial model against the float model's outputs
+  on the first DATA samples, run the way the model is deployed (optimized session);
+* :func:`compare_latency` / :func:`fastest_that_pays`: interleaved timing of candidate sessions
+  against the float one; a candidate pays when its median per-round ratio is below
+  :data:`PAYS`.
+
+The passes decide what a candidate is, how a trial is built and what a node kept in float is
+called; the loops and the acceptance rules are here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+import onnx_ir as ir
+
+from graphopt import runtime
+from graphopt.budget import Budget
+
+#: a lower precision must be at least 3 % faster than float to be kept
+PAYS = 0.97
+#: how many of the most sensitive nodes the budget record lists
+SENSITIVITY_SHOWN = 20
+
+K = TypeVar("K", bound=Hashable)
+
+
+# ------------------------------------------------------------------------- accuracy budget
+@dataclasses.dataclass
+class BudgetProbe:
+    """The budget's metric of trial models against the float model's outputs on ``feeds``."""
+
+    budget: Budget
+    feeds: list[dict[str, np.ndarray]]
+    reference: list[list[np.ndarray]]
+    samples: Any  # graphopt.data.Samples: task metrics read labels from it
+    ep: str = "cpu"
+
+    @classmethod
+    def of(
+        cls, budget: Budget, model: ir.Model, samples: Any, count: int, ep: str = "cpu"
+    ) -> BudgetProbe:
+        """Reference outputs of the float ``model`` (unoptimized) on DATA's first ``count``."""
+        feeds = samples.feeds[:count]
+        sess = runtime.make_session(model, ep=ep, optimize=False)
+        return cls(budget, feeds, runtime.run_feeds(sess, feeds), samples, ep)
+
+    def __call__(self, model: ir.Model) -> float:
+        """The metric of ``model`` as deployed (an optimized session: fused kernels)."""
+        sess = runtime.make_session(model, ep=self.ep, optimize=True)
+        return self.budget.measure(
+            self.reference, runtime.run_feeds(sess, self.feeds), self.samples
+        )
+
+    def perfect(self) -> float:
+        """The metric of the float model itself (every node back in float)."""
+        return self.budget.measure(self.reference, self.reference, self.samples)
+
+
+def fall_back(
+    budget: Budget,
+    start: float,
+    candidates: Sequence[K],
+    *,
+    sensitivity: Callable[[K], float],
+    measure: Callable[[list[K]], float],
+    keep: Callable[[K, float], None],
+    start_key: str,
+    chosen_key: str,
+    label: Callable[[K], str] = str,
+    progress: str = "",
+) -> dict[str, Any]:
+    """Put the most sensitive ``candidates`` back to float until ``budget`` holds.
+
+    ``start`` is the metric of the whole plan; ``sensitivity(k)`` the metric with ``k`` alone
+    back in float; ``measure(chosen)`` the metric with ``chosen`` back in float; ``keep(k,
+    gain)`` is called for each node put back, before it is measured. The record (what the
+    pass stores under ``details["budget"]``) holds the budget, ``start_key``: the metric of
+    the whole plan, ``final``, ``met``, and when the search ran the 20 most sensitive nodes by
+    ``label`` and ``chosen_key``: the labels of the nodes put back, in order. ``progress``:
+    a progress-bar description on a terminal (empty: none).
+    """
+    info: dict[str, Any] = {"budget": str(budget), start_key: start}
+    if budget.holds(start):
+        info.update(final=start, met=True)
+        return info
+    sign = 1.0 if budget.op == ">=" else -1.0
+    labels = {k: label(k) for k in candidates}
+    gains: dict[K, float] = {}
+    for k in _progress(list(candidates), progress):
+        gains[k] = sign * (sensitivity(k) - start)
+    order = sorted(candidates, key=lambda k: -gains[k])
+    info["sensitivity"] = {labels[k]: gains[k] for k in order[:SENSITIVITY_SHOWN]}
+    chosen: list[K] = []
+    value = start
+    for k in order:
+        keep(k, gains[k])
+        chosen.append(k)
+        value = measure(list(chosen))
+        if budget.holds(value):
+            break
+    info.update({"final": value, chosen_key: [labels[k] for k in chosen]})
+    info["met"] = budget.holds(value)
+    return info
+
+
+def _progress(items: list[K], description: str) -> Iterable[K]:
+    """A rich progress bar on a terminal (when described), plain iteration elsewhere."""
+    if not description or not sys.stderr.isatty():
+        yield from items
+        return
+    from rich.progress import track
+
+    yield from track(items, description=description, console=None, transient=True)
+
+
+# ------------------------------------------------------------------------- latency
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Interleaved timing of candidate sessions against a baseline (medians over rounds)."""
+
+    base_ms: float
+    ms: tuple[float, ...]  # per candidate
+    ratios: tuple[float, ...]  # per candidate: median over rounds of candidate / baseline
+
+
+def compare_latency(base: Any, sessions: Sequence[Any], feed: dict[str, np.ndarray]) -> Timing:
+    """Time ``sessions`` against the ``base`` session, taking turns, compared round by round."""
+    rounds = runtime.interleaved_latency([base, *sessions], feed)
+    ks = range(1, len(sessions) + 1)
+    return Timing(
+        base_ms=1e3 * float(np.median([r[0] for r in rounds])),
+        ms=tuple(1e3 * float(np.median([r[k] for r in rounds])) for k in ks),
+        ratios=tuple(float(np.median([r[k] / r[0] for r in rounds])) for k in ks),
+    )
+
+
+def fastest_that_pays(timing: Timing, threshold: float = PAYS) -> int | None:
+    """The index of the fastest candidate whose ratio is below ``threshold`` (first on ties)."""
+    best, best_ratio = None, threshold
+    for k, ratio in enumerate(timing.ratios):
+        if ratio < best_ratio:
+            best, best_ratio = k, ratio
+    return best

@@ -1,0 +1,372 @@
+"""Writing qdq-insert's plan into a graph: Q/DQ pairs, int8 weights, int32 biases, smoothing.
+
+One :class:`Emitter` per rewritten graph holds what that rewrite shares between nodes (the
+Q/DQ pair of each tensor, the parameters of each calibrated root, the float constants that
+int8 copies replaced); it is thrown away after the rewrite. The pass rewrites many trial
+copies per run and the model itself last, all through :func:`quantize`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import onnx_ir as ir
+from graphopt.passes.quantize.qdq_params import (
+    activation_qparams,
+    param_roots,
+    quantize_bias,
+    quantize_constant,
+    quantize_table,
+    quantize_weight,
+    weight_axis,
+)
+from graphopt.passes.quantize.qdq_plan import QdqPlan, QdqRun, plan
+
+from graphopt.core.build import Namer, add_initializer
+from graphopt.ir import Pristine
+from graphopt.ir import attr_value as _attr
+from graphopt.ir import const_array as _const
+
+
+def quantize(run: QdqRun, model: ir.Model, kept: dict[str, str]) -> bool:
+    """Plan with ``kept`` nodes left float, then insert Q/DQ into ``model``; records what was
+    quantized in ``run``. Returns whether anything was planned."""
+    chosen = plan(run, model.graph, set(run.exclude) | set(kept))
+    emitter = Emitter(run, model.graph)
+    emitter.rewrite(chosen, param_roots(chosen))
+    emitter.drop_replaced()
+    return bool(chosen.nodes)
+
+
+def trial(run: QdqRun, pristine: Pristine, kept: dict[str, str]) -> ir.Model:
+    """A quantized copy of the float model with ``kept`` nodes in float."""
+    copy = pristine.copy()
+    quantize(run, copy, kept)
+    return copy
+
+
+class Emitter:
+    """Writes one plan into one graph."""
+
+    def __init__(self, run: QdqRun, graph: ir.Graph) -> None:
+        self.run = run
+        self.graph = graph
+        self.name = Namer(graph)
+        self.qparams: dict[ir.Value, tuple[ir.Value, ir.Value]] = {}
+        self.dq: dict[ir.Value, ir.Value] = {}  # float tensor -> its DequantizeLinear output
+        self.replaced: list[ir.Value] = []  # float constants that int8 copies replaced
+
+    def rewrite(self, plan: QdqPlan, roots: dict[ir.Value, ir.Value]) -> None:
+        run, graph, ranges = self.run, self.graph, self.run.ranges
+        run.embeddings = {n.name for n in plan.embedding if n.name}
+        run.quantized = {}
+        quantized_out = set(plan.outputs.values())
+
+        def params(v: ir.Value) -> tuple[ir.Value, ir.Value] | None:
+            root = roots.get(v, v)
+            if root in self.qparams:
+                return self.qparams[root]
+            if root.name not in ranges:
+                return None
+            scale, zp = activation_qparams(*ranges[root.name], run.act_type)
+            pair = (
+                self.initializer(f"{root.name}_scale", scale),
+                self.initializer(f"{root.name}_zero_point", zp),
+            )
+            self.qparams[root] = pair
+            return pair
+
+        self.apply_smoothing(plan, quantized_out)
+        # 0. embedding tables: int8 copies; the gathered rows keep the table's parameters
+        for n in plan.embedding:
+            table = n.inputs[0]
+            assert table is not None
+            dq, pair = self.table_dq(n, table)
+            n.replace_input_with(0, dq)
+            self.replaced.append(table)
+            self.qparams[plan.outputs[n]] = pair
+            run.count("quantized:Gather(embedding)")
+        # 1. outputs of quantized nodes: every reader goes through the Q/DQ pair
+        for y in plan.outputs.values():
+            p = params(y)
+            if p is not None:
+                self.qdq(y, p, readers=None)
+        # 2. activation inputs from the float world: only quantized readers switch over
+        dq_outputs = set(self.dq.values())
+        for n in plan.nodes:
+            if not n.name:
+                n.name = self.name(f"{n.op_type}_q")
+            for i in plan.inputs[n]:
+                v = n.inputs[i]
+                if v is None or v in dq_outputs:
+                    continue
+                if _const(v) is not None:
+                    self.replaced.append(v)
+                    dq = self.const_dq(n, v)
+                elif v in self.dq:
+                    dq = self.dq[v]
+                else:
+                    p = params(v)
+                    assert p is not None and v not in quantized_out
+                    dq = self.qdq(v, p, readers=[])
+                dq_outputs.add(dq)
+                n.replace_input_with(i, dq)
+        # 3. weights, bias and embedding tables
+        wdq_of: dict[tuple[int, int | None], ir.Value] = {}
+        for n in plan.weighted:
+            w = n.inputs[1]
+            assert w is not None
+            axis = weight_axis(n) if run.per_channel else None
+            key = (id(w), axis)
+            if key not in wdq_of:
+                wdq_of[key] = self.weight_dq(n, w, axis)
+            n.replace_input_with(1, wdq_of[key])
+            self.replaced.append(w)
+            self.bias(n)
+            run.count(f"quantized:{n.op_type}")
+        run.count("quantized:MatMul(activations)", len(plan.act_matmul))
+        for n in plan.act_matmul:
+            self.fold_scalar(n)
+        for n in plan.region:
+            run.count(f"quantized:{n.op_type}")
+        for n in plan.nodes:
+            run.quantized[n.name] = n.op_type  # type: ignore[index]
+        for n in graph:
+            if n.op_type == "Resize" and n.domain in ("", "ai.onnx"):
+                self.drop_empty_roi(n)
+        run.count("relu_absorbed", len(plan.absorbed))
+
+    # ------------------------------------------------------------ smoothing
+    def apply_smoothing(self, plan: QdqPlan, quantized_out: set[ir.Value]) -> None:
+        """x -> Mul(x, 1/s) for the quantized MatMuls reading x; their weights become W * s."""
+        run, graph = self.run, self.graph
+        readers: dict[ir.Value, list[ir.Node]] = {}
+        for n in plan.weighted:
+            x = n.inputs[0]
+            if n.op_type == "MatMul" and x is not None and x.name in run.smooth:
+                if x not in quantized_out:
+                    readers.setdefault(x, []).append(n)
+        for x, nodes in readers.items():
+            scale, rng = run.smooth[x.name]  # type: ignore[index]
+            inv = self.initializer(f"{x.name}_smooth_inv", (1.0 / scale).astype(np.float32))
+            mul = run.mark(ir.Node("", "Mul", [x, inv], name=self.name(f"{x.name}_smooth")))
+            y = mul.outputs[0]
+            y.name = self.name(f"{x.name}_smoothed")
+            y.dtype, y.shape = x.dtype, x.shape
+            producer = x.producer()
+            if producer is not None and producer.graph is graph:
+                graph.insert_after(producer, [mul])
+            else:
+                graph.insert_before(next(iter(graph)), [mul])
+            run.ranges[y.name] = rng  # type: ignore[index]
+            scaled: dict[int, ir.Value] = {}
+            for n in nodes:
+                w = n.inputs[1]
+                assert w is not None
+                if id(w) not in scaled:
+                    wa = _const(w)
+                    assert wa is not None
+                    new = (wa.astype(np.float64) * scale[:, None]).astype(np.float32)
+                    scaled[id(w)] = self.initializer(f"{w.name}_smoothed", new)
+                    self.replaced.append(w)
+                n.replace_input_with(0, y)
+                n.replace_input_with(1, scaled[id(w)])
+            run.count("smoothed_matmuls", len(nodes))
+
+    def fold_scalar(self, mm: ir.Node) -> None:
+        """MatMul(DQ(a), DQ(b)) / c  ->  MatMul(DQ(a, s_a / c), DQ(b)): one op less.
+
+        Attention divides its scores by sqrt(head_dim) right after Q.K^T; in int8 that
+        constant belongs in the dequantization scale (exact for powers of two, one float
+        rounding of the scale otherwise), and ORT's integer kernel applies it for free.
+        """
+        graph = self.graph
+        y = mm.outputs[0]
+        uses = list(y.uses())
+        if len(uses) != 1 or y.is_graph_output() or uses[0].idx != 0:
+            return
+        op = uses[0].node
+        if op.op_type not in ("Div", "Mul") or op.domain not in ("", "ai.onnx"):
+            return
+        c = _const(op.inputs[1]) if len(op.inputs) == 2 else None
+        if op.graph is not graph or op.outputs[0].is_graph_output() or c is None or c.size != 1:
+            return
+        c64 = float(np.asarray(c, np.float64).reshape(()))
+        if not np.isfinite(c64) or c64 == 0.0:
+            return
+        dq = mm.inputs[0].producer() if mm.inputs[0] is not None else None
+        scale = (
+            _const(dq.inputs[1]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        )
+        if dq is None or scale is None or scale.size != 1:
+            return
+        factor = 1.0 / c64 if op.op_type == "Div" else c64
+        new_scale = np.asarray(float(scale.reshape(())) * factor, np.float32)
+        s = self.initializer(f"{mm.name}_a_scale", new_scale)
+        base = f"{mm.name}_a"
+        out = self.dequantize(mm, dq.inputs[0], s, dq.inputs[2], None, base, dq.outputs[0].shape)
+        mm.replace_input_with(0, out)
+        if not list(dq.outputs[0].uses()) and not dq.outputs[0].is_graph_output():
+            graph.remove(dq, safe=True)
+        ir.convenience.replace_all_uses_with(op.outputs[0], y)
+        graph.remove(op, safe=True)
+        self.run.count(f"folded_scalar_{op.op_type}")
+
+    # ------------------------------------------------------------ Q/DQ nodes
+    def qdq(self, x: ir.Value, pair: tuple[ir.Value, ir.Value], readers: list | None) -> ir.Value:
+        """Q/DQ on ``x``; ``readers`` None: all readers (and a graph output) switch to DQ."""
+        assert x.name is not None
+        graph, mark = self.graph, self.run.mark
+        s, z = pair
+        base = x.name
+        q = mark(ir.Node("", "QuantizeLinear", [x, s, z], name=self.name(f"{base}_Q")))
+        q.outputs[0].name = self.name(f"{base}_quantized")
+        q.outputs[0].dtype = z.dtype
+        q.outputs[0].shape = x.shape
+        dq = mark(
+            ir.Node("", "DequantizeLinear", [q.outputs[0], s, z], name=self.name(f"{base}_DQ"))
+        )
+        out = dq.outputs[0]
+        out.dtype = ir.DataType.FLOAT
+        out.shape = x.shape
+        if readers is None:
+            for use in list(x.uses()):
+                if use.node is not q:
+                    use.node.replace_input_with(use.idx, out)
+            if x.is_graph_output():
+                # the graph output keeps its name, now on the DequantizeLinear output
+                idx = [i for i, o in enumerate(graph.outputs) if o is x]
+                old = x.name
+                x.name = self.name(f"{old}_float")
+                out.name = old
+                for i in idx:
+                    graph.outputs[i] = out
+            else:
+                out.name = self.name(f"{base}_dequantized")
+        else:
+            out.name = self.name(f"{base}_dequantized")
+        producer = x.producer()
+        if producer is not None and producer.graph is graph:
+            graph.insert_after(producer, [q, dq])
+        else:
+            graph.insert_before(next(iter(graph)), [q, dq])
+        self.dq[x] = out
+        self.run.count("qdq_pairs")
+        return out
+
+    def dequantize(
+        self,
+        before: ir.Node,
+        q: ir.Value,
+        s: ir.Value,
+        z: ir.Value,
+        axis: int | None,
+        base: str,
+        shape: Iterable[int] | None,
+    ) -> ir.Value:
+        """A DequantizeLinear of the constant ``q`` inserted before ``before``."""
+        attrs = [] if axis is None else [ir.AttrInt64("axis", axis)]
+        dq = self.run.mark(
+            ir.Node(
+                "", "DequantizeLinear", [q, s, z], attributes=attrs, name=self.name(f"{base}_DQ")
+            )
+        )
+        dq.outputs[0].name = self.name(f"{base}_dequantized")
+        dq.outputs[0].dtype = ir.DataType.FLOAT
+        dq.outputs[0].shape = ir.Shape(list(shape)) if shape is not None else None
+        self.graph.insert_before(before, [dq])
+        return dq.outputs[0]
+
+    def const_dq(self, node: ir.Node, v: ir.Value) -> ir.Value:
+        """A constant input of Add/Mul/Concat: per-tensor quantized like an activation."""
+        if v in self.dq:
+            return self.dq[v]
+        a = _const(v)
+        assert a is not None
+        q, scale, zp = quantize_constant(a, self.run.act_type)
+        qv = self.initializer(f"{v.name}_quantized", q)
+        sv = self.initializer(f"{v.name}_scale", scale)
+        zv = self.initializer(f"{v.name}_zero_point", zp)
+        out = self.dequantize(node, qv, sv, zv, None, v.name or "const", a.shape)
+        self.dq[v] = out
+        return out
+
+    def weight_dq(self, first: ir.Node, w: ir.Value, axis: int | None) -> ir.Value:
+        wa = _const(w)
+        assert wa is not None
+        base = w.name or "weight"
+        q, scale = quantize_weight(wa, axis, self.run.qmax)
+        qv = self.initializer(f"{base}_quantized", q)
+        sv = self.initializer(f"{base}_scale", scale)
+        zv = self.initializer(f"{base}_zero_point", np.zeros(scale.shape, np.int8))
+        self.run.count("weights_quantized")
+        return self.dequantize(first, qv, sv, zv, axis, base, wa.shape)
+
+    def bias(self, node: ir.Node) -> None:
+        """Conv/Gemm bias -> int32 with scale s_x * s_w, the scale of the int32 accumulator."""
+        if node.op_type not in ("Conv", "Gemm") or len(node.inputs) < 3 or node.inputs[2] is None:
+            return
+        b = _const(node.inputs[2])
+        if b is None or b.dtype != np.float32 or b.ndim != 1:
+            return
+        if node.op_type == "Gemm" and (
+            _attr(node, "beta", 1.0) != 1.0 or _attr(node, "alpha", 1.0) != 1.0
+        ):
+            return
+        x_dq, w_dq = node.inputs[0].producer(), node.inputs[1].producer()  # type: ignore[union-attr]
+        assert x_dq is not None and w_dq is not None
+        sx = float(_const(x_dq.inputs[1]))  # type: ignore[arg-type]
+        sw = _const(w_dq.inputs[1])
+        assert sw is not None
+        int32 = quantize_bias(b, sx, sw)
+        if int32 is None:
+            return
+        q, scale = int32
+        base = node.inputs[2].name or "bias"  # type: ignore[union-attr]
+        qv = self.initializer(f"{base}_quantized", q)
+        sv = self.initializer(f"{base}_scale", scale)
+        zv = self.initializer(f"{base}_zero_point", np.zeros(b.shape, np.int32))
+        old = node.inputs[2]
+        assert old is not None
+        node.replace_input_with(2, self.dequantize(node, qv, sv, zv, 0, base, b.shape))
+        self.replaced.append(old)
+        self.run.count("bias_int32")
+
+    def table_dq(
+        self, node: ir.Node, table: ir.Value
+    ) -> tuple[ir.Value, tuple[ir.Value, ir.Value]]:
+        a = _const(table)
+        assert a is not None
+        base = table.name or "table"
+        q, scale, zp = quantize_table(a, self.run.act_type)
+        qv = self.initializer(f"{base}_quantized", q)
+        sv = self.initializer(f"{base}_scale", scale)
+        zv = self.initializer(f"{base}_zero_point", zp)
+        self.run.count("weights_quantized")
+        return self.dequantize(node, qv, sv, zv, None, base, a.shape), (sv, zv)
+
+    # ------------------------------------------------------------ housekeeping
+    def drop_empty_roi(self, node: ir.Node) -> None:
+        """An empty constant ``roi`` becomes an omitted input (optional from opset 13).
+
+        Opset 11-12 Resize needs a roi input, so exporters and the version converter write an
+        empty tensor. With integer convolutions around it, ONNX Runtime 1.31's NHWC layout
+        pass moves the (float) Resize, permutes roi with a Gather and fails on the empty
+        tensor ("indices element out of data bounds"): ddddocr's converted detector.
+        """
+        roi = node.inputs[1] if len(node.inputs) > 1 else None
+        arr = _const(roi)
+        if arr is not None and arr.size == 0:
+            node.replace_input_with(1, None)
+            self.run.count("resize_empty_roi_dropped")
+
+    def drop_replaced(self) -> None:
+        """Float constants that their int8 copies made unused leave the model."""
+        graph = self.graph
+        for v in self.replaced:
+            if v.name in graph.initializers and not v.uses() and not v.is_graph_output():
+                graph.initializers.pop(v.name)
+
+    def initializer(self, base: str, array: np.ndarray) -> ir.Value:
+        return add_initializer(self.graph, self.name(base), array)

@@ -1,0 +1,132 @@
+"""Scales and zero points of qdq-insert: activations from calibrated ranges, weights from data.
+
+The arithmetic of quantization (which integers stand for which floats) kept apart from the
+graph surgery that writes it (:mod:`.qdq_emit`), so it can be read and tested on arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+from graphopt.passes.quantize.qdq_plan import SHARED, QdqPlan
+
+from graphopt.calib import collect_stats, compute_ranges
+from graphopt.ir import attr_value as _attr
+from graphopt.ir import const_array as _const
+
+
+def activation_qparams(lo: float, hi: float, activation_type: str) -> tuple[np.ndarray, np.ndarray]:
+    """(scale float32, zero point uint8/int8) of a per-tensor range containing 0."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if activation_type == "int8":
+        t = max(-lo, hi)
+        scale = t / 127.0 if t > 0 else 1.0
+        return np.array(scale, np.float32), np.array(0, np.int8)
+    scale = (hi - lo) / 255.0 if hi > lo else 1.0
+    zp = int(np.clip(round(-lo / scale), 0, 255))
+    return np.array(scale, np.float32), np.array(zp, np.uint8)
+
+
+def quantize_weight(
+    w: np.ndarray, axis: int | None, qmax: int = 127
+) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 (q, scale) in [-qmax, qmax]: per ``axis`` or per tensor (``axis`` None)."""
+    w64 = w.astype(np.float64)
+    if axis is None:
+        amax = np.array(np.max(np.abs(w64)) if w64.size else 0.0)
+        shaped = amax
+    else:
+        others = tuple(i for i in range(w.ndim) if i != axis)
+        amax = np.max(np.abs(w64), axis=others) if w64.size else np.zeros(w.shape[axis])
+        shaped = amax.reshape([-1 if i == axis else 1 for i in range(w.ndim)])
+    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
+    s = np.where(shaped > 0, shaped / qmax, 1.0).astype(np.float32).astype(np.float64)
+    q = np.clip(np.rint(w64 / s), -qmax, qmax).astype(np.int8)
+    return q, scale
+
+
+def weight_axis(node: ir.Node) -> int:
+    """The output-channel axis of a Conv/Gemm/MatMul weight (per-channel quantization)."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm":
+        return 0 if _attr(node, "transB", 0) else 1
+    return 1  # MatMul, W is [K, N]
+
+
+def quantize_constant(a: np.ndarray, activation_type: str) -> tuple[np.ndarray, ...]:
+    """(q, scale, zero point) of a constant input of Add/Mul/Concat: per tensor, like an
+    activation."""
+    scale, zp = activation_qparams(
+        float(a.min(initial=0)), float(a.max(initial=0)), activation_type
+    )
+    info = np.iinfo(zp.dtype)
+    q = np.clip(np.rint(a.astype(np.float64) / float(scale)) + int(zp), info.min, info.max)
+    return q.astype(zp.dtype), scale, zp
+
+
+def quantize_table(a: np.ndarray, activation_type: str) -> tuple[np.ndarray, ...]:
+    """(q, scale, zero point) of an embedding table: the gathered rows keep its parameters,
+    so it takes the activations' type."""
+    if activation_type == "uint8":
+        scale, zp = activation_qparams(float(a.min()), float(a.max()), "uint8")
+        q = np.clip(np.rint(a.astype(np.float64) / float(scale)) + int(zp), 0, 255)
+        q = q.astype(np.uint8)
+    else:
+        q, scale = quantize_weight(a, None, 127)
+        zp = np.array(0, np.int8)
+    return q, np.asarray(scale, np.float32), zp
+
+
+def quantize_bias(b: np.ndarray, sx: float, sw: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """int32 (q, scale) of a bias with scale ``s_x * s_w``, the int32 accumulator's scale;
+    None where the weight's scales do not match the bias."""
+    scale = (sx * sw.astype(np.float64)).astype(np.float32)
+    if scale.ndim == 0:
+        scale = np.full(b.shape, scale, np.float32)
+    if scale.shape != b.shape:
+        return None
+    safe = np.where(scale > 0, scale, 1.0).astype(np.float64)
+    q = np.clip(np.rint(b.astype(np.float64) / safe), -(2**31), 2**31 - 1).astype(np.int32)
+    return q, scale
+
+
+def activation_ranges(
+    model: ir.Model,
+    samples: Any,
+    names: list[str],
+    *,
+    bins: int,
+    calibration: str,
+    symmetric: bool,
+) -> dict[str, tuple[float, float]]:
+    """One streamed calibration run: the (min, max) chosen for each tensor of ``names``."""
+    stats = collect_stats(model, samples, tensors=names, bins=bins, progress=False)
+    return compute_ranges(stats, calibration, symmetric=symmetric)
+
+
+def param_roots(plan: QdqPlan) -> dict[ir.Value, ir.Value]:
+    """Each quantized activation tensor -> the tensor whose range gives its parameters.
+
+    Data movement shares its input's parameters; embedding outputs are their own roots:
+    their parameters are the table's, not calibrated.
+    """
+    roots: dict[ir.Value, ir.Value] = {}
+    for n in plan.nodes:
+        for i in plan.inputs[n]:
+            v = n.inputs[i]
+            if v is not None and _const(v) is None:
+                roots.setdefault(v, v)
+    for n in plan.nodes:  # graph order: a shared op's input root is known before it
+        y = plan.outputs.get(n)
+        if y is None:
+            continue
+        if n.op_type in SHARED and n not in plan.embedding:
+            x = n.inputs[0]
+            assert x is not None
+            roots[y] = roots.get(x, x)
+        else:
+            roots[y] = y
+    return roots
