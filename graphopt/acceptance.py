@@ -118,6 +118,17 @@ def fall_back(
     return info
 
 
+def budget_note(record: Any, start_key: str, what: str) -> str:
+    """The one-line note of a :func:`fall_back` record: ``budget cosine>=0.99: all int8 0.98 →
+    final 0.995`` (or '' when the budget was not measured)."""
+    if not isinstance(record, dict) or record.get(start_key) is None:
+        return ""
+    start = record[start_key]
+    met = "" if record.get("met", True) else " (NOT met)"
+    final = record.get("final", start)
+    return f"budget {record['budget']}: {what} {start:.6g} → final {final:.6g}{met}"
+
+
 def _progress(items: list[K], description: str) -> Iterable[K]:
     """A rich progress bar on a terminal (when described), plain iteration elsewhere."""
     if not description or not sys.stderr.isatty():

@@ -650,10 +650,14 @@ def sweep(
 )
 @click.option(
     "--backend",
-    type=click.Choice(("local",)),
+    type=click.Choice(("local", "ray")),
     default="local",
     show_default=True,
-    help="Where candidates are built (local: this machine).",
+    help="Where candidates are built and scored (local: here, one by one; ray: Ray tasks, "
+    "a phase at a time). Latency is always measured here.",
+)
+@click.option(
+    "--ray-address", metavar="ADDR", help="Ray cluster for --backend ray (default: a local one)."
 )
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option(
@@ -687,6 +691,7 @@ def tune(
     time_limit: str,
     eval_data: str | None,
     backend: str,
+    ray_address: str | None,
     batch: int,
     rounds: int,
     work_dir: Path | None,
@@ -703,7 +708,8 @@ def tune(
     """
     from graphopt.tune import tune as run_tune
 
-    del backend  # one backend for now
+    if ray_address and backend != "ray":
+        raise errors.UsageError("--ray-address needs --backend ray")
     for path, what in ((report_path, "--report"), (md_path, "--md"), (html_path, "--html")):
         _writable(path, what)
     result = run_tune(
@@ -717,6 +723,8 @@ def tune(
         work_dir=work_dir,
         rounds=rounds,
         batch=batch,
+        backend=backend,
+        ray_address=ray_address,
         report_path=report_path,
         md_path=md_path,
         html_path=html_path,

@@ -105,15 +105,17 @@ class Samples:
     def subset(self, indices: Sequence[int], source: str | None = None) -> Samples:
         """The feeds at ``indices``, with the rows of each extra array that belong to them.
 
-        An extra (``label``) whose first axis is a whole multiple of the feed count holds
-        that many rows per feed (one feed of a batch-10 DATA carries 10 labels); others are
-        kept whole."""
+        An extra (``label``) holding one row per sample of every feed (n feeds of batch b:
+        n * b rows, or n) is cut with its feeds; any other (a charset) is kept whole."""
         n = len(self.feeds)
+        batches = {1} | {
+            int(np.shape(a)[0]) for a in (self.feeds[0].values() if n else ()) if np.ndim(a)
+        }
         extras: dict[str, np.ndarray] = {}
         for key, arr in self.extras.items():
             arr = np.asarray(arr)
-            if n and arr.ndim and arr.shape[0] % n == 0 and arr.shape[0] >= n:
-                per = arr.shape[0] // n
+            per = arr.shape[0] // n if n and arr.ndim else 0
+            if per and arr.shape[0] == n * per and per in batches:
                 extras[key] = np.concatenate([arr[i * per : (i + 1) * per] for i in indices])
             else:
                 extras[key] = arr

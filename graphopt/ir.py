@@ -234,6 +234,15 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
     return model
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a file, read in 1 MiB blocks (reports record the input model's)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def ai_onnx_opset(model: ir.Model) -> int:
     """The model's ai.onnx opset version (1 where it imports none)."""
     return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))

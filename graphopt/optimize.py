@@ -16,7 +16,6 @@ This module is callable: ``graphopt.optimize(model, "cpu-int8", data=...)`` is
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -55,14 +54,6 @@ class Result:
         source = self.report.get("model", {}).get("path")
         gir.save_model(self.model, path, external_data=external_data, source=source)
         return Path(path)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _load(model: Any) -> tuple[ir.Model, Path | None]:
@@ -110,6 +101,7 @@ def optimize(
     dump_dir: str | os.PathLike[str] | None = None,
     external_data: bool | None = None,
     listener: Listener | None = None,
+    calib_cache: str | os.PathLike[str] | None = None,
 ) -> Result:
     """Run ``pipeline`` (pipeline text, e.g. ``"cpu-int8"``) on ``model`` and verify it.
 
@@ -117,7 +109,9 @@ def optimize(
     it, verification inputs are chosen by :mod:`graphopt.probe` (``dims`` as ``NAME=SIZE``
     fixes dynamic dims). ``budget`` (``"cosine>=0.99"``, ``"top1>=0.98"``) bounds the lossy
     passes. With ``output`` the model is written there (and ``report_path`` gets the JSON
-    report). Raises a :class:`graphopt.errors.GraphoptError` with a hint on any user error.
+    report). ``calib_cache`` (a folder) keeps calibration statistics for later runs on the
+    same model and DATA. Raises a :class:`graphopt.errors.GraphoptError` with a hint on any
+    user error.
     """
     from graphopt import data as gdata
     from graphopt import probe, runtime
@@ -138,7 +132,7 @@ def optimize(
     rep_path = Path(report_path) if report_path is not None else None
     ir_model, model_path = _load(model)
     _check_paths(model_path, out, rep_path)
-    source_hash = sha256(model_path) if model_path is not None else None
+    source_hash = gir.file_sha256(model_path) if model_path is not None else None
     calib = gdata.as_samples(ir_model, data, batch=batch)
     samples = None
     run_dims = gdata.parse_dims(tuple(dims))
@@ -154,7 +148,14 @@ def optimize(
                 seed=seed,
             )
             samples, run_dims = chosen.samples, chosen.dims
-    context = PassContext(target=target, data=calib, seed=seed, budget=budget or "", dims=run_dims)
+    context = PassContext(
+        target=target,
+        data=calib,
+        seed=seed,
+        budget=budget or "",
+        dims=run_dims,
+        calib_cache=str(calib_cache) if calib_cache is not None else None,
+    )
     result = Runner(
         plan,
         context=context,
@@ -178,7 +179,8 @@ def optimize(
         providers={"verify": ["CPUExecutionProvider"], "target": runtime.providers_for(target)},
         environment=runtime.environment(),
     )
-    if model_path is not None and sha256(model_path) != source_hash:  # the input is untouched
+    # belt and braces: the input must be untouched
+    if model_path is not None and gir.file_sha256(model_path) != source_hash:
         raise errors.GraphoptError(f"internal error: input model {model_path} changed on disk")
     if rep_path is not None:
         write_json(rep_path, report)

@@ -55,6 +55,8 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "graphopt.bench",
             "graphopt.demo",
             "graphopt.tune",
+            "graphopt.tune_build",
+            "graphopt.tune_candidates",
             "graphopt.tune_report",
         ),
     ),

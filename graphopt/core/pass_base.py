@@ -147,6 +147,9 @@ class PassContext:
     # Sizes of the inputs' dynamic dims that the model runs with (graphopt.probe), by
     # graphopt.data.dim_key: what a pass uses when it makes random inputs of its own.
     dims: dict[str, int] = dataclasses.field(default_factory=dict)
+    # A file or folder of calibration statistics (graphopt.calib.cache) shared by the runs of
+    # one model on the same DATA (graphopt tune builds many int8 candidates from one model).
+    calib_cache: str | None = None
     # The model as it was before the pipeline's first lossy pass (a graphopt.runtime.Snapshot),
     # set by the runner: what ``reconstruct`` fits the changed layers back to.
     reference: Any = None
@@ -240,6 +243,18 @@ class GraphoptPass(ir.passes.InPlacePass, abc.ABC):
         if inner:
             reason += f"; {inner} {'/'.join(sorted(set(ops)))} inside If/Loop bodies left alone"
         return self.decline(reason)
+
+    def leave(self, node: ir.Node, reason: str) -> None:
+        """Leave ``node`` as it is because of ``reason``: counted (``skipped:<reason>``) and
+        recorded in the findings under the node's name."""
+        self.count(f"skipped:{reason}")
+        self.findings.leave(node.name or node.op_type, reason)
+
+    def left_alone_notes(self, what: str) -> list[str]:
+        """``["left in float: 3 nodes (2 excluded, 1 weight_rank)"]`` after a run that acted;
+        nothing after one that declined (its reason says it)."""
+        note = self.findings.left_alone_note(what)
+        return [note] if note and not self.declined else []
 
     def decline(self, reason: str) -> bool:
         """Leave the model unchanged because of ``reason``, which the console and the report

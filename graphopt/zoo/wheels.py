@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from graphopt import zoo
+from graphopt.ir import file_sha256
 from graphopt.zoo.corpus import Entry, feeds_of, register, run_model
 
 # --------------------------------------------------------------------------- files
@@ -138,14 +139,6 @@ def wheel_dir_for(model: Path) -> Path:
     return zoo.default_cache_dir() / "wheels"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def installed_copy(wf: WheelFile) -> Path | None:
     """The member in an installed copy of the package, if it is the pinned file.
 
@@ -162,7 +155,7 @@ def installed_copy(wf: WheelFile) -> Path | None:
     rel = wf.member.split("/", 1)[1]
     for root in spec.submodule_search_locations:
         path = Path(root) / rel
-        if path.is_file() and _sha256(path) == wf.sha256:
+        if path.is_file() and file_sha256(path) == wf.sha256:
             return path
     return None
 

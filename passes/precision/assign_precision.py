@@ -193,19 +193,12 @@ class AssignPrecisionPass(GraphoptPass):
 
     def render_notes(self) -> list[str]:
         """The budget's outcome, and why every node stays fp32 when none was converted."""
-        d, notes = self.details, []
-        budget = d.get("budget")
-        if isinstance(budget, dict) and budget.get("converted_all") is not None:
-            start = budget["converted_all"]
-            notes.append(
-                f"budget {budget['budget']}: all converted {start:.6g} → final "
-                f"{budget.get('final', start):.6g}"
-                + ("" if budget.get("met", True) else " (NOT met)")
-            )
+        d = self.details
+        notes = [acceptance.budget_note(d.get("budget"), "converted_all", "all converted")]
         if d.get("precision") == "fp32" and isinstance(d.get("kept_fp32"), dict):
             reasons = ", ".join(f"{len(v)} {r}" for r, v in d["kept_fp32"].items() if v)
             notes.append(f"every node stays fp32 ({reasons or 'no float nodes'})")
-        return notes
+        return [n for n in notes if n]
 
     # ------------------------------------------------------------------ load check
     def _validate(

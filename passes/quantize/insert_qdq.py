@@ -240,6 +240,7 @@ class InsertQdqPass(GraphoptPass):
                 bins=opts.bins,
                 calibration=opts.calibration,
                 symmetric=run.act_type == "int8",
+                cache=self.context.calib_cache,
             )
         run.bad = {n for n in names if n not in run.ranges}  # not float at run time
         if opts.smooth > 0:
@@ -324,14 +325,7 @@ class InsertQdqPass(GraphoptPass):
                 f"({kernels or 'none'}); {fusion_info['unfused']} unfused"
             )
         notes.append(self.findings.left_alone_note("kept in float"))
-        budget = d.get("budget")
-        if isinstance(budget, dict) and budget.get("quantized_all") is not None:
-            start = budget["quantized_all"]
-            notes.append(
-                f"budget {budget['budget']}: all int8 {start:.6g} → final "
-                f"{budget.get('final', start):.6g}"
-                + ("" if budget.get("met", True) else " (NOT met)")
-            )
+        notes.append(acceptance.budget_note(d.get("budget"), "quantized_all", "all int8"))
         guard = d.get("guard")
         if guard and "decision" in guard and not guard["decision"].startswith("float"):
             # (a float decision declines the pass, which says so itself)

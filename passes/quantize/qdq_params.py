@@ -12,7 +12,7 @@ import numpy as np
 import onnx_ir as ir
 from graphopt.passes.quantize.qdq_plan import SHARED, QdqPlan
 
-from graphopt.calib import collect_stats, compute_ranges
+from graphopt.calib import compute_ranges, load_or_collect
 from graphopt.ir import attr_value as _attr
 from graphopt.ir import const_array as _const
 
@@ -101,9 +101,11 @@ def activation_ranges(
     bins: int,
     calibration: str,
     symmetric: bool,
+    cache: str | None = None,
 ) -> dict[str, tuple[float, float]]:
-    """One streamed calibration run: the (min, max) chosen for each tensor of ``names``."""
-    stats = collect_stats(model, samples, tensors=names, bins=bins, progress=False)
+    """One streamed calibration run (or the statistics ``cache`` holds for this model and
+    data): the (min, max) chosen for each tensor of ``names``."""
+    stats = load_or_collect(model, samples, cache, tensors=names, bins=bins, progress=False)
     return compute_ranges(stats, calibration, symmetric=symmetric)
 
 

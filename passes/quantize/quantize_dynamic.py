@@ -107,31 +107,31 @@ class QuantizeDynamicPass(GraphoptPass):
         )
 
     # ----------------------------------------------------------------- matching
-    def _skip(self, reason: str) -> None:
-        self.count(f"skipped:{reason}")
+    def render_notes(self) -> list[str]:
+        return self.left_alone_notes("left in float")
 
     def _plan(self, node: ir.Node) -> tuple[bool, float, np.ndarray | None] | None:
         """(transpose weight?, alpha, bias or None) for a target, None (counted) otherwise."""
         if node.domain not in ("", "ai.onnx") or node.op_type not in self.options.op_types:
             return None
         if node.name and node.name in self.options.exclude:
-            self._skip("excluded")
+            self.leave(node, "excluded")
             return None
         if len(node.inputs) < 2 or node.inputs[0] is None or node.inputs[1] is None:
             return None
         a, w = node.inputs[0], node.inputs[1]
         wa = _const(w)
         if wa is None or w.name not in node.graph.initializers:  # type: ignore[union-attr]
-            self._skip(not_constant(w))
+            self.leave(node, not_constant(w))
             return None
         if wa.dtype != np.float32:
-            self._skip("weight_dtype")
+            self.leave(node, "weight_dtype")
             return None
         if wa.ndim != 2:
-            self._skip("weight_rank")
+            self.leave(node, "weight_rank")
             return None
         if _const(a) is not None or (a.dtype is not None and a.dtype != ir.DataType.FLOAT):
-            self._skip("activation_dtype")
+            self.leave(node, "activation_dtype")
             return None
         if node.op_type == "MatMul":
             return False, 1.0, None
@@ -141,7 +141,7 @@ class QuantizeDynamicPass(GraphoptPass):
         self, node: ir.Node, wa: np.ndarray
     ) -> tuple[bool, float, np.ndarray | None] | None:
         if _attr(node, "transA", 0):
-            self._skip("transA")
+            self.leave(node, "transA")
             return None
         trans_b = bool(_attr(node, "transB", 0))
         alpha = float(_attr(node, "alpha", 1.0))  # type: ignore[arg-type]
@@ -152,14 +152,14 @@ class QuantizeDynamicPass(GraphoptPass):
             return trans_b, alpha, None
         ca = _const(c)
         if ca is None:
-            self._skip("bias_not_constant")
+            self.leave(node, "bias_not_constant")
             return None
         if ca.dtype != np.float32:
-            self._skip("bias_dtype")
+            self.leave(node, "bias_dtype")
             return None
         row = ca.ndim > 2 or (ca.ndim == 2 and ca.shape[0] != 1)
         if row or ca.shape[-1:] not in ((), (1,), (n,)):
-            self._skip("bias_shape")  # per-row bias: DynamicQuantizeMatMul takes a 1-D bias
+            self.leave(node, "bias_shape")  # per-row bias: DynamicQuantizeMatMul takes a 1-D bias
             return None
         bias = np.broadcast_to(ca.reshape(-1), (n,)).astype(np.float32) * np.float32(beta)
         return trans_b, alpha, bias

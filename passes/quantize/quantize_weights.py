@@ -195,30 +195,30 @@ class QuantizeWeightsPass(GraphoptPass):
         )
 
     # ----------------------------------------------------------------- matching
-    def _skip(self, reason: str) -> None:
-        self.count(f"skipped:{reason}")
+    def render_notes(self) -> list[str]:
+        return self.left_alone_notes("left in float")
 
     def _is_target(self, node: ir.Node) -> bool:
         if node.domain not in ("", "ai.onnx") or node.op_type != "MatMul":
             return False
         if node.name and node.name in self.options.exclude:
-            self._skip("excluded")
+            self.leave(node, "excluded")
             return False
         a, w = node.inputs[0], node.inputs[1]
         if a is None or w is None:
             return False
         wa = _const(w)
         if wa is None or w.name not in node.graph.initializers:  # type: ignore[union-attr]
-            self._skip(not_constant(w))
+            self.leave(node, not_constant(w))
             return False
         if wa.dtype != np.float32:
-            self._skip("weight_dtype")
+            self.leave(node, "weight_dtype")
             return False
         if wa.ndim != 2:
-            self._skip("weight_rank")
+            self.leave(node, "weight_rank")
             return False
         if _const(a) is not None or (a.dtype is not None and a.dtype != ir.DataType.FLOAT):
-            self._skip("activation_dtype")
+            self.leave(node, "activation_dtype")
             return False
         return True
 
