@@ -17,7 +17,8 @@ held-out data meets the budget.
   never timed. Calibration statistics are collected once and cached for every int8 build.
 * **Latency** is measured on this machine and EP only: each candidate within budget runs
   against the original in rotated paired rounds; the fastest few then meet again, together,
-  in a runoff, and the winner must beat the original by 3 %.
+  in a runoff, and a lossy winner must beat the original by 3 % (the float form, which
+  computes the same, only has to be faster).
 * Finished candidates are stored in the work folder: a killed tune resumes.
 * ``backend="ray"`` builds and scores the candidates of each phase as Ray tasks (a cluster,
   or a local Ray); latency is still measured here.
@@ -62,8 +63,15 @@ from graphopt.tune_candidates import (
 )
 
 TUNE_SCHEMA = "graphopt.tune/1"
-#: a candidate must be at least this much faster than the original to be worth shipping
+#: a lossy candidate must be at least this much faster than the original to be worth shipping;
+#: the float form (the same arithmetic, cleaned up) only has to be faster
 PAYS = 0.97
+
+
+def _pays(cand: Candidate) -> float:
+    return 1.0 if cand.family == "fp32" else PAYS
+
+
 #: the fastest candidates within budget that meet again, together, for the final choice
 RUNOFF = 4
 
@@ -242,7 +250,7 @@ class _Search:
         path = self.store.model_path(cand.name)
         cand.ratio_rounds = paired_ratio(self.model_path, path, self.feed, self.ep, self.rounds)
         cand.ratio = statistics.median(cand.ratio_rounds)
-        if cand.ratio < PAYS:
+        if cand.ratio < _pays(cand):
             cand.status = "meets-budget"
             self.say(f"{cand.name}: accuracy {cand.accuracy:.6g}, latency {cand.ratio:.3f}x")
         else:
@@ -256,7 +264,7 @@ class _Search:
         if cand.status in ("winner", "slower") and cand.ratio_rounds:
             cand.ratio = statistics.median(cand.ratio_rounds)
             cand.runoff_rounds = []
-            if cand.ratio < PAYS:
+            if cand.ratio < _pays(cand):
                 cand.status, cand.why = "meets-budget", ""
             else:
                 cand.status = "slower"
@@ -296,10 +304,22 @@ def _phases(search: _Search, target: str, absolute: str) -> None:
     for lower, higher in itertools.pairwise(prune[1:]):
         if lower.status in within:
             search.run([higher])
-    best = None
-    for p in [below, *prune]:
-        if p.status in within:
-            best = p
+    tried = [p for p in [below, *prune] if p.status in (*within, "over-budget")]
+    best = max((p for p in tried if p.status in within), key=_ratio_of, default=None)
+    over = [
+        p for p in tried if p.status == "over-budget" and best and _ratio_of(p) > _ratio_of(best)
+    ]
+    if best is not None and over:  # one bisection step inside the bracket
+        hi = min(over, key=_ratio_of)
+        mid = round((_ratio_of(best) + _ratio_of(hi)) / 2, 2)
+        if _ratio_of(hi) - _ratio_of(best) > 0.1:
+            float_form = "cpu-fp32" if target == "cpu" else "cleanup"
+            pipeline = f"cleanup,prune-channels{{ratio={mid:g}}},reconstruct,{float_form}"
+            cand = Candidate(f"prune-{mid:g}", "prune", pipeline)
+            search.candidates.append(cand)
+            search.run([cand])
+            if cand.status in within:
+                best = cand
     for p in [below, *prune]:
         if p.status == "pending":
             failed = next((q for q in prune if q.status not in within), None)
@@ -325,6 +345,11 @@ def _phases(search: _Search, target: str, absolute: str) -> None:
         search.skip(x, "not reached")
 
 
+def _ratio_of(cand: Candidate) -> float:
+    """The pruning ratio of a ``prune-<ratio>`` candidate."""
+    return float(cand.name.split("-", 1)[1])
+
+
 def _runoff(search: _Search) -> Candidate | None:
     """The fastest few within budget, timed together again; the fastest that pays wins."""
     paying = sorted(
@@ -339,7 +364,7 @@ def _runoff(search: _Search) -> Candidate | None:
         for cand, rounds in zip(finalists, per, strict=True):
             cand.runoff_rounds = rounds
             cand.ratio = statistics.median(rounds)
-            if cand.ratio >= PAYS:
+            if cand.ratio >= _pays(cand):
                 cand.status = "slower"
                 cand.why = f"{cand.ratio:.3f}x the original's latency in the runoff: does not pay"
             search.store.save(cand)
@@ -469,7 +494,7 @@ def tune(
             "rounds": rounds,
             "runoff_rounds": 2 * rounds,
             "feed": "the first evaluation feed",
-            "pays_below": PAYS,
+            "pays_below": {"lossy": PAYS, "float form": 1.0},
         },
         "winner": winner.to_dict() if winner else None,
         "winner_pipeline": winner.pipeline if winner else None,

@@ -19,6 +19,10 @@ import numpy as np
 
 from graphopt import errors
 
+#: how long each model runs in one round of a paired measurement: long enough that a round's
+#: median is steady for a model of tens of microseconds
+ROUND_SECONDS = 0.2
+
 #: passes that every pipeline runs; a candidate whose other passes all declined is not one
 CLEANUP_PASSES = frozenset(
     {
@@ -183,7 +187,9 @@ def runoff(
     ratios: list[list[float]] = [[] for _ in candidates]
     for r in range(rounds):
         order = [(i + r) % n for i in range(n)]
-        per = runtime.interleaved_latency([sessions[i] for i in order], feed, rounds=1)[0]
+        per = runtime.interleaved_latency(
+            [sessions[i] for i in order], feed, rounds=1, min_round_seconds=ROUND_SECONDS
+        )[0]
         times = dict(zip(order, per, strict=True))
         for k in range(len(candidates)):
             ratios[k].append(times[k + 1] / times[0])
