@@ -213,6 +213,18 @@ def run_case(case: Case, out: Path, time_limit: str, rounds: int) -> dict[str, A
     }
 
 
+def portable(obj: Any, work: Path) -> Any:
+    """The results with this machine's paths written as ~/..., WORK/... and repo-relative."""
+    if isinstance(obj, dict):
+        return {k: portable(v, work) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable(v, work) for v in obj]
+    if isinstance(obj, str):
+        repo = str(Path(__file__).resolve().parent.parent) + "/"
+        return obj.replace(str(work), "WORK").replace(repo, "").replace(str(Path.home()), "~")
+    return obj
+
+
 def _f(v: Any, fmt: str = ".4g") -> str:
     return "–" if v is None else format(v, fmt)
 
@@ -289,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for key in args.models.split(","):
-        results.append(run_case(_case(key.strip()), args.work, args.time, args.rounds))
+        result = run_case(_case(key.strip()), args.work, args.time, args.rounds)
+        results.append(portable(result, args.work))
         env = runtime.environment()
         settings = {"time": args.time, "rounds": args.rounds, "models": args.models}
         summary = {"environment": env, "settings": settings, "results": results}
