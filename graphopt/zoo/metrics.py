@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from graphopt import zoo
-from graphopt.zoo.wheels import _ctc_greedy
+from graphopt.zoo.wheels import ctc_greedy
 
 Outputs = Sequence[Sequence[np.ndarray]]
 
@@ -32,7 +32,7 @@ def ocr_exact_match(outputs: Outputs, samples: Any) -> float:
     charset = [str(c) for c in samples.extras["charset"]]
     texts = [str(t) for t in samples.extras["text"]]
     hits = [
-        _ctc_greedy(out[0], charset).lower() == text.lower()
+        ctc_greedy(out[0], charset).lower() == text.lower()
         for out, text in zip(outputs, texts, strict=False)
     ]
     return float(np.mean(hits)) if hits else 0.0

@@ -431,7 +431,7 @@ def _split_seed(split: str, entry_seed: int) -> int:
 # --------------------------------------------------------------------------- metrics
 
 
-def _ctc_greedy(logits: np.ndarray, charset: Sequence[str], blank: int = 0) -> str:
+def ctc_greedy(logits: np.ndarray, charset: Sequence[str], blank: int = 0) -> str:
     """Greedy CTC: argmax per step, collapse repeats, drop the blank."""
     idx = np.asarray(logits).reshape(-1, np.shape(logits)[-1]).argmax(axis=-1)
     out, prev = [], -1
@@ -576,7 +576,7 @@ def _ddddocr_eval(path: Path, data: Path) -> dict[str, float]:
     hits = []
     for out, text in zip(run_model(path, feeds), extras["text"]):
         logits = out[0]  # [steps, 1, classes] (the file declares [1, seqlen])
-        pred = _ctc_greedy(logits, charset)
+        pred = ctc_greedy(logits, charset)
         hits.append(pred.lower() == str(text).lower())
     return {"exact_match": float(np.mean(hits))}
 
@@ -1201,7 +1201,7 @@ def _ppocr_rec_eval(path: Path, data: Path) -> dict[str, float]:
     charset = [str(c) for c in extras["charset"]]
     probs = np.concatenate([out[0] for out in run_model(path, feeds)])
     hits = [
-        _ctc_greedy(p, charset).replace(" ", "") == str(t).replace(" ", "")
+        ctc_greedy(p, charset).replace(" ", "") == str(t).replace(" ", "")
         for p, t in zip(probs, extras["text"])
     ]
     return {"exact_match": float(np.mean(hits))}
