@@ -142,13 +142,14 @@ def run_case(case: Case, out: Path, time_limit: str, rounds: int) -> dict[str, A
     judge = Budget.parse(rep["budget"]["absolute"])
     tune_work = Path(rep["work"])
     evaluation, reference = load_samples(tune_work / "evaluation.npz", "held-out feeds")
-    calib = tune_work / "calibration.npz"  # the same calibration feeds the candidates had
+    # the same calibration feeds the candidates had
+    calib, _ = load_samples(tune_work / "calibration.npz", "calibration feeds")
     presets: dict[str, dict[str, Any]] = {}
     for preset in PRESETS:
         path = work / f"{preset}.onnx"
         _log(f"{case.key}: preset {preset}")
         p0 = time.perf_counter()
-        r = graphopt.optimize(case.model, preset, data=str(calib), output=path, verify=False)
+        r = graphopt.optimize(case.model, preset, data=calib, output=path, verify=False)
         sess = runtime.make_session(path)
         acc = float(judge.measure(reference, runtime.run_feeds(sess, evaluation.feeds), evaluation))
         presets[preset] = {
@@ -166,10 +167,9 @@ def run_case(case: Case, out: Path, time_limit: str, rounds: int) -> dict[str, A
     )
     _log(f"{case.key}: final rounds (original, tuned, {', '.join(PRESETS)})")
     per = runoff(
-        case.model,
-        [tuned, *(Path(p["path"]) for p in presets.values())],
+        runtime.make_session(case.model),
+        [runtime.make_session(p) for p in [tuned, *(Path(x["path"]) for x in presets.values())]],
         evaluation.feeds[0],
-        "cpu",
         rounds,
     )
     tuned_ratio = statistics.median(per[0])

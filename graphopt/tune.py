@@ -47,7 +47,6 @@ from graphopt._callable import make_callable
 from graphopt.tune_build import (
     build_and_score,
     build_shipped,
-    paired_ratio,
     runoff,
     save_samples,
 )
@@ -186,6 +185,7 @@ class _Search:
     """One tune's state: the candidates, where their files go, and the clock."""
 
     model_path: Path
+    original: Any  # the original model's session on the target EP, built once
     target: str
     spec: dict[str, Any]  # what every build shares (calib, eval, judge, ...)
     store: _Store
@@ -200,6 +200,11 @@ class _Search:
     @property
     def ep(self) -> str:
         return "cpu" if self.target == "cpu" else "cuda"
+
+    def session(self, path: Path) -> Any:
+        from graphopt import runtime
+
+        return runtime.make_session(path, ep=self.ep, optimize=True)
 
     def get(self, name: str) -> Candidate:
         return next(c for c in self.candidates if c.name == name)
@@ -248,7 +253,7 @@ class _Search:
 
     def _time(self, cand: Candidate) -> None:
         path = self.store.model_path(cand.name)
-        cand.ratio_rounds = paired_ratio(self.model_path, path, self.feed, self.ep, self.rounds)
+        cand.ratio_rounds = runoff(self.original, [self.session(path)], self.feed, self.rounds)[0]
         cand.ratio = statistics.median(cand.ratio_rounds)
         if cand.ratio < _pays(cand):
             cand.status = "meets-budget"
@@ -351,16 +356,18 @@ def _ratio_of(cand: Candidate) -> float:
 
 
 def _runoff(search: _Search) -> Candidate | None:
-    """The fastest few within budget, timed together again; the fastest that pays wins."""
+    """The fastest few within budget, timed together again (twice the rounds); the fastest
+    that still pays wins. One noisy paired measurement never picks the winner alone."""
     paying = sorted(
         (x for x in search.candidates if x.status == "meets-budget" and x.ratio is not None),
         key=lambda x: x.ratio,  # type: ignore[arg-type, return-value]
     )
     finalists = paying[:RUNOFF]
-    if len(finalists) > 1:
+    if finalists:  # a second, longer measurement, even of a lone finalist
         search.say("runoff: " + ", ".join(x.name for x in finalists))
         paths = [search.store.model_path(x.name) for x in finalists]
-        per = runoff(search.model_path, paths, search.feed, search.ep, 2 * search.rounds)
+        sessions = [search.session(p) for p in paths]
+        per = runoff(search.original, sessions, search.feed, 2 * search.rounds)
         for cand, rounds in zip(finalists, per, strict=True):
             cand.runoff_rounds = rounds
             cand.ratio = statistics.median(rounds)
@@ -455,10 +462,11 @@ def tune(
     )
     (work / "calib-cache").mkdir(exist_ok=True)
     calib_npz, eval_npz = work / "calibration.npz", work / "evaluation.npz"
-    _write_data(calib_npz, calib)
+    save_samples(calib_npz, calib)
     save_samples(eval_npz, evaluation, reference)
     search = _Search(
         model_path=model_path,
+        original=sess,
         target=target,
         spec={
             "model": str(model_path),
@@ -542,20 +550,6 @@ def _nothing_pays(candidates: Sequence[Candidate], budget: str) -> str:
     if all(x.status == "skipped" for x in candidates):
         return "no candidate was tried (" + candidates[0].why + "); the original is kept"
     return "no candidate could be built; the original is kept"
-
-
-def _write_data(path: Path, samples: Any) -> None:
-    """The calibration part as a DATA .npz (feeds stacked on a new sample axis, extras kept),
-    which ``graphopt optimize --data`` reads back unchanged."""
-    import numpy as np
-
-    arrays = {name: np.stack([f[name] for f in samples.feeds]) for name in samples.feeds[0]}
-    for key, arr in samples.extras.items():
-        arrays.setdefault(key, arr)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
 
 
 make_callable(__name__, tune)

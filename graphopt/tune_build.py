@@ -4,7 +4,7 @@
 the same in this process and as a Ray task on another machine: it optimizes the model with
 the calibration DATA, runs the result on the held-out feeds and measures the budget's metric
 there. Latency is never measured here: it is taken on the target machine, against the
-original, by :func:`paired_ratio` and :func:`runoff`.
+original, by :func:`runoff`.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ CLEANUP_PASSES = frozenset(
 # ----------------------------------------------------------------------------- samples files
 def save_samples(path: Path, samples: Any, outputs: Sequence[Sequence[np.ndarray]] = ()) -> None:
     """Feeds (one key per feed and input), extras and optional reference outputs in one .npz,
-    read back exactly by :func:`load_samples` (feeds may differ in shape)."""
+    read back exactly by :func:`load_samples`: feeds may differ in shape (a DATA .npz stacks
+    them, so it cannot hold images of several widths), and labels stay with their feeds."""
     arrays: dict[str, np.ndarray] = {}
     for i, feed in enumerate(samples.feeds):
         for name, arr in feed.items():
@@ -111,12 +112,13 @@ def build_and_score(spec: dict[str, Any], files: dict[str, bytes] | None = None)
     from graphopt.optimize import optimize
 
     judge = Budget.parse(spec["judge"])
+    calib, _ = load_samples(Path(spec["calib"]), "calibration feeds")
     t0 = time.perf_counter()
     try:
         res = optimize(
             spec["model"],
             spec["pipeline"],
-            data=spec["calib"],
+            data=calib,
             target=spec["target"],
             budget=spec.get("budget") or None,
             output=spec["output"],
@@ -166,23 +168,15 @@ def build_shipped(
 
 
 # ----------------------------------------------------------------------------- latency
-def paired_ratio(
-    original: Path, candidate: Path, feed: dict[str, np.ndarray], ep: str, rounds: int
-) -> list[float]:
-    """Latency ratio candidate / original per round, the two taking turns, the order
-    rotated every round."""
-    return runoff(original, [candidate], feed, ep, rounds)[0]
-
-
 def runoff(
-    original: Path, candidates: Sequence[Path], feed: dict[str, np.ndarray], ep: str, rounds: int
+    original: Any, candidates: Sequence[Any], feed: dict[str, np.ndarray], rounds: int
 ) -> list[list[float]]:
-    """Latency ratio of each candidate to the original, all taking turns in the same rounds,
-    the order rotated every round; one list of per-round ratios per candidate."""
+    """Latency ratio of each candidate session to the original one, all taking turns in the
+    same rounds, the order rotated every round; one list of per-round ratios per candidate
+    (a single candidate makes a paired measurement)."""
     from graphopt import runtime
 
-    paths = [original, *candidates]
-    sessions = [runtime.make_session(p, ep=ep, optimize=True) for p in paths]
+    sessions = [original, *candidates]
     n = len(sessions)
     ratios: list[list[float]] = [[] for _ in candidates]
     for r in range(rounds):

@@ -12,6 +12,7 @@ from typing import Any
 import onnx_ir as ir
 
 from graphopt import errors
+from graphopt.core.pipeline import PRESETS
 
 #: pruning ratios tried, lowest first; a higher one only after a lower one met the budget
 PRUNE_RATIOS = (0.3, 0.5, 0.7)
@@ -119,17 +120,11 @@ def plan_candidates(facts: dict[str, Any], target: str, budget: str) -> list[Can
         Candidate("int8-static", "int8", int8),
         Candidate("int8-static-fallback", "int8", int8, budget=budget),
     ]
-    if target == "cpu":
-        c.append(
-            Candidate(
-                "int8-static-percentile",
-                "int8",
-                "cleanup,fold-attention-biases,move-stride-to-channels,"
-                "qdq-insert{target=cpu,guard=true,smooth=0.7,calibration=percentile},"
-                "avoid-slow-fusions,sort-topologically",
-                budget=budget,
-            )
+    if target == "cpu":  # the cpu-int8 preset with percentile ranges
+        percentile = PRESETS["cpu-int8"].replace(
+            "qdq-insert{", "qdq-insert{calibration=percentile,"
         )
+        c.append(Candidate("int8-static-percentile", "int8", percentile, budget=budget))
     weighted = facts["conv"] + facts["matmul"]
     no_mm = "no MatMul/Gemm with a constant weight"
     for name, pipeline in (

@@ -10,52 +10,62 @@ import html
 from pathlib import Path
 from typing import Any
 
+HEADERS = ("candidate", "pipeline", "status", "accuracy", "latency ×orig", "build s", "why")
 
-def markdown(report: dict[str, Any]) -> str:
-    """The tune report for people: the winner, the data use, every candidate."""
+
+def _f(v: Any, fmt: str) -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+def summary(report: dict[str, Any]) -> list[str]:
+    """The paragraphs above the table: budget, data use, the winner or why nothing pays."""
     b = report["budget"]
     lines = [
-        f"# graphopt tune: {Path(report['model']['path']).name}",
-        "",
         f"Budget `{b['given']}` → `{b['absolute']}` (original on held-out data: "
         f"{b['original']:.6g}). Target {report['target']}, latency on "
         f"{report['latency']['ep']} in {report['latency']['rounds']} rotated paired rounds. "
         f"Search time {report['seconds']:.0f} s (limit {report['time_limit']:.0f} s).",
-        "",
-        f"- calibration: {report['data']['calibration']}",
-        f"- evaluation: {report['data']['evaluation']}",
-        "",
+        f"calibration: {report['data']['calibration']}",
+        f"evaluation: {report['data']['evaluation']}",
     ]
-    if report["winner"]:
-        w = report["winner"]
-        lines += [
+    w = report["winner"]
+    if w:
+        lines.append(
             f"**Winner: {w['name']}**, {w['accuracy']:.6g} at {w['ratio']:.3f}x the original's "
             f"latency. Reproduce: `graphopt optimize MODEL -o OUT -p '{w['pipeline']}' "
-            f"--data CALIB" + (f" --budget '{w['budget']}'" if w["budget"] else "") + "`",
-            "",
-        ]
-    else:
-        lines += [f"**Nothing pays**: {report['nothing_pays']}", ""]
-    lines += [
-        "| candidate | pipeline | status | accuracy | latency ×orig | build s | why |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for c in report["candidates"]:
-        acc = f"{c['accuracy']:.6g}" if c["accuracy"] is not None else "–"
-        ratio = f"{c['ratio']:.3f}" if c["ratio"] is not None else "–"
-        build = f"{c['build_seconds']:.1f}" if c["build_seconds"] is not None else "–"
-        lines.append(
-            f"| {c['name']}{' (Pareto)' if c['name'] in report['pareto'] else ''} | "
-            f"`{c['pipeline']}` | {c['status']} | {acc} | {ratio} | {build} | "
-            f"{c['why'].replace('|', '/')} |"
+            f"--data CALIB" + (f" --budget '{w['budget']}'" if w["budget"] else "") + "`"
         )
+    else:
+        lines.append(f"**Nothing pays**: {report['nothing_pays']}")
+    return lines
+
+
+def rows(report: dict[str, Any]) -> list[list[str]]:
+    """One row of cells (see HEADERS) per candidate."""
+    return [
+        [
+            c["name"] + (" (Pareto)" if c["name"] in report["pareto"] else ""),
+            c["pipeline"],
+            c["status"],
+            _f(c["accuracy"], ".6g"),
+            _f(c["ratio"], ".3f"),
+            _f(c["build_seconds"], ".1f"),
+            c["why"],
+        ]
+        for c in report["candidates"]
+    ]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The tune report for people: the winner, the data use, every candidate."""
+    lines = [f"# graphopt tune: {Path(report['model']['path']).name}", ""]
+    for text in summary(report):
+        lines += [text, ""]
+    lines += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    for cells in rows(report):
+        cells[1] = f"`{cells[1]}`"
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-HEADERS = ("candidate", "pipeline", "status", "accuracy", "latency ×orig", "build s", "why")
-
-
-HEADERS = ("candidate", "pipeline", "status", "accuracy", "latency ×orig", "build s", "why")
 
 
 def plot(report: dict[str, Any]) -> str | None:
@@ -109,19 +119,16 @@ def plot(report: dict[str, Any]) -> str | None:
 
 
 def html_page(report: dict[str, Any]) -> str:
-    """The markdown's content as an HTML page, with the plot."""
+    """The same content as an HTML page, with the plot."""
     esc = html.escape
-    md = markdown(report).splitlines()
-    rows = [ln for ln in md if ln.startswith("| ") and not ln.startswith("| candidate")]
-    text = [ln for ln in md if not ln.startswith("|") and not ln.startswith("# ")]
-    body = [f"<h1>{esc(md[0][2:])}</h1>"]
-    body += [f"<p>{esc(ln)}</p>" for ln in text if ln.strip()]
+    title = esc(Path(report["model"]["path"]).name)
+    body = [f"<h1>graphopt tune: {title}</h1>"]
+    body += [f"<p>{esc(text)}</p>" for text in summary(report)]
     png = plot(report)
     if png:
         body.append(f'<img alt="accuracy vs latency" src="data:image/png;base64,{png}">')
-    body.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in HEADERS) + "</tr>")
-    for ln in rows:
-        cells = [c.strip().strip("`") for c in ln.strip("|").split(" | ")]
+    body.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in HEADERS) + "</tr>")
+    for cells in rows(report):
         body.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
     body.append("</table>")
     style = (
@@ -129,7 +136,6 @@ def html_page(report: dict[str, Any]) -> str:
         "font-size:.85em}td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}"
         "img{max-width:100%}"
     )
-    title = esc(Path(report["model"]["path"]).name)
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>tune {title}</title>"
         f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"

@@ -19,7 +19,7 @@ import onnx_ir as ir
 from onnx import helper, numpy_helper
 
 from graphopt import data, runtime
-from graphopt import data as data_mod
+from graphopt import data as data_mod  # the module, where a parameter is called data
 from graphopt import ir as gir
 from graphopt.core.pass_base import PROVENANCE_KEY, GraphoptPass, PassContext, Tolerance
 from graphopt.core.registry import get_pass
@@ -244,9 +244,7 @@ def make_context(
     what passes that need DATA calibrate on; ``reference`` is the model before the lossy
     passes (what ``reconstruct`` fits to)."""
     ctx = context if context is not None else PassContext(**fields)
-    if data is not None:
-        if isinstance(data, list) and not isinstance(data, data_mod.Samples):
-            data = data_mod.Samples(list(data), "test feeds")
+    if data is not None:  # checked against the model's inputs like any DATA
         ctx.data = data_mod.as_samples(model, data) if model is not None else data
     if reference is not None:
         ctx.reference = runtime.Snapshot.of(reference)

@@ -22,6 +22,7 @@ from graphopt.core.findings import Findings
 from graphopt.core.pass_base import GraphoptPass
 from graphopt.data import random_feeds as samples_for
 from graphopt.demo import demo_files
+from graphopt.errors import DataError
 
 _KEBAB = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 ALL_PASSES = all_passes()
@@ -120,3 +121,18 @@ def test_findings_left_alone_note() -> None:
     f.note("x")
     f.note("x")
     assert f.notes == ["x"]
+
+
+def test_the_harness_runs_a_pass_with_context_and_data() -> None:
+    """run_pass hands DATA (here a plain list of feeds) and the context to the pass."""
+    from graphopt.core.pass_base import PassContext
+
+    model = _demo_model(True)
+    feeds = samples_for(model, count=4, seed=1, dims={"batch": 2}).feeds
+    result, p = run_pass(
+        model, "qdq-insert", data=feeds, context=PassContext(target="cpu"), guard=False
+    )
+    assert result.modified and p.stats["quantized:Conv"] == 3
+    assert p.context.data.source == "feeds given in Python"
+    with pytest.raises(DataError, match="needs calibration data"):
+        run_pass(_demo_model(True), "qdq-insert")

@@ -34,7 +34,7 @@ def bench(
     is the reference; the others run interleaved with it, ratios taken round by round.
     Other keywords are :class:`BenchSettings` fields (``threads``, ``rounds``, ``repeat``,
     ``warmup``, ``seed``, ``samples``)."""
-    result = run_bench(
+    return run_bench(
         BenchSettings(
             models=[Path(m) for m in models],
             eps=list(dict.fromkeys(eps)),
@@ -45,7 +45,6 @@ def bench(
             **settings,
         )
     )
-    return result
 
 
 make_callable(__name__, bench)
