@@ -622,7 +622,9 @@ def test_attention_scale_goes_into_the_dequantization_scale(divide: float) -> No
     assert not [n for n in model.graph if n.op_type == "Div"]
     mm = next(n for n in model.graph if n.name == "raw_node")
     (use,) = list(mm.outputs[0].uses())
-    assert use.node.op_type == "Softmax"
+    assert use.node.op_type == "QuantizeLinear"  # the scores' Q: Softmax is int8 on the CPU
+    ((dq, _),) = list(use.node.outputs[0].uses())
+    assert [u.node.op_type for u in dq.outputs[0].uses()] == ["Softmax"]
     a_dq, b_dq = (v.producer() for v in mm.inputs)
     assert a_dq.op_type == b_dq.op_type == "DequantizeLinear"
     q = a_dq.inputs[0].producer()  # the shared quantized q_t, read with its own scale
@@ -680,16 +682,88 @@ def test_attention_block() -> None:
     assert not any(_op(v) == "DequantizeLinear" for v in out_add.inputs)
     assert out_add.inputs[1].name == "bo" and out_add.inputs[1].dtype == ir.DataType.FLOAT
     assert _quantize_node(out_add.inputs[0]) is None
-    # Softmax is not in the default op types: its input stays float
-    assert _quantize_node(nodes["scores_node"].outputs[0]) is None
+    # on the CPU the Softmax is int8 (QLinearSoftmax): its input quantized after the float
+    # scores MatMul output, which no quantized node produces
+    assert _quantize_node(nodes["scores_node"].outputs[0]) is not None
     assert p.stats["quantized:MatMul(activations)"] == 2
     assert p.stats["quantized:MatMul"] == 3 and p.stats["quantized:Add"] == 3
+    assert p.stats["quantized:Softmax"] == 1
     ops = _optimized_ops(model)
     assert ops["QLinearMatMul"] + ops["MatMulIntegerToFloat"] >= 4
-    assert ops["QLinearAdd"] == 3
+    assert ops["QLinearAdd"] == 3 and ops["QLinearSoftmax"] == 1 and not ops["Softmax"]
     assert _min_cosine(reference, model, pt.random_feeds(model, count=4, seed=2)) >= 0.99
     again = _apply(model, data.random_feeds(model, count=2, seed=1))
     assert not again.modified and not again.stats
+
+
+def _masked_attention(mask_value: float) -> ir.Model:
+    """softmax(scores + mask) @ v, where the mask puts ``mask_value`` on padded keys, as
+    Hugging Face exports do (finfo.min), older ones (-1e4) and others (-inf)."""
+    rng = np.random.default_rng(5)
+    b, h, s, d = 2, 2, 16, 8
+    keep = np.ones((b, 1, 1, s), np.float32)
+    keep[0, ..., 11:] = 0
+    keep[1, ..., 6:] = 0
+    mask = np.where(keep > 0, 0.0, mask_value).astype(np.float32)
+    nodes = [
+        pt.node("MatMul", ["q", "Wk"], ["scores"]),
+        pt.node("Add", ["scores", "mask"], ["masked"]),
+        pt.node("Softmax", ["masked"], ["probs"], axis=-1),
+        pt.node("MatMul", ["probs", "Wv"], ["y"]),
+    ]
+    inits = [
+        pt.init("Wk", _w(rng, d, s, scale=1.0)),
+        pt.init("Wv", _w(rng, s, d, scale=1.0)),
+        pt.init("mask", mask),
+    ]
+    return pt.make_model(nodes, [pt.vi("q", [b, h, s, d])], [pt.vi("y", [b, h, s, d])], inits)
+
+
+@pytest.mark.parametrize("mask_value", [float(np.finfo(np.float32).min), -1e4, -np.inf])
+def test_masked_softmax_range_comes_from_rows_not_the_mask(mask_value: float) -> None:
+    """A min/max range over scores + mask would give the scores one level of 256; the range
+    from the rows keeps the softmax within its output step."""
+    model = _masked_attention(mask_value)
+    calib = data.random_feeds(model, count=8, seed=1)
+    reference, p = _quantize_synthetic(model, calib, budget="none")
+    q = _quantize_node(next(n for n in model.graph if n.op_type == "Add").outputs[0])
+    assert q is not None
+    scale = float(q.inputs[1].const_value.numpy())
+    assert scale < 0.2, f"the mask took the range: scale {scale}"
+    assert p.stats["quantized:Softmax"] == 1
+    assert _optimized_ops(model)["QLinearSoftmax"] == 1
+    assert _min_cosine(reference, model, calib.head(4).feeds) >= 0.995
+    assert not _apply(model, calib, budget="none").modified
+
+
+def test_softmax_stays_float_for_cuda_and_off_the_last_axis() -> None:
+    model = _masked_attention(-1e4)
+    calib = data.random_feeds(model, count=4, seed=1)
+    cuda = pt.copy_model(model)
+    p = _apply(cuda, calib, target="cuda", budget="none")
+    assert "quantized:Softmax" not in p.stats
+    assert next(n for n in cuda.graph if n.op_type == "Softmax").inputs[0].producer().op_type == "Add"
+    other = pt.copy_model(model)
+    next(n for n in other.graph if n.op_type == "Softmax").attributes["axis"] = ir.AttrInt64(
+        "axis", 2
+    )
+    p = _apply(other, calib, budget="none")
+    assert "quantized:Softmax" not in p.stats
+
+
+def test_softmax_input_range_from_row_statistics() -> None:
+    from graphopt.calib import TensorStats
+    from graphopt.passes.quantize.qdq_params import softmax_input_range
+
+    x = np.full((3, 64), np.finfo(np.float32).min, np.float32)
+    x[0, :10] = np.linspace(-2.0, 9.0, 10)
+    x[1, :4] = np.linspace(-1.0, 1.5, 4)  # the smallest row maximum: 1.5
+    x[2, :] = 0.0  # a constant row says nothing about the range
+    lo, hi = softmax_input_range(TensorStats().update(x))
+    assert hi == 9.0
+    assert lo == pytest.approx(1.5 - math.log(256 * 64))
+    lo, hi = softmax_input_range(TensorStats().update(np.array([[0.0, 1.0]], np.float32)))
+    assert (lo, hi) == (0.0, 1.0)  # the data's own minimum is above the tail
 
 
 def _embedding(then_matmul: bool) -> tuple[ir.Model, np.ndarray]:

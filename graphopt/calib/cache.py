@@ -32,7 +32,7 @@ from graphopt.calib.stats import DEFAULT_BINS, TensorStats
 from graphopt.data import Samples
 from graphopt.errors import DataError, GraphoptError
 
-CACHE_FORMAT = "graphopt.calib-cache/1"
+CACHE_FORMAT = "graphopt.calib-cache/2"
 
 
 def _hasher() -> Any:

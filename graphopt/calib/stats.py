@@ -11,6 +11,10 @@ edge, and growing ``R`` doubles it and sums adjacent bin pairs. Every edge of a 
 histogram is an edge of the finer one, so the histogram of data fed in chunks, or merged from
 several workers, equals the histogram of the same data fed at once, bit for bit.
 
+Per row of the last axis it also keeps the smallest row maximum and the row length: a Softmax
+over that axis is shift-invariant per row, so its input's useful range is set by its rows'
+maxima, not by the global minimum (which attention masks push to -3.4e38).
+
 Clipping ranges (``minmax``, ``percentile``, ``entropy``, ``mse``) are computed from the
 histogram alone; each threshold search is vectorized over all candidates because a model has
 hundreds of tensors to calibrate.
@@ -32,7 +36,7 @@ DEFAULT_PERCENTILE = 99.99
 _KL_EPS = 1e-4
 # Elements per slice in update(): bounds the temporaries for very large tensors.
 _CHUNK = 1 << 22
-_FORMAT = 1
+_FORMAT = 2
 
 
 def _is_pow2(n: int) -> bool:
@@ -80,6 +84,11 @@ class TensorStats:
         # zeros are already in their bin, bins // 2, whatever R becomes).
         self.half_range = 0.0
         self.hist = np.zeros(bins, dtype=np.int64)
+        # Rows along the last axis: the smallest maximum of a row that is not constant (a
+        # constant row, e.g. fully masked, has a uniform softmax whatever its value), and
+        # the longest row seen.
+        self.row_max_min = math.inf
+        self.row_len = 0
 
     # ----------------------------------------------------------------------------- streaming
 
@@ -117,7 +126,20 @@ class TensorStats:
         flat = x.reshape(-1)
         for start in range(0, flat.size, _CHUNK):
             self._update_flat(flat[start : start + _CHUNK])
+        if x.ndim >= 1 and x.shape[-1] > 1:
+            self._update_rows(x.reshape(-1, x.shape[-1]))
         return self
+
+    def _update_rows(self, rows: np.ndarray) -> None:
+        self.row_len = max(self.row_len, rows.shape[1])
+        step = max(1, _CHUNK // rows.shape[1])
+        for start in range(0, rows.shape[0], step):
+            part = rows[start : start + step]
+            with np.errstate(invalid="ignore"):
+                hi, lo = part.max(axis=1), part.min(axis=1)
+            live = np.isfinite(hi) & (hi > lo)  # NaN rows and constant rows say nothing
+            if live.any():
+                self.row_max_min = min(self.row_max_min, float(hi[live].min()))
 
     def _update_flat(self, x: np.ndarray) -> None:
         if x.size == 0:
@@ -168,6 +190,8 @@ class TensorStats:
         self.zero_count += other.zero_count
         self.min = min(self.min, other.min)
         self.max = max(self.max, other.max)
+        self.row_max_min = min(self.row_max_min, other.row_max_min)
+        self.row_len = max(self.row_len, other.row_len)
         return self
 
     def copy(self) -> TensorStats:
@@ -202,6 +226,8 @@ class TensorStats:
             "min": self.min,
             "max": self.max,
             "half_range": self.half_range,
+            "row_max_min": self.row_max_min,
+            "row_len": self.row_len,
             "hist": self.hist.copy(),
         }
 
@@ -225,6 +251,8 @@ class TensorStats:
         s.zero_count = int(d["zero_count"])
         s.min = float(d["min"])
         s.max = float(d["max"])
+        s.row_max_min = float(d["row_max_min"])
+        s.row_len = int(d["row_len"])
         if int(s.hist.sum()) != s.count:
             raise ValueError("histogram total does not match the count")
         return s

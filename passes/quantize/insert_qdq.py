@@ -6,10 +6,17 @@ What it quantizes (``op_types``):
   (per-channel symmetric int8 weights, an int32 bias with scale ``s_x * s_w``), ``MatMul``
   of two activations (attention), and ``Gather`` from a constant table (embeddings: an int8
   table, the gathered rows stay int8 until a DequantizeLinear);
-* **integer-region ops** (``Add``, ``Mul``, ``Concat``, pooling, ``Softmax``/``Sigmoid``/
-  ``LeakyRelu`` and data movement such as ``Reshape``/``Transpose``/``MaxPool``/``Resize``):
+* **integer-region ops** (``Add``, ``Mul``, ``Concat``, pooling, ``Sigmoid``/``LeakyRelu``
+  and data movement such as ``Reshape``/``Transpose``/``MaxPool``/``Resize``):
   only where *every* activation input already comes out of a quantized node and *every*
   consumer is quantized too. Elsewhere a Q/DQ pair would cost a conversion and buy nothing.
+* **last-axis ``Softmax``** (attention) wherever every consumer is quantized, even after a
+  float node: ``QLinearSoftmax`` is a table lookup, cheaper than the float kernel plus the
+  Q on its input (MiniLM on this CPU: 2.3 ms of Softmax became 1.4 ms, 6 layers). Its input
+  range is [smallest row maximum - ln(256 x row length), maximum], from the calibration's
+  row statistics: softmax only sees distances below each row's maximum, and attention masks
+  (-3.4e38) saturate to the floor instead of taking every level. Default on the CPU only;
+  CUDA/TensorRT fuse attention themselves.
   Data-movement ops share their input's scale and zero point (ONNX Runtime drops the Q/DQ
   around them only when they are equal).
 
@@ -55,8 +62,10 @@ from graphopt.passes.quantize.qdq_plan import (
     SUPPORTED,
     QdqRun,
     calibration_tensors,
+    default_ops,
     nothing_to_quantize,
     plan,
+    softmax_inputs,
 )
 from graphopt.passes.quantize.qdq_smooth import smoothing_scales
 
@@ -106,7 +115,9 @@ class InsertQdqOptions:
         "auto", "7-bit weights (no u8s8 overflow on x86 without VNNI); auto: by CPU"
     )
     op_types: list[str] = option(
-        [], "op types to quantize; empty: all but Softmax/Sigmoid/LeakyRelu (see module doc)"
+        [],
+        "op types to quantize; empty: all but Sigmoid/LeakyRelu, and Softmax only on the CPU "
+        "(see module doc)",
     )
     exclude: list[str] = option([], "node names kept in float")
     bins: int = option(2048, "histogram bins per calibrated tensor")
@@ -192,7 +203,7 @@ class InsertQdqPass(GraphoptPass):
             scheme=scheme,
             act_type=act_type,
             qmax=63 if reduce else 127,
-            op_types=frozenset(opts.op_types or DEFAULT_OPS),
+            op_types=frozenset(opts.op_types or default_ops(scheme.target)),
             exclude=frozenset(opts.exclude),
             per_channel=opts.per_channel,
             count=self.count,
@@ -220,7 +231,7 @@ class InsertQdqPass(GraphoptPass):
         planned = plan(run, graph, set(run.exclude)).nodes
         if not planned:
             kept_before = {n.name for n in graph if KEPT_FLOAT_KEY in n.metadata_props}
-            why = nothing_to_quantize(model, opts.op_types or DEFAULT_OPS, kept_before)
+            why = nothing_to_quantize(model, sorted(run.op_types), kept_before)
             return self.decline(why)
         if opset < _MIN_OPSET:
             self.count("skipped:opset", len(planned))
@@ -241,6 +252,7 @@ class InsertQdqPass(GraphoptPass):
                 calibration=opts.calibration,
                 symmetric=run.act_type == "int8",
                 cache=self.context.calib_cache,
+                softmax_inputs=softmax_inputs(plan(run, graph, set(run.exclude), prune=False)),
             )
         run.bad = {n for n in names if n not in run.ranges}  # not float at run time
         if opts.smooth > 0:

@@ -6,13 +6,14 @@ graph surgery that writes it (:mod:`.qdq_emit`), so it can be read and tested on
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 from graphopt.passes.quantize.qdq_plan import SHARED, QdqPlan
 
-from graphopt.calib import compute_ranges, load_or_collect
+from graphopt.calib import TensorStats, compute_ranges, load_or_collect
 from graphopt.ir import attr_value as _attr
 from graphopt.ir import const_array as _const
 
@@ -93,6 +94,27 @@ def quantize_bias(b: np.ndarray, sx: float, sw: np.ndarray) -> tuple[np.ndarray,
     return q, scale
 
 
+#: the quantized softmax output's levels: uint8 probabilities in steps of 1/255
+SOFTMAX_LEVELS = 256
+
+
+def softmax_input_range(stats: TensorStats) -> tuple[float, float]:
+    """The range of a last-axis Softmax's input: [smallest row maximum - tail, maximum].
+
+    Softmax is shift-invariant per row, so what matters is each value's distance below its
+    row's maximum. A value more than ``ln(256 * row length)`` below it weighs less than one
+    output step even summed over the whole row, so it may saturate to the range's floor.
+    That is also where attention masks go (-3.4e38, -1e4, -inf): a plain min/max range
+    would spend every level on the mask and leave the scores one level. The maximum is
+    never clipped: it is the row's largest probability.
+    """
+    if not math.isfinite(stats.row_max_min) or stats.row_len < 2:
+        return stats.minmax()
+    tail = math.log(SOFTMAX_LEVELS * stats.row_len)
+    lo = max(stats.min, min(stats.row_max_min, stats.max) - tail)
+    return lo, stats.max
+
+
 def activation_ranges(
     model: ir.Model,
     samples: Any,
@@ -102,11 +124,16 @@ def activation_ranges(
     calibration: str,
     symmetric: bool,
     cache: str | None = None,
+    softmax_inputs: frozenset[str] = frozenset(),
 ) -> dict[str, tuple[float, float]]:
     """One streamed calibration run (or the statistics ``cache`` holds for this model and
-    data): the (min, max) chosen for each tensor of ``names``."""
+    data): the (min, max) chosen for each tensor of ``names``; a Softmax input's range
+    comes from its rows (:func:`softmax_input_range`) whatever the method."""
     stats = load_or_collect(model, samples, cache, tensors=names, bins=bins, progress=False)
-    return compute_ranges(stats, calibration, symmetric=symmetric)
+    ranges = compute_ranges(stats, calibration, symmetric=symmetric)
+    for name in softmax_inputs & ranges.keys():
+        ranges[name] = softmax_input_range(stats[name])
+    return ranges
 
 
 def param_roots(plan: QdqPlan) -> dict[ir.Value, ir.Value]:

@@ -32,8 +32,14 @@ REQUANT = frozenset(
 #: data movement: output scale and zero point = input's (ORT drops the DQ/Q around them)
 SHARED = SCALE_PRESERVING
 SUPPORTED = WEIGHTED | REQUANT | SHARED
+#: the default on CUDA/TensorRT, which fuse attention themselves
 DEFAULT_OPS = sorted(SUPPORTED - {"Softmax", "Sigmoid", "LeakyRelu"})
+#: the default on the CPU, where QLinearSoftmax (a table lookup) beats the float Softmax
+DEFAULT_CPU_OPS = sorted([*DEFAULT_OPS, "Softmax"])
 _ABSORBED = frozenset({"Relu", "Clip"})
+#: ops whose integer kernel replaces a costly float one: their input gets a Q even when it
+#: comes from a float node (a last-axis Softmax: QLinearSoftmax; its input range from rows)
+_LOOKUP = frozenset({"Softmax"})
 MIN_EMBEDDING = 1024  # a Gather table smaller than this is not worth an int8 copy
 
 
@@ -85,6 +91,11 @@ class QdqPlan:
         return [*self.weighted, *self.act_matmul, *self.embedding, *self.region]
 
 
+def default_ops(target: str) -> list[str]:
+    """The op types qdq-insert quantizes when ``op_types`` is empty."""
+    return DEFAULT_CPU_OPS if target == "cpu" else DEFAULT_OPS
+
+
 def plan(run: QdqRun, graph: ir.Graph, excluded: set[str], prune: bool = True) -> QdqPlan:
     """Choose what to quantize, ``excluded`` nodes left float; ``prune=False`` keeps every
     candidate (for calibration)."""
@@ -119,7 +130,8 @@ def plan(run: QdqRun, graph: ir.Graph, excluded: set[str], prune: bool = True) -
         elif op == "Gather" and allowed(node, op) and _is_embedding(node):
             emb.append(node)
         elif (op in REQUANT or op in SHARED) and allowed(node, op):
-            cand.append(node)
+            if op not in _LOOKUP or _last_axis_softmax(node):
+                cand.append(node)
     anchors = [*weighted, *act_mm, *emb]
     inputs: dict[ir.Node, list[int]] = {n: [0] for n in weighted}
     inputs.update({n: [0, 1] for n in act_mm})
@@ -185,7 +197,15 @@ def plan(run: QdqRun, graph: ir.Graph, excluded: set[str], prune: bool = True) -
                     ok = n.op_type in ("Resize", "Slice")
                     continue
                 if _const(v) is not None:
-                    ok = n.op_type in ("Add", "Mul", "Concat") and _const(v).dtype == np.float32
+                    c = _const(v)
+                    ok = (  # an infinite constant (a -inf mask) has no int8 form
+                        n.op_type in ("Add", "Mul", "Concat")
+                        and c.dtype == np.float32
+                        and bool(np.isfinite(c).all())
+                    )
+                    continue
+                if n.op_type in _LOOKUP:  # the integer kernel pays for its input's Q
+                    ok = float_act(v, bad)
                     continue
                 src = source(v)
                 ok = src is not None and src in members and out_quantized(src) and float_act(v, bad)
@@ -272,6 +292,28 @@ def _weighted_ok(node: ir.Node, bad: set[str]) -> bool:
     if node.op_type == "Gemm" and _attr(node, "transA", 0):
         return False  # TODO: transposed activations
     return not (node.op_type == "Conv" and wa.ndim < 3)
+
+
+def softmax_inputs(plan: QdqPlan) -> frozenset[str]:
+    """Names of the planned Softmax inputs (their ranges come from their rows)."""
+    return frozenset(
+        v.name
+        for n in plan.region
+        if n.op_type == "Softmax" and (v := n.inputs[0]) is not None and v.name
+    )
+
+
+def _last_axis_softmax(node: ir.Node) -> bool:
+    """A Softmax over the last axis: the rows its input range is calibrated on."""
+    if node.op_type != "Softmax":
+        return True
+    x = node.inputs[0]
+    rank = len(x.shape) if x is not None and x.shape is not None else None
+    imports = node.graph.opset_imports if node.graph is not None else {}
+    opset = node.version or imports.get("", imports.get("ai.onnx", 13))
+    default = -1 if opset >= 13 else 1
+    axis = int(_attr(node, "axis", default))
+    return axis == -1 or (rank is not None and axis == rank - 1)
 
 
 def _clip_ok(node: ir.Node) -> bool:
