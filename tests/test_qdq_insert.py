@@ -742,7 +742,8 @@ def test_softmax_stays_float_for_cuda_and_off_the_last_axis() -> None:
     cuda = pt.copy_model(model)
     p = _apply(cuda, calib, target="cuda", budget="none")
     assert "quantized:Softmax" not in p.stats
-    assert next(n for n in cuda.graph if n.op_type == "Softmax").inputs[0].producer().op_type == "Add"
+    softmax = next(n for n in cuda.graph if n.op_type == "Softmax")
+    assert softmax.inputs[0].producer().op_type == "Add"
     other = pt.copy_model(model)
     next(n for n in other.graph if n.op_type == "Softmax").attributes["axis"] = ir.AttrInt64(
         "axis", 2
@@ -752,8 +753,9 @@ def test_softmax_stays_float_for_cuda_and_off_the_last_axis() -> None:
 
 
 def test_softmax_input_range_from_row_statistics() -> None:
-    from graphopt.calib import TensorStats
     from graphopt.passes.quantize.qdq_params import softmax_input_range
+
+    from graphopt.calib import TensorStats
 
     x = np.full((3, 64), np.finfo(np.float32).min, np.float32)
     x[0, :10] = np.linspace(-2.0, 9.0, 10)
