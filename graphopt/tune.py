@@ -11,7 +11,7 @@ held-out data meets the budget.
   ``eval_data`` is the evaluation part; the report says which feeds each used.
 * **Search, not brute force**, in three phases: the independent candidates first; then those
   that only make sense after them (float fallback and percentile calibration only when plain
-  int8 misses the budget; a higher pruning ratio only when the lower one met it, a lower one
+  int8 misses the budget, int8 without SmoothQuant only when it meets it; a higher pruning ratio only when the lower one met it, a lower one
   when it did not); then pruning followed by int8 at the highest ratio within budget. A
   candidate that cannot apply is not built (the reason is in the report); one over budget is
   never timed. Calibration statistics are collected once and cached for every int8 build.
@@ -285,19 +285,27 @@ def _phases(search: _Search, target: str, absolute: str) -> None:
     c = search.get
     prune = [c(f"prune-{r:g}") for r in PRUNE_RATIOS]
     below = c(f"prune-{PRUNE_BELOW:g}")
-    second = ("int8-static-fallback", "int8-static-percentile")
+    second = ("int8-static-fallback", "int8-static-percentile", "int8-static-lean")
     first = [x for x in search.candidates if x.family != "prune" and x.name not in second]
     search.run([*first, prune[0]])
-    # phase 2: int8 variants only when plain int8 misses the budget
+    # phase 2: int8 variants in the direction plain int8 calls for: more accurate ones when
+    # it misses the budget, the leaner one (no SmoothQuant Muls) when it meets it
     int8 = c("int8-static")
-    later = [c("int8-static-fallback")] + ([c("int8-static-percentile")] if target == "cpu" else [])
-    if int8.status in ("meets-budget", "slower", "within-budget"):
-        for x in later:
-            search.skip(x, "dominated: int8-static meets the budget with every node in int8")
-    elif int8.status == "failed" and "latency guard" in int8.why:
-        for x in later:
-            search.skip(x, "dominated: the latency guard found int8 does not pay on this model")
     within = ("meets-budget", "slower", "within-budget")
+    safer = [c("int8-static-fallback")] + ([c("int8-static-percentile")] if target == "cpu" else [])
+    lean = [c("int8-static-lean")] if target == "cpu" else []
+    later: list[Candidate] = []
+    if int8.status in within:
+        for x in safer:
+            search.skip(x, "dominated: int8-static meets the budget with every node in int8")
+        later = lean
+    elif int8.status == "failed" and "latency guard" in int8.why:
+        for x in [*safer, *lean]:
+            search.skip(x, "dominated: the latency guard found int8 does not pay on this model")
+    else:
+        for x in lean:
+            search.skip(x, "dominated: int8-static, smoothed, already misses the budget")
+        later = safer
     step2 = list(later)
     if prune[0].status in within:
         step2.append(prune[1])

@@ -120,11 +120,13 @@ def plan_candidates(facts: dict[str, Any], target: str, budget: str) -> list[Can
         Candidate("int8-static", "int8", int8),
         Candidate("int8-static-fallback", "int8", int8, budget=budget),
     ]
-    if target == "cpu":  # the cpu-int8 preset with percentile ranges
-        percentile = PRESETS["cpu-int8"].replace(
-            "qdq-insert{", "qdq-insert{calibration=percentile,"
-        )
+    if target == "cpu":  # the cpu-int8 preset with percentile ranges, and without smoothing
+        preset = PRESETS["cpu-int8"]
+        percentile = preset.replace("qdq-insert{", "qdq-insert{calibration=percentile,")
         c.append(Candidate("int8-static-percentile", "int8", percentile, budget=budget))
+        assert "smooth=" in preset, "the lean candidate is the cpu-int8 preset unsmoothed"
+        lean = re.sub(r"smooth=[\d.]+", "smooth=0", preset)
+        c.append(Candidate("int8-static-lean", "int8", lean, budget=budget))
     weighted = facts["conv"] + facts["matmul"]
     no_mm = "no MatMul/Gemm with a constant weight"
     for name, pipeline in (

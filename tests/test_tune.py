@@ -53,11 +53,15 @@ def test_plan_skips_what_cannot_apply_with_the_reason() -> None:
     by = {c.name: c for c in plan}
     assert by["weights-int4"].status == "skipped" and "MatMul" in by["weights-int4"].why
     assert by["int8-static-fallback"].budget == "top1>=0.9"
+    lean = by["int8-static-lean"]  # the cpu-int8 preset without SmoothQuant, under the budget
+    assert "smooth=0}" in lean.pipeline and "smooth=0.7" not in lean.pipeline
+    assert lean.budget == "top1>=0.9"
     assert by["prune-0.3"].status == "pending"
     assert "fp16" not in by  # no low precision on the CPU EP
     none = plan_candidates({"conv": 0, "matmul": 0, "const_matmul": 0}, "cuda", "cosine>=0.9")
     assert {c.name for c in none if c.status == "skipped"} >= {"prune-0.3", "int8-dynamic"}
     assert any(c.name == "fp16" for c in none)
+    assert "int8-static-lean" not in {c.name for c in none}  # SmoothQuant's Muls: a CPU cost
 
 
 def test_pareto_front() -> None:
