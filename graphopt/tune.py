@@ -11,15 +11,17 @@ held-out data meets the budget.
   ``eval_data`` is the evaluation part; the report says which feeds each used.
 * **Search, not brute force**, in three phases: the independent candidates first; then those
   that only make sense after them (float fallback and percentile calibration only when plain
-  int8 misses the budget, int8 without SmoothQuant only when it meets it; a higher pruning ratio only when the lower one met it, a lower one
-  when it did not); then pruning followed by int8 at the highest ratio within budget. A
-  candidate that cannot apply is not built (the reason is in the report); one over budget is
-  never timed. Calibration statistics are collected once and cached for every int8 build.
+  int8 misses the budget, int8 without SmoothQuant only when it meets it; a higher pruning
+  ratio only when the lower one met it, a lower one when it did not); then pruning followed
+  by int8 at the highest ratio within budget. A candidate that cannot apply is not built
+  (the reason is in the report); one over budget is never timed. Calibration statistics are
+  collected once and cached for every int8 build.
 * **Latency** is measured on this machine and EP only: each candidate within budget runs
   against the original in rotated paired rounds; the fastest few then meet again, together,
   in a runoff, and a lossy winner must beat the original by 3 % (the float form, which
   computes the same, only has to be faster).
-* Finished candidates are stored in the work folder: a killed tune resumes.
+* Finished candidates are stored in the work folder: a killed tune resumes. The time limit
+  also stops a build still running: local builds run in a worker process.
 * ``backend="ray"`` builds and scores the candidates of each phase as Ray tasks (a cluster,
   or a local Ray); latency is still measured here.
 
@@ -75,6 +77,7 @@ def _pays(cand: Candidate) -> float:
 RUNOFF = 4
 
 Say = Callable[[str], None]
+Spec = dict[str, Any]  # one build: tune_build.build_and_score's input
 
 
 # ----------------------------------------------------------------------------- the store
@@ -110,13 +113,44 @@ class _Store:
 
 
 # ----------------------------------------------------------------------------- backends
+def _stopped(limit: float) -> dict[str, Any]:
+    return {"status": "skipped", "why": f"time limit ({limit:.0f} s) reached during its build"}
+
+
 class _Local:
-    """Builds candidates one after the other in this process."""
+    """Builds candidates one after the other in a worker process, so the time limit can stop
+    a build that is still running (a pruning + reconstruction build takes minutes). The worker
+    is started once and reused; it is killed when the limit stops a build."""
 
     name = "local"
 
-    def map(self, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [build_and_score(s) for s in specs]
+    def __init__(self) -> None:
+        self._pool: Any = None
+
+    def map(
+        self, specs: list[dict[str, Any]], deadline: float, limit: float
+    ) -> list[dict[str, Any]]:
+        import multiprocessing
+
+        out = []
+        for spec in specs:
+            if self._pool is None:
+                self._pool = multiprocessing.get_context("spawn").Pool(1)
+            job = self._pool.apply_async(build_and_score, (spec,))
+            try:
+                out.append(job.get(timeout=max(0.0, deadline - time.perf_counter())))
+            except multiprocessing.TimeoutError:
+                self.close()
+                Path(spec["output"]).unlink(missing_ok=True)
+                out.append(_stopped(limit))
+        return out
+
+    def close(self) -> None:
+        """Stop the worker (a stopped build, or the end of the tune)."""
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
 
 
 class _Ray:
@@ -138,17 +172,27 @@ class _Ray:
         self.task = ray.remote(build_shipped)
         self._shipped: dict[str, Any] = {}
 
+    def close(self) -> None:
+        """Ray stays up: it may be the user's cluster."""
+
     def _ref(self, path: str) -> Any:
         if path not in self._shipped:
             self._shipped[path] = self.ray.put(Path(path).read_bytes())
         return self._shipped[path]
 
-    def map(self, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def map(
+        self, specs: list[dict[str, Any]], deadline: float, limit: float
+    ) -> list[dict[str, Any]]:
         refs = [
             self.task.remote(spec, *(self._ref(spec[k]) for k in ("model", "calib", "eval")))
             for spec in specs
         ]
-        results = self.ray.get(refs)
+        timeout = max(0.0, deadline - time.perf_counter())
+        done, late = self.ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        for ref in late:  # the time limit stops the builds still running
+            self.ray.cancel(ref, force=True)
+        finished = set(done)
+        results = [self.ray.get(r) if r in finished else _stopped(limit) for r in refs]
         for spec, result in zip(specs, results, strict=True):
             data = result.pop("model_bytes", None)
             if data is not None:
@@ -211,7 +255,7 @@ class _Search:
 
     def run(self, batch: Sequence[Candidate]) -> None:
         """Build, score and (within budget) time the pending candidates of one phase: one by
-        one here (the time limit is checked before each), all at once on Ray."""
+        one here, all at once on Ray; the time limit stops a build still running."""
         todo = []
         for cand in batch:
             if cand.status != "pending":
@@ -242,7 +286,8 @@ class _Search:
                         "output": str(self.store.model_path(cand.name)),
                     }
                 )
-            for cand, result in zip(chunk, self.backend.map(specs), strict=True):
+            results = self.backend.map(specs, self.started + self.limit, self.limit)
+            for cand, result in zip(chunk, results, strict=True):
                 for k, v in result.items():
                     setattr(cand, k, v)
                 if cand.status == "within-budget":
@@ -493,7 +538,10 @@ def tune(
         say=say,
         candidates=plan_candidates(model_facts(original_model), target, absolute),
     )
-    _phases(search, target, absolute)
+    try:
+        _phases(search, target, absolute)
+    finally:
+        exe.close()
     winner = _runoff(search)
     candidates = search.candidates
     report = {

@@ -159,6 +159,52 @@ def test_time_limit_is_respected(tmp_path: Path) -> None:
     assert any("time limit" in c.why for c in res.candidates)
 
 
+def _spec(tmp_path: Path, pipeline: str) -> dict[str, object]:
+    """One local build of the digits CNN, as the search hands it to its backend."""
+    from graphopt import runtime
+    from graphopt.tune_build import save_samples
+
+    model, data = _data()
+    samples = gdata.load_data(gir.load_model(model), data).head(4)
+    calib, held, _ = split_data(samples)
+    reference = runtime.run_feeds(runtime.make_session(model), held.feeds)
+    save_samples(tmp_path / "calib.npz", calib)
+    save_samples(tmp_path / "eval.npz", held, reference)
+    return {
+        "model": str(model),
+        "calib": str(tmp_path / "calib.npz"),
+        "eval": str(tmp_path / "eval.npz"),
+        "judge": "cosine>=0.9",
+        "target": "cpu",
+        "calib_cache": None,
+        "pipeline": pipeline,
+        "budget": "",
+        "float_form": True,
+        "output": str(tmp_path / "candidate.onnx"),
+    }
+
+
+def test_local_builds_run_in_a_worker_the_time_limit_stops(tmp_path: Path) -> None:
+    """A build still running at the deadline is stopped (its worker killed, no file left);
+    the next build gets a fresh worker."""
+    import time
+
+    from graphopt.tune import _Local
+
+    spec = _spec(tmp_path, "cleanup,prune-channels{ratio=0.3},reconstruct,cpu-fp32")
+    local = _Local()
+    try:
+        (stopped,) = local.map([spec], time.perf_counter() + 0.05, 7.0)
+        assert stopped == {"status": "skipped", "why": "time limit (7 s) reached during its build"}
+        assert local._pool is None and not Path(str(spec["output"])).exists()
+        (built,) = local.map([{**spec, "pipeline": "cpu-fp32"}], time.perf_counter() + 600, 600)
+        assert built["status"] == "within-budget", built
+        assert Path(str(spec["output"])).is_file()
+    finally:
+        local.close()
+    assert local._pool is None
+
+
 def test_bad_usage() -> None:
     model, data = _data()
     with pytest.raises(UsageError, match="--time"):
