@@ -344,6 +344,10 @@ def _phases(search: _Search, target: str, absolute: str) -> None:
         for x in safer:
             search.skip(x, "dominated: int8-static meets the budget with every node in int8")
         later = lean
+        if int8.smoothed == 0:  # nothing to take out: the lean build would be the same model
+            for x in lean:
+                search.skip(x, "the same as int8-static: SmoothQuant smoothed no MatMul input")
+            later = []
     elif int8.status == "failed" and "latency guard" in int8.why:
         for x in [*safer, *lean]:
             search.skip(x, "dominated: the latency guard found int8 does not pay on this model")

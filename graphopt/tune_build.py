@@ -136,6 +136,8 @@ def build_and_score(spec: dict[str, Any], files: dict[str, bytes] | None = None)
         macs = (rec.get("details") or {}).get("macs")
         if rec["pass"] == "prune-channels" and isinstance(macs, dict):
             out["macs"] = [macs.get("before"), macs.get("after")]
+        if rec["pass"] == "qdq-insert":
+            out["smoothed"] = int((rec.get("stats") or {}).get("smoothed_matmuls", 0))
     acted = [r for r in res.passes if r["modified"] and r["pass"] not in CLEANUP_PASSES]
     if not acted and not spec.get("float_form"):
         declined = [f"{r['pass']}: {r['unchanged']}" for r in res.passes if r.get("unchanged")]

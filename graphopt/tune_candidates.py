@@ -82,6 +82,7 @@ class Candidate:
     build_seconds: float | None = None
     file_bytes: int | None = None
     macs: list[int] | None = None  # Conv/Gemm/MatMul MACs per sample before, after (pruning)
+    smoothed: int | None = None  # MatMul inputs qdq-insert smoothed (SmoothQuant)
     notes: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

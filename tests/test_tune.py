@@ -64,6 +64,56 @@ def test_plan_skips_what_cannot_apply_with_the_reason() -> None:
     assert "int8-static-lean" not in {c.name for c in none}  # SmoothQuant's Muls: a CPU cost
 
 
+class _Scripted:
+    """A search whose builds give scripted results: the phases' decisions, without builds."""
+
+    def __init__(self, outcomes: dict[str, dict[str, object]]) -> None:
+        facts = {"conv": 0, "matmul": 12, "const_matmul": 12}
+        self.candidates = plan_candidates(facts, "cpu", "cosine>=0.99")
+        self.outcomes, self.built = outcomes, []
+
+    def get(self, name: str) -> Candidate:
+        return next(c for c in self.candidates if c.name == name)
+
+    def run(self, batch: list[Candidate]) -> None:
+        for c in batch:
+            if c.status == "pending":
+                self.built.append(c.name)
+                c.status = "over-budget"
+                for k, v in self.outcomes.get(c.name, {}).items():
+                    setattr(c, k, v)
+
+    def skip(self, cand: Candidate, why: str) -> None:
+        if cand.status == "pending":
+            cand.status, cand.why = "skipped", why
+
+
+@pytest.mark.parametrize("smoothed", [20, 0])
+def test_search_goes_leaner_when_int8_meets_the_budget(smoothed: int) -> None:
+    from graphopt.tune import _phases
+
+    s = _Scripted({"int8-static": {"status": "meets-budget", "smoothed": smoothed}})
+    _phases(s, "cpu", "cosine>=0.99")  # type: ignore[arg-type]
+    lean = s.get("int8-static-lean")
+    if smoothed:
+        assert "int8-static-lean" in s.built
+    else:  # nothing was smoothed: the lean build would be int8-static again
+        assert lean.status == "skipped" and "same as int8-static" in lean.why
+    for name in ("int8-static-fallback", "int8-static-percentile"):
+        assert s.get(name).status == "skipped" and "meets the budget" in s.get(name).why
+
+
+def test_search_goes_safer_when_int8_misses_the_budget() -> None:
+    from graphopt.tune import _phases
+
+    s = _Scripted({"int8-static": {"status": "over-budget", "smoothed": 20}})
+    _phases(s, "cpu", "cosine>=0.99")  # type: ignore[arg-type]
+    assert {"int8-static-fallback", "int8-static-percentile"} <= set(s.built)
+    lean = s.get("int8-static-lean")
+    assert lean.status == "skipped" and "already misses" in lean.why
+    assert s.built.index("int8-static") < s.built.index("int8-static-fallback")
+
+
 def test_pareto_front() -> None:
     a = Candidate("a", "x", "p", accuracy=0.99, ratio=0.5)
     b = Candidate("b", "x", "p", accuracy=0.98, ratio=0.6)  # dominated by a
