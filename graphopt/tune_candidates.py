@@ -76,7 +76,9 @@ class Candidate:
     status: str = "pending"  # skipped | failed | over-budget | meets-budget | slower | winner
     why: str = ""
     accuracy: float | None = None
-    ratio: float | None = None  # median paired latency ratio to the original (batch of eval)
+    #: latency ratio to the original: the median of the paired rounds, and for finalists the
+    #: geometric mean of that and the runoff's median
+    ratio: float | None = None
     ratio_rounds: list[float] = dataclasses.field(default_factory=list)
     runoff_rounds: list[float] = dataclasses.field(default_factory=list)  # the final rounds
     build_seconds: float | None = None

@@ -114,6 +114,18 @@ def test_search_goes_safer_when_int8_misses_the_budget() -> None:
     assert s.built.index("int8-static") < s.built.index("int8-static-fallback")
 
 
+def test_a_finalist_is_judged_on_both_measurements() -> None:
+    """ddddocr on this VM: int8 0.72x paired but 0.94x in the runoff, dynamic 0.83x / 0.92x;
+    the runoff alone would pick dynamic, which the final rounds then measured at 1.05x."""
+    from graphopt.tune import _evidence
+
+    static = Candidate("s", "int8", "p", ratio_rounds=[0.70, 0.72, 0.74], runoff_rounds=[0.944])
+    dynamic = Candidate("d", "int8", "p", ratio_rounds=[0.82, 0.83, 0.84], runoff_rounds=[0.923])
+    assert _evidence(static) == pytest.approx((0.72 * 0.944) ** 0.5)
+    assert _evidence(static) < _evidence(dynamic)
+    assert _evidence(Candidate("x", "fp32", "p", ratio_rounds=[0.9, 1.1])) == pytest.approx(1.0)
+
+
 def test_pareto_front() -> None:
     a = Candidate("a", "x", "p", accuracy=0.99, ratio=0.5)
     b = Candidate("b", "x", "p", accuracy=0.98, ratio=0.6)  # dominated by a
