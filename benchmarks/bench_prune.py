@@ -75,6 +75,7 @@ class Case:
     feed1: dict[str, np.ndarray]
     feed8: dict[str, np.ndarray]
     int8: bool = False  # also prune -> reconstruct -> int8 (latency)
+    random_weights: bool = False  # int8 without qdq-insert's accuracy floor (latency only)
     prune_options: str = ""  # extra prune-channels options for the curve
 
 
@@ -165,7 +166,10 @@ def _shaped(key: str, title: str, quick: bool) -> Case:
     model = shaped_models.cached_model(key)
     calib = inputs[key](4 if quick else 16, seed=1)
     feed = inputs[key](8, seed=2)
-    return Case(key, title, model, calib, 4, [], None, "", [0.3], _first(feed, 1), feed, int8=True)
+    return Case(
+        key, title, model, calib, 4, [], None, "", [0.3], _first(feed, 1), feed,
+        int8=True, random_weights=True,
+    )  # fmt: skip
 
 
 def _resnet(quick: bool) -> Case:
@@ -342,9 +346,14 @@ def bench_case(case: Case, work: Path, rounds: int, quick: bool) -> dict[str, An
         )
         rows.append(r.run("cluster-weights k=16", "cluster-weights{k=16}"))
     if case.int8:
-        rows.append(r.run("int8 (cpu-int8)", "cpu-int8"))
+        int8 = "cpu-int8"
+        if case.random_weights:
+            import shaped_models
+
+            int8 = shaped_models.int8_floor_off(int8)
+        rows.append(r.run("int8 (cpu-int8)", int8))
         rows.append(
-            r.run("prune 0.3 + reconstruct + int8", "cpu-int8", r.models["prune 0.3 + reconstruct"])
+            r.run("prune 0.3 + reconstruct + int8", int8, r.models["prune 0.3 + reconstruct"])
         )
     for row in rows:
         row["file_ratio"] = row["file_bytes"] / dense_rec["file_bytes"]

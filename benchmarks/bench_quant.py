@@ -504,24 +504,14 @@ def _median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 
 
-def _floor_off(pipeline: str) -> str:
-    """``pipeline`` (a preset name is expanded) with qdq-insert's accuracy floor off."""
-    from graphopt.core.pipeline import PRESETS
-
-    text = PRESETS.get(pipeline, pipeline)
-    if "qdq-insert{" not in text:
-        return text
-    return text.replace("qdq-insert{", "qdq-insert{budget=none,")
-
-
 def bench_model(case: Case, work: Path, args: argparse.Namespace, pipeline: str) -> dict[str, Any]:
     from graphopt import runtime
 
     data = work / f"{case.key}.calib.npz"
     np.savez(data, **case.calib)
     n_calib = len(next(iter(case.calib.values())))
-    if case.random_weights:  # latency only: keep every node int8 (int8 of random weights
-        pipeline = _floor_off(pipeline)  # misses qdq-insert's default cosine 0.993 floor)
+    if case.random_weights:  # latency only: every node int8 (shaped_models.int8_floor_off)
+        pipeline = _shaped().int8_floor_off(pipeline)
     specs: dict[str, dict[str, Any]] = {
         "fp32": {"tool": "fp32"},
         "graphopt": {"tool": "graphopt", "pipeline": pipeline},
