@@ -77,7 +77,6 @@ def _pays(cand: Candidate) -> float:
 RUNOFF = 4
 
 Say = Callable[[str], None]
-Spec = dict[str, Any]  # one build: tune_build.build_and_score's input
 
 
 # ----------------------------------------------------------------------------- the store
@@ -126,24 +125,42 @@ class _Local:
 
     def __init__(self) -> None:
         self._pool: Any = None
+        self._pid = 0  # the worker's process id: a worker that dies fails its build
 
     def map(
         self, specs: list[dict[str, Any]], deadline: float, limit: float
     ) -> list[dict[str, Any]]:
+        """Each spec's result (``build_and_score``), or why it stopped, in order."""
         import multiprocessing
 
         out = []
         for spec in specs:
+            if time.perf_counter() >= deadline:  # no worker started only to be killed
+                out.append(_stopped(limit))
+                continue
             if self._pool is None:
                 self._pool = multiprocessing.get_context("spawn").Pool(1)
+                self._pid = self._pool.apply(os.getpid)
             job = self._pool.apply_async(build_and_score, (spec,))
-            try:
-                out.append(job.get(timeout=max(0.0, deadline - time.perf_counter())))
-            except multiprocessing.TimeoutError:
-                self.close()
-                Path(spec["output"]).unlink(missing_ok=True)
-                out.append(_stopped(limit))
+            while not job.ready() and time.perf_counter() < deadline and self._alive():
+                job.wait(min(1.0, max(0.0, deadline - time.perf_counter())))
+            if job.ready():
+                out.append(job.get())
+                continue
+            died = not self._alive()  # Pool would replace it and wait for the job forever
+            self.close()
+            Path(spec["output"]).unlink(missing_ok=True)
+            out.append(
+                {"status": "failed", "why": "its build's worker process died (out of memory?)"}
+                if died
+                else _stopped(limit)
+            )
         return out
+
+    def _alive(self) -> bool:
+        import multiprocessing
+
+        return any(p.pid == self._pid for p in multiprocessing.active_children())
 
     def close(self) -> None:
         """Stop the worker (a stopped build, or the end of the tune)."""

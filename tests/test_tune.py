@@ -267,6 +267,39 @@ def test_local_builds_run_in_a_worker_the_time_limit_stops(tmp_path: Path) -> No
     assert local._pool is None
 
 
+def test_a_worker_that_dies_fails_its_build_at_once(tmp_path: Path) -> None:
+    """Killed mid-build (as the OOM killer would), the build fails with the reason instead of
+    waiting for the time limit; the next build gets a fresh worker."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from graphopt.tune import _Local
+
+    spec = _spec(tmp_path, "cleanup,prune-channels{ratio=0.3},reconstruct,cpu-fp32")
+    local = _Local()
+
+    def kill_when_started() -> None:
+        while not local._pid:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        os.kill(local._pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_when_started)
+    killer.start()
+    try:
+        t0 = time.perf_counter()
+        (failed,) = local.map([spec], time.perf_counter() + 600, 600)
+        killer.join()
+        assert failed["status"] == "failed" and "died" in failed["why"]
+        assert time.perf_counter() - t0 < 60 and local._pool is None
+        (built,) = local.map([{**spec, "pipeline": "cpu-fp32"}], time.perf_counter() + 600, 600)
+        assert built["status"] == "within-budget", built
+    finally:
+        local.close()
+
+
 def test_bad_usage() -> None:
     model, data = _data()
     with pytest.raises(UsageError, match="--time"):

@@ -242,7 +242,8 @@ class InsertQdqPass(GraphoptPass):
         samples = self.context.data
         if samples is None:
             raise DataError("qdq-insert needs calibration data (DATA)")
-        names = calibration_tensors(run, graph)
+        every = plan(run, graph, set(run.exclude), prune=False)
+        names = calibration_tensors(every)
         if names:  # an embedding alone takes its table's parameters: nothing to calibrate
             run.ranges = activation_ranges(
                 model,
@@ -252,7 +253,7 @@ class InsertQdqPass(GraphoptPass):
                 calibration=opts.calibration,
                 symmetric=run.act_type == "int8",
                 cache=self.context.calib_cache,
-                softmax_inputs=softmax_inputs(plan(run, graph, set(run.exclude), prune=False)),
+                softmax_inputs=softmax_inputs(every),
             )
         run.bad = {n for n in names if n not in run.ranges}  # not float at run time
         if opts.smooth > 0:

@@ -111,7 +111,7 @@ def softmax_input_range(stats: TensorStats) -> tuple[float, float]:
     if not math.isfinite(stats.row_max_min) or stats.row_len < 2:
         return stats.minmax()
     tail = math.log(SOFTMAX_LEVELS * stats.row_len)
-    lo = max(stats.min, min(stats.row_max_min, stats.max) - tail)
+    lo = max(stats.min, stats.row_max_min - tail)
     return lo, stats.max
 
 

@@ -130,7 +130,7 @@ def plan(run: QdqRun, graph: ir.Graph, excluded: set[str], prune: bool = True) -
         elif op == "Gather" and allowed(node, op) and _is_embedding(node):
             emb.append(node)
         elif (op in REQUANT or op in SHARED) and allowed(node, op):
-            if op not in _LOOKUP or _last_axis_softmax(node):
+            if op != "Softmax" or _last_axis_softmax(node):
                 cand.append(node)
     anchors = [*weighted, *act_mm, *emb]
     inputs: dict[ir.Node, list[int]] = {n: [0] for n in weighted}
@@ -223,9 +223,9 @@ def plan(run: QdqRun, graph: ir.Graph, excluded: set[str], prune: bool = True) -
     return QdqPlan(weighted, act_mm, emb, region, absorbed, outputs, inputs)
 
 
-def calibration_tensors(run: QdqRun, graph: ir.Graph) -> list[str]:
-    """Every float tensor any plan (whatever stays float) may need a range for."""
-    every = plan(run, graph, set(run.exclude), prune=False)
+def calibration_tensors(every: QdqPlan) -> list[str]:
+    """Every float tensor any plan (whatever stays float) may need a range for; ``every`` is
+    the plan that keeps every candidate (``prune=False``)."""
     values = []
     for n in every.nodes:
         values += [n.inputs[i] for i in every.inputs[n]]
@@ -305,8 +305,6 @@ def softmax_inputs(plan: QdqPlan) -> frozenset[str]:
 
 def _last_axis_softmax(node: ir.Node) -> bool:
     """A Softmax over the last axis: the rows its input range is calibrated on."""
-    if node.op_type != "Softmax":
-        return True
     x = node.inputs[0]
     rank = len(x.shape) if x is not None and x.shape is not None else None
     imports = node.graph.opset_imports if node.graph is not None else {}
