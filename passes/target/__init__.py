@@ -1,3 +1,7 @@
 """Target passes: the graph's form chosen for what the execution provider runs fastest."""
 
-from graphopt.passes.target import avoid_slow_fusions, move_stride_to_channels  # noqa: F401
+from graphopt.passes.target import (  # noqa: F401
+    avoid_slow_fusions,
+    fuse_qdq_matmul_bias,
+    move_stride_to_channels,
+)
