@@ -32,12 +32,13 @@ PRESETS: dict[str, str] = {
     # qdq-insert picks types and placement for the CPU it runs on (graphopt.target), checks
     # what ONNX Runtime fuses, and (guard) keeps float whatever int8 does not make faster.
     # avoid-slow-fusions keeps ORT from fused kernels that are slower on this CPU (timed);
-    # fuse-qdq-matmul-bias writes the int8 kernel with the bias ORT leaves as a separate Add.
+    # fuse-qdq-sibling-matmuls runs the q/k/v projections as one GEMM; fuse-qdq-matmul-bias
+    # writes the int8 kernel with the bias ORT leaves as a separate Add.
     "cpu-fp32": "cleanup,fold-attention-biases,avoid-slow-fusions",
     "cpu-int8": (
         "cleanup,fold-attention-biases,move-stride-to-channels,"
         "qdq-insert{target=cpu,guard=true,smooth=0.7},"
-        "fuse-qdq-matmul-bias,avoid-slow-fusions,sort-topologically"
+        "fuse-qdq-sibling-matmuls,fuse-qdq-matmul-bias,avoid-slow-fusions,sort-topologically"
     ),
     "cuda-int8": "cleanup,qdq-insert{target=cuda},sort-topologically",
 }

@@ -53,7 +53,11 @@ from typing import Literal
 
 import onnx_ir as ir
 from graphopt.passes.quantize import fusion, qdq_accept, qdq_emit
-from graphopt.passes.quantize.qdq_params import activation_qparams, activation_ranges
+from graphopt.passes.quantize.qdq_params import (
+    activation_qparams,
+    activation_ranges,
+    align_sibling_zero_points,
+)
 from graphopt.passes.quantize.qdq_plan import (
     DEFAULT_OPS,
     KEPT_FLOAT_KEY,
@@ -256,6 +260,10 @@ class InsertQdqPass(GraphoptPass):
                 softmax_inputs=softmax_inputs(every),
             )
         run.bad = {n for n in names if n not in run.ranges}  # not float at run time
+        if run.scheme.target == "cpu":  # for fuse-qdq-sibling-matmuls: one GEMM, same integers
+            self.count(
+                "aligned_zero_points", align_sibling_zero_points(graph, run.ranges, run.act_type)
+            )
         if opts.smooth > 0:
             smoothing = smoothing_scales(run, model, samples, opts.smooth, opts.smooth_gain)
             run.smooth = smoothing.scales
@@ -305,7 +313,7 @@ class InsertQdqPass(GraphoptPass):
         self.stats = collections.Counter()
         changed = qdq_emit.quantize(run, model, kept)
         for key, n in stats_so_far.items():
-            if key.startswith(("repaired:", "kept_float:")):
+            if key.startswith(("repaired:", "kept_float:", "aligned_")):
                 self.count(key, n)
         if check:
             final = fusion.check_fusion(model, run.quantized)

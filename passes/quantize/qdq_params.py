@@ -136,6 +136,65 @@ def activation_ranges(
     return ranges
 
 
+def common_zero_point(
+    parts: list[tuple[float, int]], dtype: np.dtype | type = np.uint8
+) -> tuple[int, list[float]]:
+    """The zero point ``z`` that coarsens the quantized tensors ``[(scale, zero_point)]``
+    least when they must share one, and each one's new scale: the smallest that keeps its
+    representable range, ``[(qmin - zp) scale, (qmax - zp) scale]``, with ``z``."""
+    info = np.iinfo(dtype)
+    qmin, qmax = int(info.min), int(info.max)
+    best: tuple[float, int, list[float]] | None = None
+    for z in range(qmin + 1, qmax):
+        scales = [
+            max((qmax - zp) * s / (qmax - z), (qmin - zp) * s / (qmin - z), s) for s, zp in parts
+        ]
+        growth = max(new / s for new, (s, _) in zip(scales, parts, strict=True))
+        if best is None or growth < best[0] - 1e-12:
+            best = (growth, z, scales)
+    assert best is not None
+    return best[1], best[2]
+
+
+#: most a tensor's quantization step may grow to share its siblings' zero point
+SIBLING_MAX_GROWTH = 1.15
+
+
+def align_sibling_zero_points(
+    graph: ir.Graph, ranges: dict[str, tuple[float, float]], activation_type: str
+) -> int:
+    """Give the outputs of MatMuls that read one input with constant 2-D weights (attention's
+    query, key and value projections) one zero point, widening each range as little as it
+    takes (at most :data:`SIBLING_MAX_GROWTH` of its step), so ``fuse-qdq-sibling-matmuls``
+    can run them as one integer GEMM with the same integers. Returns the tensors changed."""
+    if activation_type != "uint8":
+        return 0  # symmetric int8: every zero point is 0 already
+    groups: dict[int, list[str]] = {}
+    for node in graph:
+        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+            continue
+        x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+        wa = _const(w)
+        if x is None or wa is None or wa.ndim != 2 or y.name not in ranges:
+            continue
+        groups.setdefault(id(x), []).append(y.name)  # type: ignore[arg-type]
+    changed = 0
+    for names in groups.values():
+        if len(names) < 2:
+            continue
+        params = [activation_qparams(*ranges[n], activation_type) for n in names]
+        parts = [(float(s), int(z)) for s, z in params]
+        if len({z for _, z in parts}) == 1:
+            continue
+        z, scales = common_zero_point(parts)
+        if max(new / s for new, (s, _) in zip(scales, parts, strict=True)) > SIBLING_MAX_GROWTH:
+            continue
+        for name, new in zip(names, scales, strict=True):
+            ranges[name] = (-z * new, (255 - z) * new)
+            changed += 1
+    return changed
+
+
 def param_roots(plan: QdqPlan) -> dict[ir.Value, ir.Value]:
     """Each quantized activation tensor -> the tensor whose range gives its parameters.
 

@@ -30,36 +30,22 @@ import dataclasses
 
 import numpy as np
 import onnx_ir as ir
+from graphopt.passes.target.qdq_forms import Dequant, dequantize_of, is_std
 
 from graphopt.core.build import MS_DOMAIN, Namer, add_initializer, drop_if_unused, ensure_ms_opset
 from graphopt.core.pass_base import GraphoptPass, NoOptions, Tolerance
 from graphopt.core.registry import register_pass
-from graphopt.ir import attr_value as _attr
 from graphopt.ir import const_array as _const
 
 _FUSED = "MatMulIntegerToFloat"
-
-
-def _std(node: ir.Node | None, op_type: str) -> bool:
-    return node is not None and node.op_type == op_type and node.domain in ("", "ai.onnx")
-
-
-@dataclasses.dataclass(frozen=True)
-class _Dequant:
-    """One DequantizeLinear's parts: the quantized tensor, its scale and zero point values."""
-
-    node: ir.Node
-    quantized: ir.Value
-    scale: ir.Value
-    zero_point: ir.Value | None
 
 
 @dataclasses.dataclass(frozen=True)
 class _Match:
     matmul: ir.Node
     add: ir.Node
-    a: _Dequant
-    b: _Dequant
+    a: Dequant
+    b: Dequant
     bias: np.ndarray  # [N] float32
     bias_value: ir.Value  # the Add's constant operand, reused when it is already [N]
 
@@ -102,7 +88,7 @@ class FuseQdqMatmulBiasPass(GraphoptPass):
         reason = "no int8 (QDQ) MatMul with a float output read only by a constant bias Add"
         if already:
             reason += f" ({already} already fused)"
-        elif not any(_std(n, "DequantizeLinear") for n in graph):
+        elif not any(is_std(n, "DequantizeLinear") for n in graph):
             reason += (
                 " (nothing in the model is int8: the pass follows qdq-insert, which may keep"
                 " a model float)"
@@ -111,52 +97,24 @@ class FuseQdqMatmulBiasPass(GraphoptPass):
         return self.decline(reason + (f"; skipped: {skipped}" if skipped else ""))
 
     # ----------------------------------------------------------------- matching
-    def _dequant(self, value: ir.Value | None, per_column: int | None) -> _Dequant | None:
-        """The DequantizeLinear producing ``value`` when its form suits the fused kernel:
-        constant float32 scale per tensor, or per column of an ``per_column``-wide 2-D
-        weight; quantized 8-bit input; no blocks."""
-        dq = value.producer() if value is not None else None
-        if not _std(dq, "DequantizeLinear") or len(dq.inputs) < 2:  # type: ignore[union-attr]
-            return None
-        assert dq is not None
-        x, scale = dq.inputs[0], dq.inputs[1]
-        zp = dq.inputs[2] if len(dq.inputs) > 2 else None
-        sa = _const(scale)
-        if x is None or scale is None or sa is None or sa.dtype != np.float32:
-            return None
-        if int(_attr(dq, "block_size", 0) or 0):  # type: ignore[arg-type]
-            return None
-        za = _const(zp) if zp is not None else None
-        if zp is not None and (za is None or za.shape != sa.shape):
-            return None
-        if x.dtype not in (ir.DataType.UINT8, ir.DataType.INT8):
-            return None
-        if sa.size != 1:  # per column: of a 2-D weight, along its output axis
-            if per_column is None or sa.shape != (per_column,):
-                return None
-            rank = len(x.shape) if x.shape is not None else 0
-            if rank != 2 or int(_attr(dq, "axis", 1)) not in (1, -1):  # type: ignore[arg-type]
-                return None
-        return _Dequant(dq, x, scale, zp)
-
     def _match(self, mm: ir.Node) -> _Match | None:
         """The fusion for a QDQ MatMul read only by a bias Add, None otherwise (counted
         ``skipped:<why>`` where the MatMul is one but its form does not suit the kernel)."""
-        if not _std(mm, "MatMul") or len(mm.inputs) != 2:
+        if not is_std(mm, "MatMul") or len(mm.inputs) != 2:
             return None
-        if not all(_std(v.producer() if v else None, "DequantizeLinear") for v in mm.inputs):
+        if not all(is_std(v.producer() if v else None, "DequantizeLinear") for v in mm.inputs):
             return None  # not int8: ORT runs it in float
         y = mm.outputs[0]
         if y.is_graph_output() or len(y.uses()) != 1:
             return None
         add = y.uses()[0][0]
-        if not _std(add, "Add") or len(add.inputs) != 2 or add.inputs[0] is add.inputs[1]:
+        if not is_std(add, "Add") or len(add.inputs) != 2 or add.inputs[0] is add.inputs[1]:
             return None  # no bias to fuse (a quantized output is ORT's QLinearMatMul)
         bias_value = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
         ba = _const(bias_value)
         if ba is None:
             return None  # a residual or a mask, not a bias
-        a = self._dequant(mm.inputs[0], None)
+        a = dequantize_of(mm.inputs[0], None)
         if a is None:
             self.leave(mm, "activation_dequantize_form")
             return None
@@ -165,7 +123,7 @@ class FuseQdqMatmulBiasPass(GraphoptPass):
         if not isinstance(n, int):
             self.leave(mm, "weight_shape_unknown")
             return None
-        b = self._dequant(mm.inputs[1], n)
+        b = dequantize_of(mm.inputs[1], n)
         if b is None:
             self.leave(mm, "weight_dequantize_form")
             return None
