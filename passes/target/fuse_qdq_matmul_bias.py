@@ -58,8 +58,9 @@ class FuseQdqMatmulBiasPass(GraphoptPass):
     # MiniLM: the same integer GEMM, scale and bias). But verify-each runs models without
     # optimizations, where the QDQ MatMul before the pass is simulated in float and the
     # fused kernel after it is integer; the float rounding of the simulation flips later
-    # quantization steps (MiniLM: cosine 0.9997, max_rel 0.03). The direction must hold.
-    tolerance = Tolerance(max_abs=float("inf"), max_rel=float("inf"), min_cosine=0.999)
+    # quantization steps, and the flips compound over the layers (MiniLM: cosine 0.9997 to
+    # 0.998 to the model before). So the bound is int8's own, as for qdq-insert.
+    tolerance = Tolerance(max_abs=float("inf"), max_rel=float("inf"), min_cosine=0.99)
     summary = "int8 MatMul + bias Add -> com.microsoft.MatMulIntegerToFloat with bias (CPU)"
 
     def run(self, model: ir.Model) -> bool:
