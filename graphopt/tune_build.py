@@ -174,8 +174,10 @@ def runoff(
     original: Any, candidates: Sequence[Any], feed: dict[str, np.ndarray], rounds: int
 ) -> list[list[float]]:
     """Latency ratio of each candidate session to the original one, all taking turns in the
-    same rounds, the order rotated every round; one list of per-round ratios per candidate
-    (a single candidate makes a paired measurement)."""
+    same rounds, the order rotated every round and reversed every other one (so no session
+    always follows the same one: a model run right after a large one can find the caches
+    cold); one list of per-round ratios per candidate (a single candidate makes a paired
+    measurement)."""
     from graphopt import runtime
 
     sessions = [original, *candidates]
@@ -183,6 +185,8 @@ def runoff(
     ratios: list[list[float]] = [[] for _ in candidates]
     for r in range(rounds):
         order = [(i + r) % n for i in range(n)]
+        if r % 2:
+            order.reverse()
         per = runtime.interleaved_latency(
             [sessions[i] for i in order], feed, rounds=1, min_round_seconds=ROUND_SECONDS
         )[0]
