@@ -183,10 +183,13 @@ def run_case(case: Case, out: Path, time_limit: str, rounds: int) -> dict[str, A
     fastest_preset = best["ratio"] if best else None
     head_to_head = best["tuned_over_preset"] if best else None
     goal = GOALS.get(case.key)
+    # the winner built by the fastest preset's own pipeline is that preset's model: two
+    # timings of it differ by this machine's noise alone (ddddocr's once: 3.2% head to head)
+    same = best is not None and _same_pipeline(rep["winner_pipeline"], best_name(presets, best))
     checks = {
         "meets_budget": judge.holds(tuned_acc),
         "not_slower_than_fastest_preset": (
-            None if head_to_head is None else head_to_head <= 1 + NOISE
+            None if head_to_head is None else same or head_to_head <= 1 + NOISE
         ),
         "search_within_20_min": search_s <= 20 * 60,
         "speed_goal": None if goal is None else tuned_ratio <= goal,
@@ -206,6 +209,7 @@ def run_case(case: Case, out: Path, time_limit: str, rounds: int) -> dict[str, A
         "presets": presets,
         "fastest_preset_within_budget": fastest_preset,
         "tuned_over_fastest_preset": head_to_head,
+        "tuned_is_fastest_preset": same,
         "speed_goal": goal,
         "checks": checks,
         "candidates": [
@@ -228,6 +232,17 @@ def portable(obj: Any, work: Path) -> Any:
         repo = str(Path(__file__).resolve().parent.parent) + "/"
         return obj.replace(str(work), "WORK").replace(repo, "").replace(str(Path.home()), "~")
     return obj
+
+
+def best_name(presets: dict[str, dict[str, Any]], best: dict[str, Any]) -> str:
+    return next(name for name, p in presets.items() if p is best)
+
+
+def _same_pipeline(winner: str | None, preset: str) -> bool:
+    """Whether tune's winning pipeline is ``preset``'s, both expanded and printed alike."""
+    from graphopt.core.pipeline import parse
+
+    return winner is not None and str(parse(winner)) == str(parse(preset))
 
 
 def _f(v: Any, fmt: str = ".4g") -> str:
@@ -266,7 +281,8 @@ def markdown(results: list[dict[str, Any]], env: dict[str, Any], settings: dict)
             f"| {r['title']} | `{r['budget']['given']}` → `{r['budget']['absolute']}` | "
             f"{_f(r['budget']['original'])} | {r['winner'] or 'none (original kept)'} | "
             f"{_f(r['tuned']['accuracy'])} | {_f(r['tuned']['ratio'], '.3f')} | "
-            f"{_f(r.get('tuned_over_fastest_preset'), '.3f')} | "
+            f"{_f(r.get('tuned_over_fastest_preset'), '.3f')}"
+            f"{' (same pipeline)' if r.get('tuned_is_fastest_preset') else ''} | "
             + " | ".join(pres)
             + f" | {r['search_seconds']:.0f} | {checks} |"
         )
