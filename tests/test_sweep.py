@@ -457,13 +457,20 @@ def test_interrupted_sweep_keeps_finished_cells_and_resumes(demo_paths, tmp_path
     """SIGINT in the middle: exit 130, running work stopped, report of what finished; the same
     command then runs only the rest."""
     model, data = demo_paths
-    # many cells, so the sweep is still running when the signal lands (a cell takes ~0.3 s)
     batches = list(range(1, 9))
     text = recipe_text(model, data, pipelines='none = ""\n', batches=str(batches))
     recipe = write(tmp_path, text)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "graphopt", "sweep", str(recipe), "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell's background job (``pytest &``) starts with SIGINT ignored, and Python keeps
+    # it ignored in the child: give the sweep the default disposition, as a terminal does.
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 60
     cells = out / "cells"
     while time.monotonic() < deadline and proc.poll() is None:
