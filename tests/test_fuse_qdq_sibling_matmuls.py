@@ -193,3 +193,17 @@ def test_common_zero_point_keeps_each_range_and_grows_steps_least() -> None:
         worse = max(max((255 - zp) * s / (255 - other), zp * s / other, s) / s for s, zp in parts)
         assert worse >= growth - 1e-12
     assert common_zero_point([(0.1, 77), (0.3, 77)]) == (77, [0.1, 0.3])
+
+
+def test_macs_are_counted_through_the_target_passes(quantized_bert) -> None:
+    """The MAC estimate (prune-channels, tune, bench_prune) sees the fused and integer-kernel
+    MatMuls as the same work, though their new values carry no shapes."""
+    from graphopt.passes.sparsify.prune_channels import layer_macs
+
+    model = pt.copy_model(quantized_bert[0])
+    before = layer_macs(model)
+    assert before > 0
+    pt.run_pass(model, PASS)
+    pt.run_pass(model, "fuse-qdq-matmul-bias")
+    assert pt.nodes_of(model, "MatMulIntegerToFloat")
+    assert layer_macs(model) == before

@@ -40,7 +40,7 @@ from graphopt.passes.sparsify.prune_importance import (
     top,
 )
 
-from graphopt.core.ops import WEIGHTED
+from graphopt.core.ops import QDQ, WEIGHTED
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
 from graphopt.ir import attr_value, const_array, fill_types, not_constant
@@ -93,29 +93,52 @@ def _known(d: Any) -> int:
     return d if isinstance(d, int) and d >= 0 else 1
 
 
-def layer_macs(model: ir.Model) -> int:
-    """Multiply-accumulates of Conv/Gemm/MatMul per sample (symbolic dims count as 1)."""
+#: ONNX Runtime's integer MatMul kernels that target passes write (weight at input 1)
+_INTEGER_MATMULS = frozenset({"MatMulIntegerToFloat"})
 
-    def numel(v: ir.Value | None) -> int | None:
-        if v is None or v.shape is None:
+
+def _shape(v: ir.Value | None) -> ir.Shape | None:
+    """``v``'s shape, or that of the tensor a Q/DQ chain quantizes (the values passes add
+    after shape inference have none, but Q/DQ keep the shape)."""
+    while v is not None and v.shape is None:
+        p = v.producer()
+        if p is None or p.op_type not in QDQ or not p.inputs:
             return None
-        return int(np.prod([_known(d) for d in v.shape], dtype=np.int64))
+        v = p.inputs[0]
+    return v.shape if v is not None else None
+
+
+def layer_macs(model: ir.Model) -> int:
+    """Multiply-accumulates of Conv/Gemm/MatMul (and the integer MatMul kernels) per sample
+    (symbolic dims count as 1)."""
+
+    def numel(shape: ir.Shape | None) -> int | None:
+        if shape is None:
+            return None
+        return int(np.prod([_known(d) for d in shape], dtype=np.int64))
 
     total = 0
     for node in model.graph:
-        if node.op_type not in WEIGHTED or len(node.inputs) < 2:
+        op = node.op_type
+        if (op not in WEIGHTED and op not in _INTEGER_MATMULS) or len(node.inputs) < 2:
             continue
-        w = node.inputs[1]
-        out = numel(node.outputs[0])
-        if out is None or w is None or w.shape is None:
+        w_shape = _shape(node.inputs[1])
+        if w_shape is None:
             continue
-        wd = [_known(d) for d in w.shape]
-        if node.op_type == "Conv":
-            total += out * int(np.prod(wd[1:]))
-        elif node.op_type == "Gemm":
-            total += out * (wd[1] if attr_value(node, "transB", 0) else wd[0])
+        wd = [_known(d) for d in w_shape]
+        out = numel(node.outputs[0].shape)
+        if op == "Conv":
+            if out is not None:
+                total += out * int(np.prod(wd[1:]))
+        elif op == "Gemm":
+            if out is not None:
+                total += out * (wd[1] if attr_value(node, "transB", 0) else wd[0])
         elif len(wd) >= 2:
-            total += out * wd[-2]
+            a = numel(_shape(node.inputs[0]))
+            if out is not None:
+                total += out * wd[-2]
+            elif a is not None and len(wd) == 2:  # [..., K] x [K, N]: numel(A) * N
+                total += a * wd[-1]
     return total
 
 
