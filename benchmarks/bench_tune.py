@@ -178,14 +178,14 @@ def run_case(case: Case, out: Path, time_limit: str, rounds: int) -> dict[str, A
         p["ratio_rounds"] = rr
         # head to head, round by round (the original's own drift cancels): tuned / preset
         p["tuned_over_preset"] = statistics.median(t / x for t, x in zip(per[0], rr, strict=True))
-    within = [p for p in presets.values() if p["meets_budget"]]
-    best = min(within, key=lambda p: p["ratio"]) if within else None
-    fastest_preset = best["ratio"] if best else None
-    head_to_head = best["tuned_over_preset"] if best else None
+    within = [name for name, p in presets.items() if p["meets_budget"]]
+    best = min(within, key=lambda name: presets[name]["ratio"]) if within else None
+    fastest_preset = presets[best]["ratio"] if best else None
+    head_to_head = presets[best]["tuned_over_preset"] if best else None
     goal = GOALS.get(case.key)
     # the winner built by the fastest preset's own pipeline is that preset's model: two
     # timings of it differ by this machine's noise alone (ddddocr's once: 3.2% head to head)
-    same = best is not None and _same_pipeline(rep["winner_pipeline"], best_name(presets, best))
+    same = best is not None and _same_pipeline(rep["winner_pipeline"], best)
     checks = {
         "meets_budget": judge.holds(tuned_acc),
         "not_slower_than_fastest_preset": (
@@ -232,10 +232,6 @@ def portable(obj: Any, work: Path) -> Any:
         repo = str(Path(__file__).resolve().parent.parent) + "/"
         return obj.replace(str(work), "WORK").replace(repo, "").replace(str(Path.home()), "~")
     return obj
-
-
-def best_name(presets: dict[str, dict[str, Any]], best: dict[str, Any]) -> str:
-    return next(name for name, p in presets.items() if p is best)
 
 
 def _same_pipeline(winner: str | None, preset: str) -> bool:

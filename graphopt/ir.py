@@ -314,6 +314,17 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
     return value.const_value.numpy()
 
 
+def shape_through_qdq(value: ir.Value | None) -> ir.Shape | None:
+    """``value``'s shape, or that of the tensor the Q/DQ chain producing it quantizes: values
+    that passes add after shape inference (qdq-insert's Q/DQ) carry none, but keep it."""
+    while value is not None and value.shape is None:
+        p = value.producer()
+        if p is None or p.op_type not in ("QuantizeLinear", "DequantizeLinear") or not p.inputs:
+            return None
+        value = p.inputs[0]
+    return value.shape if value is not None else None
+
+
 #: the fix for weights a pass cannot see as constants
 CLEANUP_FIRST = (
     "weights that are Constant nodes or listed as graph inputs become initializers in "

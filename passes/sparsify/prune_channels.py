@@ -40,10 +40,10 @@ from graphopt.passes.sparsify.prune_importance import (
     top,
 )
 
-from graphopt.core.ops import QDQ, WEIGHTED
+from graphopt.core.ops import WEIGHTED
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
-from graphopt.ir import attr_value, const_array, fill_types, not_constant
+from graphopt.ir import attr_value, const_array, fill_types, not_constant, shape_through_qdq
 from graphopt.runtime import Snapshot
 
 #: model metadata recording the ratio a global-scope run reached (idempotence)
@@ -97,17 +97,6 @@ def _known(d: Any) -> int:
 _INTEGER_MATMULS = frozenset({"MatMulIntegerToFloat"})
 
 
-def _shape(v: ir.Value | None) -> ir.Shape | None:
-    """``v``'s shape, or that of the tensor a Q/DQ chain quantizes (the values passes add
-    after shape inference have none, but Q/DQ keep the shape)."""
-    while v is not None and v.shape is None:
-        p = v.producer()
-        if p is None or p.op_type not in QDQ or not p.inputs:
-            return None
-        v = p.inputs[0]
-    return v.shape if v is not None else None
-
-
 def layer_macs(model: ir.Model) -> int:
     """Multiply-accumulates of Conv/Gemm/MatMul (and the integer MatMul kernels) per sample
     (symbolic dims count as 1)."""
@@ -122,7 +111,7 @@ def layer_macs(model: ir.Model) -> int:
         op = node.op_type
         if (op not in WEIGHTED and op not in _INTEGER_MATMULS) or len(node.inputs) < 2:
             continue
-        w_shape = _shape(node.inputs[1])
+        w_shape = shape_through_qdq(node.inputs[1])
         if w_shape is None:
             continue
         wd = [_known(d) for d in w_shape]
@@ -134,7 +123,7 @@ def layer_macs(model: ir.Model) -> int:
             if out is not None:
                 total += out * (wd[1] if attr_value(node, "transB", 0) else wd[0])
         elif len(wd) >= 2:
-            a = numel(_shape(node.inputs[0]))
+            a = numel(shape_through_qdq(node.inputs[0]))
             if out is not None:
                 total += out * wd[-2]
             elif a is not None and len(wd) == 2:  # [..., K] x [K, N]: numel(A) * N

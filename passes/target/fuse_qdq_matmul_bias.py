@@ -36,6 +36,7 @@ from graphopt.core.build import MS_DOMAIN, Namer, add_initializer, drop_if_unuse
 from graphopt.core.pass_base import GraphoptPass, NoOptions, Tolerance
 from graphopt.core.registry import register_pass
 from graphopt.ir import const_array as _const
+from graphopt.ir import shape_through_qdq
 
 _FUSED = "MatMulIntegerToFloat"
 
@@ -142,16 +143,11 @@ class FuseQdqMatmulBiasPass(GraphoptPass):
 
     @staticmethod
     def _rank(y: ir.Value, a: ir.Value) -> int:
-        """The MatMul output's rank: its shape's, else A's (B is 2-D; A's shape read through
-        the Q/DQ that qdq-insert added after shape inference), else 0 (unknown)."""
+        """The MatMul output's rank: its shape's, else A's (B is 2-D), else 0 (unknown)."""
         if y.shape is not None:
             return len(y.shape)
-        v: ir.Value | None = a
-        while v is not None and v.shape is None:
-            q = v.producer()
-            ok = q is not None and q.op_type in ("QuantizeLinear", "DequantizeLinear")
-            v = q.inputs[0] if ok and q is not None and q.inputs else None
-        return max(len(v.shape), 2) if v is not None and v.shape is not None else 0
+        shape = shape_through_qdq(a)
+        return max(len(shape), 2) if shape is not None else 0
 
     # ----------------------------------------------------------------- rewriting
     def _rewrite(self, graph: ir.Graph, namer: Namer, m: _Match) -> None:
