@@ -52,7 +52,7 @@ import math
 from typing import Literal
 
 import onnx_ir as ir
-from graphopt.passes.quantize import fusion, qdq_accept, qdq_emit
+from graphopt.passes.quantize import fusion, qdq_accept, qdq_activations, qdq_emit
 from graphopt.passes.quantize.qdq_params import (
     activation_qparams,
     activation_ranges,
@@ -320,6 +320,9 @@ class InsertQdqPass(GraphoptPass):
             self.details["fusion_final"] = final.summary()
             self.count("fused", len(final.fused))
             self.count("unfused", len(final.unfused))
+        found = qdq_activations.forms(graph, {**kept, **run.activation_why})
+        if found:
+            self.details["activations"] = found
         if kept:
             self.details["kept_float"] = kept
             for name, why in kept.items():
@@ -345,6 +348,8 @@ class InsertQdqPass(GraphoptPass):
                 f"ONNX Runtime fuses {fusion_info['fused']} quantized nodes "
                 f"({kernels or 'none'}); {fusion_info['unfused']} unfused"
             )
+        if d.get("activations"):
+            notes.append("activations: " + qdq_activations.summary(d["activations"]))
         notes.append(self.findings.left_alone_note("kept in float"))
         notes.append(acceptance.budget_note(d.get("budget"), "quantized_all", "all int8"))
         guard = d.get("guard")

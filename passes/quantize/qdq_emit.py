@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import onnx_ir as ir
+from graphopt.passes.quantize import qdq_activations as acts
 from graphopt.passes.quantize.qdq_params import (
     activation_qparams,
     param_roots,
@@ -132,6 +133,9 @@ class Emitter:
             run.count(f"quantized:{n.op_type}")
         for n in plan.nodes:
             run.quantized[n.name] = n.op_type  # type: ignore[index]
+        for n in plan.region:
+            if n.op_type in acts.SATURATING:
+                self.saturating(n)
         for n in graph:
             if n.op_type == "Resize" and n.domain in ("", "ai.onnx"):
                 self.drop_empty_roi(n)
@@ -212,6 +216,83 @@ class Emitter:
         ir.convenience.replace_all_uses_with(op.outputs[0], y)
         graph.remove(op, safe=True)
         self.run.count(f"folded_scalar_{op.op_type}")
+
+    # ------------------------------------------------------------ activations
+    def saturating(self, n: ir.Node) -> None:
+        """HardSigmoid/HardSwish between Q/DQ -> their integer form (:mod:`.qdq_activations`),
+        or left as they are with the reason in ``run.activation_why``."""
+        run = self.run
+        x = n.inputs[0]
+        y = n.outputs[0]
+        dq = x.producer() if x is not None else None
+        q = next((u.node for u in y.uses() if u.node.op_type == "QuantizeLinear"), None)
+        x_range = acts.quantized_range(dq) if dq is not None and dq.inputs else None
+        why = acts.why_float(n, run.act_type, x_range)
+        sy, zy = (_const(q.inputs[1]), _const(q.inputs[2])) if q is not None else (None, None)
+        if not why and (sy is None or zy is None or sy.size != 1):
+            why = "its output is not per-tensor quantized"
+        if not why and n.op_type == "HardSigmoid" and int(zy.reshape(())) != 0:  # type: ignore[union-attr]
+            why = "its output range does not start at 0"
+        alpha, beta = acts.gate_params(n)
+        if not why and n.op_type == "HardSwish":
+            assert x_range is not None and sy is not None
+            sg = acts.gate_scale(alpha, beta, x_range[1])
+            steps = acts.hardswish_error_steps(x_range, sg, float(sy.reshape(())))
+            if steps >= 0.99:
+                why = f"the gate's rounding may move outputs by {steps:.2f} steps"
+        if why:
+            run.activation_why[n.name] = why  # type: ignore[index]
+            run.count(f"activation_float:{n.op_type}")
+            return
+        assert x is not None and q is not None and sy is not None and x_range is not None
+        name = n.name or self.name(n.op_type)
+        c = self.initializer(f"{name}_offset", np.array(beta / alpha, np.float32))
+        add = run.mark(ir.Node("", "Add", [x, self.const_dq(n, c)], name=self.name(f"{name}_add")))
+        self.replaced.append(c)
+        t = add.outputs[0]
+        t.name, t.dtype, t.shape = self.name(f"{name}_shifted"), ir.DataType.FLOAT, y.shape
+        if n.op_type == "HardSigmoid":
+            # Q(clip(a*x + b, 0, 1), s) == Q(x + b/a, s/a): the Q saturates, its DQ reads s
+            s_q = self.initializer(
+                f"{name}_gate_scale", (sy / np.float32(alpha)).astype(np.float32)
+            )
+            self.graph.insert_before(n, [add])
+            ir.convenience.replace_all_uses_with(y, t)
+            q.replace_input_with(1, s_q)
+            self.graph.remove(n, safe=True)
+            add.name = name  # ORT's fused QLinearAdd bears the activation's name
+            form = f"HardSigmoid: {acts.INTEGER_ADD}"
+        else:
+            sg = np.float32(acts.gate_scale(alpha, beta, x_range[1]))
+            zero = self.initializer(f"{name}_gate_zero_point", np.array(0, np.uint8))
+            s_t = self.initializer(
+                f"{name}_gate_scale", np.array(sg / np.float32(alpha), np.float32)
+            )
+            s_g = self.initializer(f"{name}_gate_dq_scale", np.array(sg, np.float32))
+            qt = run.mark(
+                ir.Node("", "QuantizeLinear", [t, s_t, zero], name=self.name(f"{name}_gate_Q"))
+            )
+            qt.outputs[0].name = self.name(f"{name}_gate_quantized")
+            qt.outputs[0].dtype, qt.outputs[0].shape = ir.DataType.UINT8, y.shape
+            dqt = run.mark(
+                ir.Node(
+                    "",
+                    "DequantizeLinear",
+                    [qt.outputs[0], s_g, zero],
+                    name=self.name(f"{name}_gate_DQ"),
+                )
+            )
+            g = dqt.outputs[0]
+            g.name, g.dtype, g.shape = self.name(f"{name}_gate"), ir.DataType.FLOAT, y.shape
+            mul = run.mark(ir.Node("", "Mul", [x, g], name=self.name(f"{name}_mul")))
+            ir.convenience.replace_nodes_and_values(
+                self.graph, n, [n], [add, qt, dqt, mul], [y], [mul.outputs[0]]
+            )
+            mul.name = name  # ORT's fused QLinearMul bears the activation's name
+            form = f"HardSwish: {acts.INTEGER_ADD_MUL}"
+        survivor = add if n.op_type == "HardSigmoid" else mul
+        survivor.metadata_props[acts.FORM_KEY] = form
+        run.count(f"activation_integer:{n.op_type}")
 
     # ------------------------------------------------------------ Q/DQ nodes
     def qdq(self, x: ir.Value, pair: tuple[ir.Value, ir.Value], readers: list | None) -> ir.Value:

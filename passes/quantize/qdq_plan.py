@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
+from graphopt.passes.quantize.qdq_activations import SATURATING
 
 from graphopt.core.ops import INTEGER_OPS, SCALE_PRESERVING, WEIGHTED, is_dequantized
 from graphopt.ir import attr_value as _attr
@@ -25,17 +26,33 @@ from graphopt.target import Int8Scheme
 KEPT_FLOAT_KEY = "pkg.graphopt.qdq-insert.kept_float"
 FLOAT = frozenset({ir.DataType.FLOAT})  # TODO: float16 models (scales in float16)
 
-#: ops whose output ONNX Runtime requantizes with their own (calibrated) scale
-REQUANT = frozenset(
-    {"Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Softmax", "Sigmoid", "LeakyRelu"}
+#: ops whose output ONNX Runtime requantizes with their own (calibrated) scale; the
+#: saturating activations are rewritten into integer Add/Mul first (:mod:`.qdq_activations`)
+REQUANT = (
+    frozenset(
+        {
+            "Add",
+            "Mul",
+            "Concat",
+            "AveragePool",
+            "GlobalAveragePool",
+            "Softmax",
+            "Sigmoid",
+            "LeakyRelu",
+        }
+    )
+    | SATURATING
 )
 #: data movement: output scale and zero point = input's (ORT drops the DQ/Q around them)
 SHARED = SCALE_PRESERVING
 SUPPORTED = WEIGHTED | REQUANT | SHARED
+#: the activations ORT's CPU EP runs as table lookups (QLinearSigmoid, QLinearLeakyRelu) or
+#: that are rewritten into integer Add/Mul: SiLU, HardSwish, squeeze-excite gates
+_CPU_ACTIVATIONS = frozenset({"Sigmoid", "LeakyRelu"}) | SATURATING
 #: the default on CUDA/TensorRT, which fuse attention themselves
-DEFAULT_OPS = sorted(SUPPORTED - {"Softmax", "Sigmoid", "LeakyRelu"})
+DEFAULT_OPS = sorted(SUPPORTED - {"Softmax"} - _CPU_ACTIVATIONS)
 #: the default on the CPU, where QLinearSoftmax (a table lookup) beats the float Softmax
-DEFAULT_CPU_OPS = sorted([*DEFAULT_OPS, "Softmax"])
+DEFAULT_CPU_OPS = sorted([*DEFAULT_OPS, "Softmax", *_CPU_ACTIVATIONS])
 _ABSORBED = frozenset({"Relu", "Clip"})
 #: ops whose integer kernel replaces a costly float one: their input gets a Q even when it
 #: comes from a float node (a last-axis Softmax: QLinearSoftmax; its input range from rows)
@@ -72,6 +89,8 @@ class QdqRun:
     quantized: dict[str, str] = dataclasses.field(default_factory=dict)
     #: the embedding Gathers among them
     embeddings: set[str] = dataclasses.field(default_factory=set)
+    #: why a planned activation kept its float form: node name -> why (:mod:`.qdq_activations`)
+    activation_why: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
