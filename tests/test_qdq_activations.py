@@ -215,3 +215,52 @@ def test_excluded_activation_reports_float() -> None:
     )
     assert p.details["activations"]["a2_node"] == "HardSwish: float"
     assert p.details["activations"]["s1_node"] == f"SiLU: {acts.INTEGER_SILU}"
+
+
+def test_split_keeps_the_region_integer() -> None:
+    """YOLOv8's C2f: conv -> SiLU -> Split -> (conv, conv -> SiLU) -> Concat -> conv. The Split
+    shares its input's parameters on every output, so ORT runs it on uint8 and the SiLU
+    before it stays integer."""
+    rng = np.random.default_rng(1)
+
+    def w(name: str, co: int, ci: int) -> onnx.TensorProto:
+        return pt.init(name, (rng.standard_normal((co, ci, 1, 1)) / np.sqrt(ci)).astype(np.float32))
+
+    nodes = [
+        pt.node("Conv", ["x", "w1"], ["c1"]),
+        pt.node("Sigmoid", ["c1"], ["s1"]),
+        pt.node("Mul", ["c1", "s1"], ["a1"]),
+        pt.node("Split", ["a1", "sizes"], ["p", "q"], axis=1),
+        pt.node("Conv", ["q", "w2"], ["c2"]),
+        pt.node("Sigmoid", ["c2"], ["s2"]),
+        pt.node("Mul", ["c2", "s2"], ["a2"]),
+        pt.node("Concat", ["p", "q", "a2"], ["cat"], axis=1),
+        pt.node("Conv", ["cat", "w3"], ["y"]),
+    ]
+    inits = [w("w1", 8, 3), w("w2", 4, 4), w("w3", 6, 12), pt.init("sizes", np.array([4, 4]))]
+    model = pt.make_model(nodes, [pt.vi("x", [1, 3, 16, 16])], [pt.vi("y", None)], inits)
+    feeds = [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(4)]
+    original = pt.copy_model(model)
+    _, p = pt.run_pass(model, "qdq-insert", data=feeds, target="cpu", budget="none")
+    assert p.stats["quantized:Split"] == 1
+    assert p.details["activations"] == {
+        "s1_node": f"SiLU: {acts.INTEGER_SILU}",
+        "s2_node": f"SiLU: {acts.INTEGER_SILU}",
+    }
+    split = pt.nodes_of(model, "Split")[0]
+    scales = {
+        float(np.asarray(u.node.inputs[1].const_value.numpy()))
+        for o in split.outputs
+        for u in o.uses()
+        if u.node.op_type == "QuantizeLinear"
+    }
+    assert len(scales) == 1  # every output carries its input's scale
+    kernels = collections.Counter(n.op_type for n in fusion.optimized_graph(model).graph.node)
+    assert kernels["Split"] == 1 and kernels["QLinearConcat"] == 1
+    assert kernels["QuantizeLinear"] == 1 and kernels["DequantizeLinear"] == 1
+    assert not p.details["fusion_final"]["unfused"]
+    ref = pt.run_model(original, feeds)[1]
+    got = pt.run_model(model, feeds)[1]
+    a, c = np.concatenate([r[0].ravel() for r in ref]), np.concatenate([g[0].ravel() for g in got])
+    assert float(a @ c / np.linalg.norm(a) / np.linalg.norm(c)) > 0.995
+    pt.assert_idempotent(model, "qdq-insert", data=feeds, target="cpu", budget="none")

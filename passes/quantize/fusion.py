@@ -145,4 +145,4 @@ def check_fusion(model: ir.Model, nodes: dict[str, str], ep: str = "cpu") -> Fus
     return FusionReport(kernels=kernels, fused=fused, unfused=unfused, ops=dict(ops))
 
 
-_INTEGER_SAFE = SCALE_PRESERVING | {"NhwcMaxPool"}
+_INTEGER_SAFE = SCALE_PRESERVING | {"NhwcMaxPool", "Split"}

@@ -62,7 +62,7 @@ class Emitter:
         run, graph, ranges = self.run, self.graph, self.run.ranges
         run.embeddings = {n.name for n in plan.embedding if n.name}
         run.quantized = {}
-        quantized_out = set(plan.outputs.values())
+        quantized_out = {y for n in plan.outputs for y in plan.all_outputs(n)}
 
         def params(v: ir.Value) -> tuple[ir.Value, ir.Value] | None:
             root = roots.get(v, v)
@@ -89,7 +89,7 @@ class Emitter:
             self.qparams[plan.outputs[n]] = pair
             run.count("quantized:Gather(embedding)")
         # 1. outputs of quantized nodes: every reader goes through the Q/DQ pair
-        for y in plan.outputs.values():
+        for y in [y for n in plan.outputs for y in plan.all_outputs(n)]:
             p = params(y)
             if p is not None:
                 self.qdq(y, p, readers=None)

@@ -208,13 +208,11 @@ def param_roots(plan: QdqPlan) -> dict[ir.Value, ir.Value]:
             if v is not None and _const(v) is None:
                 roots.setdefault(v, v)
     for n in plan.nodes:  # graph order: a shared op's input root is known before it
-        y = plan.outputs.get(n)
-        if y is None:
-            continue
-        if n.op_type in SHARED and n not in plan.embedding:
-            x = n.inputs[0]
-            assert x is not None
-            roots[y] = roots.get(x, x)
-        else:
-            roots[y] = y
+        for y in plan.all_outputs(n):
+            if n.op_type in SHARED and n not in plan.embedding:
+                x = n.inputs[0]
+                assert x is not None
+                roots[y] = roots.get(x, x)
+            else:
+                roots[y] = y
     return roots

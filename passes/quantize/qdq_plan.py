@@ -43,8 +43,10 @@ REQUANT = (
     )
     | SATURATING
 )
+#: data movement with several outputs, each sharing its input's scale (YOLO's C2f blocks)
+MULTI_OUTPUT = frozenset({"Split"})
 #: data movement: output scale and zero point = input's (ORT drops the DQ/Q around them)
-SHARED = SCALE_PRESERVING
+SHARED = SCALE_PRESERVING | MULTI_OUTPUT
 SUPPORTED = WEIGHTED | REQUANT | SHARED
 #: the activations ORT's CPU EP runs as table lookups (QLinearSigmoid, QLinearLeakyRelu) or
 #: that are rewritten into integer Add/Mul: SiLU, HardSwish, squeeze-excite gates
@@ -108,6 +110,12 @@ class QdqPlan:
     @property
     def nodes(self) -> list[ir.Node]:
         return [*self.weighted, *self.act_matmul, *self.embedding, *self.region]
+
+    def all_outputs(self, node: ir.Node) -> list[ir.Value]:
+        """The quantized outputs of ``node``: every output of a Split, else its one."""
+        if node.op_type in MULTI_OUTPUT:
+            return list(node.outputs) if node in self.outputs else []
+        return [self.outputs[node]] if node in self.outputs else []
 
 
 def default_ops(target: str) -> list[str]:
@@ -190,13 +198,16 @@ def plan(run: QdqRun, graph: ir.Graph, excluded: set[str], prune: bool = True) -
     always_out |= {n for n in anchors if eff_out[n] is not n.outputs[0]}
 
     def consumers_in(n: ir.Node) -> bool:
-        y = eff_out[n]
-        uses = list(y.uses())
-        return (
-            bool(uses)
-            and not y.is_graph_output()
-            and all(u.node in members and u.node.graph is graph for u in uses)
-        )
+        outs = n.outputs if n.op_type in MULTI_OUTPUT else [eff_out[n]]
+        for y in outs:
+            uses = list(y.uses())
+            if not (
+                uses
+                and not y.is_graph_output()
+                and all(u.node in members and u.node.graph is graph for u in uses)
+            ):
+                return False
+        return True
 
     def out_quantized(n: ir.Node) -> bool:
         return n in always_out or (n in members and consumers_in(n))
