@@ -100,7 +100,7 @@ class Samples:
         if n >= len(self.feeds):
             return Samples(list(self.feeds), self.source, self.extras)
         picks = sorted({round(i * (len(self.feeds) - 1) / max(n - 1, 1)) for i in range(n)})
-        return Samples([self.feeds[i] for i in picks], self.source, self.extras)
+        return self.subset(picks)  # labels stay with their feeds (task-metric budgets)
 
     def subset(self, indices: Sequence[int], source: str | None = None) -> Samples:
         """The feeds at ``indices``, with the rows of each extra array that belong to them.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -43,6 +44,23 @@ class PerturbWeightsPass(GraphoptPass):
         return False
 
 
+class NoisyLossyPass(GraphoptPass):
+    """Test pass: lossy by design, with a cosine tolerance it misses (noise on a weight)."""
+
+    name = "noisy-lossy-test"
+    tolerance = Tolerance(max_abs=math.inf, max_rel=math.inf, min_cosine=0.999999)
+
+    def run(self, model: ir.Model) -> bool:
+        for node in model.graph:
+            if node.op_type == "Gemm":
+                w = node.inputs[1]
+                a = w.const_value.numpy()
+                noise = np.random.default_rng(0).standard_normal(a.shape) * 0.05 * np.abs(a).max()
+                w.const_value = ir.tensor((a + noise).astype(a.dtype), name=w.name)
+                return True
+        return False
+
+
 class CrashPass(GraphoptPass):
     """Test pass: raises like a buggy pass would."""
 
@@ -73,7 +91,7 @@ class NeedsDataPass(GraphoptPass):
 
 @pytest.fixture(autouse=True)
 def _test_passes() -> Iterator[None]:
-    classes = (PerturbWeightsPass, CrashPass, BreakGraphPass, NeedsDataPass)
+    classes = (PerturbWeightsPass, CrashPass, BreakGraphPass, NeedsDataPass, NoisyLossyPass)
     for cls in classes:
         registry.register_pass(cls)
     yield
@@ -224,3 +242,28 @@ def test_budget_notes_are_rendered_by_each_pass() -> None:
     rep = run_pipeline(gir.load_model(demo_files()[0]), "eliminate-identity").report
     rep["passes"][0]["notes"] = ["a note"]
     assert "eliminate-identity: a note" in summary_lines(rep)
+
+
+def test_a_lossy_pass_past_its_tolerance_is_judged_by_the_run_budget(demo_model: ir.Model) -> None:
+    """A task budget (top-1 here; detections for a detector) says what accuracy means: a
+    lossy pass that moves raw outputs past its generic cosine tolerance passes when it
+    holds on the verification feeds (whose labels stay with them), and fails when not."""
+    _model_path, data_path = demo_files()
+    samples = load_data(demo_model, data_path, batch=50).spread(4)
+    with pytest.raises(VerificationError):
+        run_pipeline(gir.load_model(demo_files()[0]), "noisy-lossy-test", samples=samples)
+    with pytest.raises(VerificationError):  # a budget it misses: still an error
+        run_pipeline(
+            gir.load_model(demo_files()[0]),
+            "noisy-lossy-test",
+            samples=samples,
+            context=PassContext(budget="top1>=1.01"),
+        )
+    result = run_pipeline(
+        demo_model, "noisy-lossy-test", samples=samples, context=PassContext(budget="top1>=0.9")
+    )
+    rec = next(r for r in result.report["passes"] if r["pass"] == "noisy-lossy-test")
+    assert rec["verify"]["passed"]
+    held = rec["verify"]["budget"]
+    assert held["met"] and held["value"] >= 0.9 and held["budget"] == "top1>=0.9"
+    assert any("verified by the run's budget top1>=0.9" in n for n in rec["notes"])

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from graphopt import zoo
-from graphopt.zoo.wheels import ctc_greedy
+from graphopt.zoo.wheels import ctc_greedy, doclaynet_scores, glyph_scores
 
 Outputs = Sequence[Sequence[np.ndarray]]
 
@@ -36,3 +36,13 @@ def ocr_exact_match(outputs: Outputs, samples: Any) -> float:
         for out, text in zip(outputs, texts, strict=False)
     ]
     return float(np.mean(hits)) if hits else 0.0
+
+
+def glyph_f1(outputs: Outputs, samples: Any) -> float:
+    """ddddocr's glyph detector (YOLOX): F1 of its detections against DATA's ``boxes``."""
+    return glyph_scores(outputs, samples.extras)["hmean"]
+
+
+def doclaynet_f1(outputs: Outputs, samples: Any) -> float:
+    """The DocLayNet YOLOv8: F1 of its layout blocks against DATA's ``boxes``/``classes``."""
+    return doclaynet_scores(outputs, samples.extras)["hmean"]

@@ -713,17 +713,24 @@ def _yolox_boxes(pred: np.ndarray, score_thr: float = 0.5) -> list[tuple[int, li
     return [(0, xyxy[k].tolist()) for k in keep]
 
 
-def _det_eval(path: Path, data: Path) -> dict[str, float]:
-    """Glyphs found: one-to-one matches at IoU 0.5 of detections scoring over 0.5."""
-    feeds, extras = feeds_of(path, data, batch=1)
+def glyph_scores(
+    outputs: Sequence[Sequence[np.ndarray]], extras: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """Glyphs found: one-to-one matches at IoU 0.5 of detections scoring over 0.5 (one
+    output list per batch-1 feed, in DATA's order)."""
     matched = n_gt = n_det = 0
-    for i, out in enumerate(run_model(path, feeds)):
+    for i, out in enumerate(outputs):
         gt = _gt_boxes(extras, i)
         det = _yolox_boxes(out[0])
         matched += _matches(gt, det)
         n_gt += len(gt)
         n_det += len(det)
     return _detection_scores(matched, n_gt, n_det)
+
+
+def _det_eval(path: Path, data: Path) -> dict[str, float]:
+    feeds, extras = feeds_of(path, data, batch=1)
+    return glyph_scores(list(run_model(path, feeds)), extras)
 
 
 register(
@@ -1030,10 +1037,17 @@ def _yolov8_boxes(
 
 
 def _yolo_layout_eval(path: Path, data: Path) -> dict[str, float]:
-    """Layout blocks found: a DocLayNet class the block may be called, IoU 0.5, over 0.4."""
     feeds, extras = feeds_of(path, data, batch=1)
+    return doclaynet_scores(list(run_model(path, feeds)), extras)
+
+
+def doclaynet_scores(
+    outputs: Sequence[Sequence[np.ndarray]], extras: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """Layout blocks found: a DocLayNet class the block may be called, IoU 0.5, over 0.4
+    (one output list per batch-1 feed, in DATA's order)."""
     matched = n_gt = n_det = 0
-    for i, outs in enumerate(run_model(path, feeds)):
+    for i, outs in enumerate(outputs):
         det = _yolov8_boxes(outs[0])
         gt = []
         for c, b in _gt_boxes(extras, i):
