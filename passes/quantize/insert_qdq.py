@@ -6,10 +6,15 @@ What it quantizes (``op_types``):
   (per-channel symmetric int8 weights, an int32 bias with scale ``s_x * s_w``), ``MatMul``
   of two activations (attention), and ``Gather`` from a constant table (embeddings: an int8
   table, the gathered rows stay int8 until a DequantizeLinear);
-* **integer-region ops** (``Add``, ``Mul``, ``Concat``, pooling, ``Sigmoid``/``LeakyRelu``
-  and data movement such as ``Reshape``/``Transpose``/``MaxPool``/``Resize``):
-  only where *every* activation input already comes out of a quantized node and *every*
-  consumer is quantized too. Elsewhere a Q/DQ pair would cost a conversion and buy nothing.
+* **integer-region ops** (``Add``, ``Mul``, ``Concat``, pooling, and data movement such as
+  ``Reshape``/``Transpose``/``MaxPool``/``Resize``/``Split``): only where *every* activation
+  input already comes out of a quantized node and *every* consumer is quantized too.
+  Elsewhere a Q/DQ pair would cost a conversion and buy nothing.
+* **activations** (CPU): ``Sigmoid`` and ``LeakyRelu`` as ORT's table lookups (SiLU is
+  ``QLinearSigmoid`` + ``QLinearMul``), ``HardSigmoid`` as one saturating ``QLinearAdd`` and
+  ``HardSwish`` as ``QLinearAdd`` + ``QLinearMul`` (:mod:`.qdq_activations`: exact, or within
+  one output step, else the float form stays and the report says why). The report's
+  ``activations`` names the form each one took.
 * **last-axis ``Softmax``** (attention) wherever every consumer is quantized, even after a
   float node: ``QLinearSoftmax`` is a table lookup, cheaper than the float kernel plus the
   Q on its input (MiniLM on this CPU: 2.3 ms of Softmax became 1.4 ms, 6 layers). Its input
@@ -120,8 +125,8 @@ class InsertQdqOptions:
     )
     op_types: list[str] = option(
         [],
-        "op types to quantize; empty: all but Sigmoid/LeakyRelu, and Softmax only on the CPU "
-        "(see module doc)",
+        "op types to quantize; empty: the target's (Softmax and the activations Sigmoid, "
+        "LeakyRelu, HardSwish, HardSigmoid only on the CPU; see module doc)",
     )
     exclude: list[str] = option([], "node names kept in float")
     bins: int = option(2048, "histogram bins per calibrated tensor")
