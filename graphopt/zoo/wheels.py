@@ -37,7 +37,7 @@ import tempfile
 import textwrap
 import uuid
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -492,6 +492,20 @@ def _detection_scores(matched: int, n_gt: int, n_det: int) -> dict[str, float]:
     return {"hmean": hmean, "recall": recall, "precision": precision}
 
 
+def detection_scores(
+    pairs: Iterable[
+        tuple[Sequence[tuple[int, Sequence[float]]], Sequence[tuple[int, Sequence[float]]]]
+    ],
+) -> dict[str, float]:
+    """hmean/recall/precision over (truth, detections) pairs, one per image."""
+    matched = n_gt = n_det = 0
+    for gt, det in pairs:
+        matched += _matches(gt, det)
+        n_gt += len(gt)
+        n_det += len(det)
+    return _detection_scores(matched, n_gt, n_det)
+
+
 def _gt_boxes(extras: dict[str, np.ndarray], i: int) -> list[tuple[int, list[float]]]:
     boxes = extras["boxes"][i]
     classes = extras["classes"][i] if "classes" in extras else np.zeros(len(boxes), np.int64)
@@ -718,14 +732,9 @@ def glyph_scores(
 ) -> dict[str, float]:
     """Glyphs found: one-to-one matches at IoU 0.5 of detections scoring over 0.5 (one
     output list per batch-1 feed, in DATA's order)."""
-    matched = n_gt = n_det = 0
-    for i, out in enumerate(outputs):
-        gt = _gt_boxes(extras, i)
-        det = _yolox_boxes(out[0])
-        matched += _matches(gt, det)
-        n_gt += len(gt)
-        n_det += len(det)
-    return _detection_scores(matched, n_gt, n_det)
+    return detection_scores(
+        (_gt_boxes(extras, i), _yolox_boxes(out[0])) for i, out in enumerate(outputs)
+    )
 
 
 def _det_eval(path: Path, data: Path) -> dict[str, float]:
@@ -943,14 +952,10 @@ def _picodet_boxes(
 def _layout_eval(path: Path, data: Path) -> dict[str, float]:
     """Layout blocks found: same class, one-to-one at IoU 0.5, score over 0.5."""
     feeds, extras = feeds_of(path, data, batch=1)
-    matched = n_gt = n_det = 0
-    for i, outs in enumerate(run_model(path, feeds)):
-        gt = _gt_boxes(extras, i)
-        det = _picodet_boxes(outs)
-        matched += _matches(gt, det)
-        n_gt += len(gt)
-        n_det += len(det)
-    return _detection_scores(matched, n_gt, n_det)
+    return detection_scores(
+        (_gt_boxes(extras, i), _picodet_boxes(outs))
+        for i, outs in enumerate(run_model(path, feeds))
+    )
 
 
 register(
@@ -1046,8 +1051,8 @@ def doclaynet_scores(
 ) -> dict[str, float]:
     """Layout blocks found: a DocLayNet class the block may be called, IoU 0.5, over 0.4
     (one output list per batch-1 feed, in DATA's order)."""
-    matched = n_gt = n_det = 0
-    for i, outs in enumerate(outputs):
+
+    def pair(i: int, outs: Sequence[np.ndarray]) -> tuple[list, list]:
         det = _yolov8_boxes(outs[0])
         gt = []
         for c, b in _gt_boxes(extras, i):
@@ -1055,10 +1060,9 @@ def doclaynet_scores(
             # the class the model chose among those the block may be called, else the first
             found = [d for d, _ in det if d in names]
             gt.append((found[0] if found else names[0] if names else -1, b))
-        matched += _matches(gt, det)
-        n_gt += len(gt)
-        n_det += len(det)
-    return _detection_scores(matched, n_gt, n_det)
+        return gt, det
+
+    return detection_scores(pair(i, outs) for i, outs in enumerate(outputs))
 
 
 register(
