@@ -234,10 +234,11 @@ class Emitter:
         if not why and n.op_type == "HardSigmoid" and int(zy.reshape(())) != 0:  # type: ignore[union-attr]
             why = "its output range does not start at 0"
         alpha, beta = acts.gate_params(n)
+        # the HardSwish gate's own finest scale (zero point 0)
+        sg = np.float32(acts.gate_scale(alpha, beta, x_range[1])) if x_range else np.float32(0)
         if not why and n.op_type == "HardSwish":
             assert x_range is not None and sy is not None
-            sg = acts.gate_scale(alpha, beta, x_range[1])
-            steps = acts.hardswish_error_steps(x_range, sg, float(sy.reshape(())))
+            steps = acts.hardswish_error_steps(x_range, float(sg), float(sy.reshape(())))
             if steps >= 0.99:
                 why = f"the gate's rounding may move outputs by {steps:.2f} steps"
         if why:
@@ -245,7 +246,8 @@ class Emitter:
             run.count(f"activation_float:{n.op_type}")
             return
         assert x is not None and q is not None and sy is not None and x_range is not None
-        name = n.name or self.name(n.op_type)
+        name = n.name  # every planned node is named (step 2)
+        assert name
         c = self.initializer(f"{name}_offset", np.array(beta / alpha, np.float32))
         add = run.mark(ir.Node("", "Add", [x, self.const_dq(n, c)], name=self.name(f"{name}_add")))
         self.replaced.append(c)
@@ -263,7 +265,6 @@ class Emitter:
             add.name = name  # ORT's fused QLinearAdd bears the activation's name
             form = f"HardSigmoid: {acts.INTEGER_ADD}"
         else:
-            sg = np.float32(acts.gate_scale(alpha, beta, x_range[1]))
             zero = self.initializer(f"{name}_gate_zero_point", np.array(0, np.uint8))
             s_t = self.initializer(
                 f"{name}_gate_scale", np.array(sg / np.float32(alpha), np.float32)
