@@ -110,6 +110,7 @@ def model_facts(model: ir.Model) -> dict[str, Any]:
         "conv": ops.count("Conv"),
         "matmul": ops.count("MatMul") + ops.count("Gemm"),
         "const_matmul": const_matmul,
+        "lstm": ops.count("LSTM"),
     }
 
 
@@ -132,13 +133,14 @@ def plan_candidates(facts: dict[str, Any], target: str, budget: str) -> list[Can
         c.append(Candidate("int8-static-lean", "int8", lean, budget=budget))
     weighted = facts["conv"] + facts["matmul"]
     no_mm = "no MatMul/Gemm with a constant weight"
+    dynamic = f"{fp32},quantize-dynamic" + (",quantize-recurrent" if facts.get("lstm") else "")
     for name, pipeline in (
-        ("int8-dynamic", f"{fp32},quantize-dynamic"),
+        ("int8-dynamic", dynamic),
         ("weights-int8", f"{fp32},quantize-weights{{bits=8}}"),
         ("weights-int4", f"{fp32},quantize-weights{{bits=4}}"),
     ):
         cand = Candidate(name, "weight-only" if "weights" in name else "int8-dynamic", pipeline)
-        if not facts["const_matmul"]:
+        if not facts["const_matmul"] and not (name == "int8-dynamic" and facts.get("lstm")):
             cand.status, cand.why = "skipped", no_mm
         c.append(cand)
     for ratio in (*PRUNE_RATIOS, PRUNE_BELOW):

@@ -3,5 +3,6 @@
 from graphopt.passes.quantize import (  # noqa: F401
     insert_qdq,
     quantize_dynamic,
+    quantize_recurrent,
     quantize_weights,
 )
