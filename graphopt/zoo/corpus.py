@@ -120,7 +120,7 @@ def register(entry: Entry) -> Entry:
 def _load_all() -> None:
     # The entry modules register themselves on import and import this one: load them by
     # name, like plugins, so the registry does not import its own entries.
-    for name in ("graphopt.zoo.exported", "graphopt.zoo.wheels"):
+    for name in ("graphopt.zoo.exported", "graphopt.zoo.wheels", "graphopt.zoo.recurrent"):
         importlib.import_module(name)
 
 

