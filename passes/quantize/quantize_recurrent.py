@@ -55,7 +55,7 @@ class QuantizeRecurrentOptions:
     decide: Literal["measure", "always"] = option(
         "measure", "measure: rewrite a layer only where int8 times faster here; always: do not time"
     )
-    margin: float = option(0.05, "int8 must be faster than float by more than this fraction")
+    margin: float = option(0.1, "int8 must be faster than float by more than this fraction")
     probe_seq: int = option(32, "sequence length timed where the model leaves it symbolic")
     rounds: int = option(5, "interleaved timing rounds per layer shape")
     per_channel: bool = option(True, "one weight scale per gate row (else one per direction)")
