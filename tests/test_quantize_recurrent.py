@@ -259,7 +259,7 @@ def test_measured_decision_follows_the_reported_numbers(monkeypatch: pytest.Monk
     monkeypatch.setattr(qr, "probe_lstm", lambda *a, **k: (100.0, 120.0))
     model = _lstm_model()
     result, p = pt.run_pass(model, PASS)
-    assert not result.modified and p.stats == {"skipped:int8_slower": 1}
+    assert not result.modified and p.stats == {"skipped:int8_not_faster": 1}
     assert "no LSTM times faster as int8" in p.declined
     monkeypatch.setattr(qr, "probe_lstm", lambda *a, **k: (100.0, 50.0))
     model = _lstm_model()

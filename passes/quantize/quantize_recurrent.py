@@ -180,7 +180,7 @@ class QuantizeRecurrentPass(GraphoptPass):
             if timing is not None:
                 timings.append(timing)
                 if not timing["int8"]:
-                    self.leave(node, "int8_slower")
+                    self.leave(node, "int8_not_faster")
                     continue
             self._rewrite(graph, layer, namer)
             changed = True
@@ -191,8 +191,8 @@ class QuantizeRecurrentPass(GraphoptPass):
             return True
         if timings:  # LSTMs were found and timed: none pays here
             return self.decline(
-                f"no LSTM times faster as int8 on this CPU (skipped: {self.skip_counts()}); "
-                "the report's timings show each layer"
+                "no LSTM times faster as int8 on this CPU by the margin "
+                f"(skipped: {self.skip_counts()}); the report's timings show each layer"
             )
         return self.decline_no_target(
             "LSTM with float32 constant weights", model, _RECURRENT, skipped=self.skip_counts()
