@@ -281,3 +281,50 @@ def test_options_are_checked() -> None:
         qr.QuantizeRecurrentOptions(margin=1.5)
     with pytest.raises(ValueError, match="probe_seq"):
         qr.QuantizeRecurrentOptions(probe_seq=0)
+
+
+def _if_model() -> ir.Model:
+    """cond ? LSTM(weights inside the branch) : LSTM(weights of the outer graph)."""
+    h = onnx.helper
+    a, b = _lstm_arrays(1, seed=1), _lstm_arrays(1, seed=2)
+    out = [pt.vi("Y", None)]
+    then = h.make_graph(
+        [h.make_node("LSTM", ["X", "W_in", "R_in", "B_in"], ["Y_then"], name="lstm_then",
+                     hidden_size=HID)],
+        "then", [], [pt.vi("Y_then", None)],
+        [pt.init("W_in", a["W"]), pt.init("R_in", a["R"]), pt.init("B_in", a["B"])],
+    )  # fmt: skip
+    other = h.make_graph(
+        [h.make_node("LSTM", ["X", "W", "R", "B"], ["Y_else"], name="lstm_else",
+                     hidden_size=HID)],
+        "else", [], [pt.vi("Y_else", None)],
+    )  # fmt: skip
+    return pt.make_model(
+        [h.make_node("If", ["cond"], ["Y"], name="branch", then_branch=then, else_branch=other)],
+        [pt.vi("X", ["seq", 1, SIZE]), pt.vi("cond", [], onnx.TensorProto.BOOL)],
+        out,
+        [pt.init(k, v) for k, v in b.items()],
+    )
+
+
+def test_lstms_inside_if_branches() -> None:
+    """Both branches are rewritten: weights held by the branch and weights of the outer graph
+    (whose float copies go once nothing reads them), on either branch at run time."""
+    from graphopt import ir as gir
+
+    model = _if_model()
+    before = pt.copy_model(model)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((6, 1, SIZE)).astype(np.float32)
+    feeds = [{"X": x, "cond": np.array(c)} for c in (True, False)]
+    _, p = pt.apply_and_check(model, PASS, feeds=feeds, **ALWAYS)
+    assert p.stats == {"quantized:LSTM": 2, "quantized_in_subgraphs": 2}
+    ops = [n.op_type for n in gir.iter_nodes(model)]
+    assert ops.count("DynamicQuantizeLSTM") == 2 and "LSTM" not in ops
+    assert not {"W", "R"} & set(model.graph.initializers)
+    then = model.graph.node(0).attributes["then_branch"].value
+    assert not {"W_in", "R_in"} & set(then.initializers)  # replaced where they were held
+    names = [v.name for g in gir.iter_graphs(model) for v in g.initializers.values()]
+    assert len(names) == len(set(names))  # new names unique across scopes
+    assert min(_cosines(before, model, feeds)) >= 0.999
+    pt.assert_idempotent(model, PASS, **ALWAYS)

@@ -24,6 +24,17 @@ class Namer:
             | {n.name for n in graph if n.name}
         )
 
+    @classmethod
+    def for_model(cls, model: ir.Model) -> Namer:
+        """A namer that avoids every name of the model, subgraphs included (ONNX names are
+        unique across scopes), for passes that write into If/Loop bodies."""
+        from graphopt.ir import iter_graphs
+
+        namer = cls(model.graph)
+        for graph in iter_graphs(model):
+            namer._taken |= cls(graph)._taken
+        return namer
+
     def __call__(self, base: str) -> str:
         name, k = base, 1
         while name in self._taken:

@@ -33,6 +33,7 @@ import onnx
 import onnx_ir as ir
 from onnx import helper, numpy_helper
 
+from graphopt import ir as gir
 from graphopt import runtime
 from graphopt.core.build import MS_DOMAIN, Namer, add_initializer, drop_if_unused, ensure_ms_opset
 from graphopt.core.pass_base import GraphoptPass, Tolerance
@@ -168,22 +169,25 @@ class QuantizeRecurrentPass(GraphoptPass):
                 f"target {self.context.target}: DynamicQuantizeLSTM is a CPU kernel of ONNX "
                 "Runtime (use target=cpu)"
             )
-        graph = model.graph
-        namer = Namer(graph)
+        namer = Namer.for_model(model)
         timings: list[dict[str, Any]] = []
         changed = False
-        for node in list(graph):
-            layer = self._match(node)
-            if layer is None:
-                continue
-            timing = self._timing(layer)
-            if timing is not None:
-                timings.append(timing)
-                if not timing["int8"]:
-                    self.leave(node, "int8_not_faster")
+        # If/Loop/Scan bodies too: the kernel needs no calibration, only constant weights
+        for graph in list(gir.iter_graphs(model)):
+            for node in list(graph):
+                layer = self._match(node)
+                if layer is None:
                     continue
-            self._rewrite(graph, layer, namer)
-            changed = True
+                timing = self._timing(layer)
+                if timing is not None:
+                    timings.append(timing)
+                    if not timing["int8"]:
+                        self.leave(node, "int8_not_faster")
+                        continue
+                self._rewrite(graph, layer, namer)
+                if graph is not model.graph:
+                    self.count("quantized_in_subgraphs")
+                changed = True
         if timings:
             self.details["timings"] = timings
         if changed:
@@ -194,9 +198,13 @@ class QuantizeRecurrentPass(GraphoptPass):
                 "no LSTM times faster as int8 on this CPU by the margin "
                 f"(skipped: {self.skip_counts()}); the report's timings show each layer"
             )
-        return self.decline_no_target(
-            "LSTM with float32 constant weights", model, _RECURRENT, skipped=self.skip_counts()
+        skipped = self.skip_counts()
+        reason = "no LSTM with float32 constant weights" + (
+            f" (skipped: {skipped})" if skipped else ""
         )
+        if "weight_is_graph_input" in skipped or "weight_is_constant_node" in skipped:
+            reason += f"; {gir.CLEANUP_FIRST}"
+        return self.decline(reason)
 
     def render_notes(self) -> list[str]:
         notes = [
@@ -229,7 +237,7 @@ class QuantizeRecurrentPass(GraphoptPass):
         arrays = []
         for v in node.inputs[1:3]:
             a = _const(v)
-            if v is None or a is None or v.name not in node.graph.initializers:  # type: ignore[union-attr]
+            if v is None or a is None or not v.is_initializer():  # outer scope's too
                 self.leave(node, "weight_not_constant" if v is None else not_constant(v))
                 return None
             if a.dtype != np.float32 or a.ndim != 3:
@@ -296,5 +304,6 @@ class QuantizeRecurrentPass(GraphoptPass):
                 new_outs.append(out)
         ir.convenience.replace_nodes_and_values(graph, node, [node], [new], old_outs, new_outs)
         for v in ins[1:3]:
-            drop_if_unused(graph, v)
+            if v is not None and v.graph is not None:  # the scope that holds the weight
+                drop_if_unused(v.graph, v)
         self.count("quantized:LSTM")
