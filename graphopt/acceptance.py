@@ -6,7 +6,8 @@ they share, so both keep the same thresholds and record the same keys:
 
 * :func:`fall_back`: the accuracy-budget search. Measure the fully lowered plan; if the budget
   does not hold, measure each candidate node alone back in float (its *sensitivity*), then put
-  nodes back to float greedily, most sensitive first, re-measuring after each, until it holds.
+  nodes back to float greedily, most sensitive first, each only where it improves the metric
+  beside those already back (then the rest, if that is not enough), until it holds.
   Returns the ``details["budget"]`` record;
 * :class:`BudgetProbe`: the budget's metric of a trial model against the float model's outputs
   on the first DATA samples, run the way the model is deployed (optimized session);
@@ -88,7 +89,7 @@ def fall_back(
 
     ``start`` is the metric of the whole plan; ``sensitivity(k)`` the metric with ``k`` alone
     back in float; ``measure(chosen)`` the metric with ``chosen`` back in float; ``keep(k,
-    gain)`` is called for each node put back, before it is measured. The record (what the
+    gain)`` is called for each node put back, once it is chosen. The record (what the
     pass stores under ``details["budget"]``) holds the budget, ``start_key``: the metric of
     the whole plan, ``final``, ``met``, and when the search ran the 20 most sensitive nodes by
     ``label`` and ``chosen_key``: the labels of the nodes put back, in order. ``progress``:
@@ -107,12 +108,34 @@ def fall_back(
     info["sensitivity"] = {labels[k]: gains[k] for k in order[:SENSITIVITY_SHOWN]}
     chosen: list[K] = []
     value = start
+    passed_over: list[K] = []
+    # First only nodes that help: a node goes back to float when the metric with it back
+    # (beside those already chosen) is better than without it. Single-node gains do not add
+    # up (one node back in float can lower the metric), so a plain walk down the ranking
+    # would put back many nodes that buy nothing.
     for k in order:
+        if gains[k] <= 0:
+            passed_over.append(k)
+            continue
+        trial = measure([*chosen, k])
+        if sign * (trial - value) <= 0:
+            passed_over.append(k)
+            continue
         keep(k, gains[k])
         chosen.append(k)
-        value = measure(list(chosen))
+        value = trial
         if budget.holds(value):
             break
+    if passed_over and not budget.holds(value):
+        # then the rest in ranking order, each measured: toward the float model, which holds
+        for k in passed_over:
+            keep(k, gains[k])
+            chosen.append(k)
+            value = measure(list(chosen))
+            if budget.holds(value):
+                break
+    else:
+        info["passed_over"] = len(passed_over)
     info.update({"final": value, chosen_key: [labels[k] for k in chosen]})
     info["met"] = budget.holds(value)
     return info

@@ -186,3 +186,58 @@ def test_budget_option_and_cli_errors() -> None:
     )
     assert res.returncode == 2, res.stderr
     assert "--budget" in res.stderr and "expected METRIC>=VALUE" in res.stderr
+
+
+# ------------------------------------------------------------------------------ fall_back
+def _table_fallback(table: dict[frozenset[str], float], sens: dict[str, float]) -> tuple:
+    """acceptance.fall_back over a metric given as a table of float sets (cosine>=0.99)."""
+    from graphopt import acceptance
+
+    calls: list[list[str]] = []
+    kept: list[str] = []
+
+    def measure(chosen: list[str]) -> float:
+        calls.append(list(chosen))
+        return table[frozenset(chosen)]
+
+    info = acceptance.fall_back(
+        Budget.parse("cosine>=0.99"),
+        0.98,
+        list(sens),
+        sensitivity=lambda k: sens[k],
+        measure=measure,
+        keep=lambda k, gain: kept.append(k),
+        start_key="quantized_all",
+        chosen_key="kept_float",
+    )
+    return info, kept, calls
+
+
+def test_fall_back_passes_over_nodes_that_do_not_help_beside_the_chosen() -> None:
+    """Single-node gains do not add up: b helps alone but hurts beside a; c finishes the job.
+    b stays lowered, and d (no gain alone) is never tried."""
+    sens = {"a": 0.986, "b": 0.985, "c": 0.984, "d": 0.979}
+    table = {
+        frozenset("a"): 0.986,
+        frozenset("ab"): 0.975,
+        frozenset("ac"): 0.991,
+    }
+    info, kept, calls = _table_fallback(table, sens)
+    assert kept == ["a", "c"] == info["kept_float"]
+    assert info["met"] and info["final"] == 0.991 and info["passed_over"] == 1
+    assert calls == [["a"], ["a", "b"], ["a", "c"]]
+
+
+def test_fall_back_puts_the_rest_back_when_helping_nodes_are_not_enough() -> None:
+    """When the nodes that help do not reach the budget, the passed-over ones go back too, in
+    ranking order, toward the float model (which holds)."""
+    sens = {"a": 0.985, "b": 0.984, "c": 0.975}
+    table = {
+        frozenset("a"): 0.985,
+        frozenset("ab"): 0.983,  # b does not help beside a: passed over at first
+        frozenset("abc"): 1.0,  # c has no gain alone: not tried until the second walk
+    }
+    info, kept, calls = _table_fallback(table, sens)
+    assert kept == ["a", "b", "c"] and info["met"] and info["final"] == 1.0
+    assert "passed_over" not in info
+    assert calls == [["a"], ["a", "b"], ["a", "b"], ["a", "b", "c"]]

@@ -8,6 +8,7 @@ whole plan to its anchors when only they pay.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import onnx_ir as ir
@@ -61,6 +62,17 @@ def latency_guard(
     return False, info
 
 
+def _structure(trial: ir.Model) -> str:
+    """What tells two trials of one plan apart: which nodes read which values (Q/DQ pairs
+    included). Trials are built afresh, so tensor identities differ even when nothing else
+    does; their scales follow from the same calibration wherever the structure is the same."""
+    h = hashlib.blake2b(digest_size=16)
+    for node in trial.graph:
+        ins = [v.name if v is not None else "" for v in node.inputs]
+        h.update(repr((node.op_type, ins, [v.name for v in node.outputs])).encode())
+    return h.hexdigest()
+
+
 def apply_budget(
     run: QdqRun,
     probe: acceptance.BudgetProbe,
@@ -73,17 +85,24 @@ def apply_budget(
     A node's sensitivity is how much the metric recovers when that node alone stays in
     float (a fresh plan without it, so upstream outputs that were quantized only for it
     go back to float too), measured with one ONNX Runtime session per candidate. Nodes
-    then go back to float greedily, most sensitive first, re-measuring after each one,
-    until the budget holds (:func:`graphopt.acceptance.fall_back`). Data movement ops
+    then go back to float greedily, most sensitive first, each where it improves the
+    metric, until the budget holds (:func:`graphopt.acceptance.fall_back`). Data movement ops
     follow their neighbours and are not candidates. ``quantized``: the plan as it stands.
     """
     start = probe(quantized)
     ops = dict(run.quantized)
     candidates = [k for k, op in ops.items() if op not in SHARED or k in run.embeddings]
+    # Trials that come out the same model are measured once: a node of an integer region
+    # back in float returns the whole region to float, so its members are one trial.
+    measured: dict[str, float] = {_structure(quantized): start}
 
     def back(names: list[str]) -> float:
         floats = {**kept, **dict.fromkeys(names, "sensitivity")}
-        return probe(qdq_emit.trial(run, pristine, floats))
+        trial = qdq_emit.trial(run, pristine, floats)
+        key = _structure(trial)
+        if key not in measured:
+            measured[key] = probe(trial)
+        return measured[key]
 
     def keep(name: str, gain: float) -> None:
         kept[name] = "sensitivity"
