@@ -94,6 +94,7 @@ def _agreement(name: str, ref: list[list[np.ndarray]], got: list[list[np.ndarray
 
 def run_model(name: str, work: Path, rounds: int) -> dict[str, Any]:
     from graphopt import runtime
+    from graphopt.bench.harness import rotated_ratios
     from graphopt.zoo import corpus
 
     entry = corpus.entries([name])[0]
@@ -126,23 +127,16 @@ def run_model(name: str, work: Path, rounds: int) -> dict[str, Any]:
     )
     builds["cpu-int8"] = _build(name, "cpu-int8", paths["cpu-int8"], budget)
     names = list(paths)
-    sessions = [runtime.make_session(paths[k], threads=2) for k in names]
+    sessions = {k: runtime.make_session(paths[k], threads=2) for k in names}
     feeds, _ = corpus.feeds_of(paths["cpu-fp32"], held_out, batch=1)
-    per_round: list[list[float]] = []
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        ms = runtime.interleaved_latency(
-            [sessions[names.index(k)] for k in order], feeds[0], rounds=1
-        )[0]
-        times = dict(zip(order, ms, strict=True))
-        per_round.append([times[k] / times["cpu-fp32"] for k in names])
+    per_round = rotated_ratios(sessions, feeds[0], rounds, "cpu-fp32")
     outputs = {k: list(corpus.run_model(paths[k], feeds)) for k in names}
     rows = {}
-    for i, k in enumerate(names):
+    for k in names:
         metric = fp32_metric if k == "cpu-fp32" else evaluate(paths[k], held_out)
         rows[k] = {
-            "ratio": statistics.median(r[i] for r in per_round),
-            "ratio_rounds": [r[i] for r in per_round],
+            "ratio": statistics.median(r[k] for r in per_round),
+            "ratio_rounds": [r[k] for r in per_round],
             "metric": metric,
             "build": builds[k],
         }

@@ -76,6 +76,7 @@ def _ort_dynamic(name: str, out: Path) -> dict[str, Any]:
 
 def run_model(name: str, work: Path, rounds: int) -> dict[str, Any]:
     from graphopt import runtime
+    from graphopt.bench.harness import rotated_ratios
     from graphopt.zoo import corpus
 
     entry = corpus.entries([name])[0]
@@ -92,17 +93,9 @@ def run_model(name: str, work: Path, rounds: int) -> dict[str, Any]:
     builds = {k: _build(name, p, paths[k]) for k, p in variants.items()}
     builds["ort-dynamic"] = _ort_dynamic(name, paths["ort-dynamic"])
     names = [k for k in paths if "error" not in builds[k]]
-    sessions = [runtime.make_session(paths[k], threads=2) for k in names]
+    sessions = {k: runtime.make_session(paths[k], threads=2) for k in names}
     feeds, _ = corpus.feeds_of(paths["cpu-fp32"], held_out, batch=1)
-    per_round: list[dict[str, float]] = []
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        ms = runtime.interleaved_latency(
-            [sessions[names.index(k)] for k in order], feeds[0], rounds=1
-        )[0]
-        times = dict(zip(order, ms, strict=True))
-        ratios = {k: times[k] / times["cpu-fp32"] for k in names}
-        per_round.append(ratios | {"ms": 1e3 * times["cpu-fp32"]})
+    per_round = rotated_ratios(sessions, feeds[0], rounds, "cpu-fp32")
     rows: dict[str, Any] = {}
     for k in paths:
         row: dict[str, Any] = {"build": builds[k]}
@@ -116,7 +109,7 @@ def run_model(name: str, work: Path, rounds: int) -> dict[str, Any]:
         "model": name,
         "origin": entry.origin,
         "exporter": entry.exporter,
-        "fp32_ms": statistics.median(r["ms"] for r in per_round),
+        "fp32_ms": 1e3 * statistics.median(r["seconds"] for r in per_round),
         "rows": rows,
     }
 

@@ -385,6 +385,24 @@ def time_round_robin(
     return times
 
 
+def rotated_ratios(
+    sessions: dict[str, Any], feed: dict[str, np.ndarray], rounds: int, base: str
+) -> list[dict[str, float]]:
+    """Per round, each session's median seconds per run divided by ``base``'s, the order of
+    the sessions rotated every round (the benchmarks' side-by-side protocol); each round's
+    dict also holds ``base``'s own seconds under ``"seconds"``."""
+    from graphopt import runtime
+
+    names = list(sessions)
+    out = []
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        secs = runtime.interleaved_latency([sessions[k] for k in order], feed, rounds=1)[0]
+        times = dict(zip(order, secs, strict=True))
+        out.append({k: times[k] / times[base] for k in names} | {"seconds": times[base]})
+    return out
+
+
 def latency_stats(per_round: list[list[float]], batch: int) -> dict[str, Any]:
     flat = np.asarray([t for rnd in per_round for t in rnd]) * 1000.0
     medians = [float(np.median(rnd)) * 1000.0 for rnd in per_round]
