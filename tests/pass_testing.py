@@ -21,7 +21,13 @@ from onnx import helper, numpy_helper
 from graphopt import data, runtime
 from graphopt import data as data_mod  # the module, where a parameter is called data
 from graphopt import ir as gir
-from graphopt.core.pass_base import PROVENANCE_KEY, GraphoptPass, PassContext, Tolerance
+from graphopt.core.pass_base import (
+    PROVENANCE_KEY,
+    GraphoptPass,
+    PassContext,
+    Tolerance,
+    compare_arrays,
+)
 from graphopt.core.registry import get_pass
 
 OPSET = 17
@@ -194,6 +200,17 @@ def assert_same_outputs(
                 f"feed {k}, output {name!r}: {metrics} exceeds {tolerance} "
                 f"(shapes {got.shape} vs {want.shape}, dtypes {got.dtype} vs {want.dtype})"
             )
+
+
+def output_cosines(before: ir.Model, after: ir.Model, feeds: Sequence[Feed]) -> list[float]:
+    """Cosine of every output of ``after`` to ``before``'s, per feed (lossy passes' checks)."""
+    _, want = run_model(before, feeds)
+    _, got = run_model(after, feeds)
+    return [
+        compare_arrays(g, w)["cosine"]
+        for gs, ws in zip(got, want, strict=True)
+        for g, w in zip(gs, ws, strict=True)
+    ]
 
 
 # ------------------------------------------------------------------------ inspecting models

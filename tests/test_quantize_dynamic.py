@@ -57,16 +57,6 @@ def _feeds(model: ir.Model, batch: int = 16) -> list[pt.Feed]:
     return pt.random_feeds(model, count=2, dims={"batch": batch})
 
 
-def _cosines(before: ir.Model, after: ir.Model, feeds: list[pt.Feed]) -> list[float]:
-    _, want = pt.run_model(before, feeds)
-    _, got = pt.run_model(after, feeds)
-    return [
-        compare_arrays(g, w)["cosine"]
-        for gs, ws in zip(got, want, strict=True)
-        for g, w in zip(gs, ws, strict=True)
-    ]
-
-
 def test_golden_structure() -> None:
     model = _model()
     w = _weights()
@@ -115,7 +105,7 @@ def test_outputs_close_to_float_on_ort() -> None:
     before = pt.copy_model(model)
     pt.run_pass(model, PASS)
     feeds = _feeds(before, batch=32)
-    cos = _cosines(before, model, feeds)
+    cos = pt.output_cosines(before, model, feeds)
     print("quantize-dynamic cosines vs float:", cos)
     assert min(cos) >= 0.999
     # ORT's own graph optimizations keep the result (the kernel is what optimized ORT runs)
@@ -139,7 +129,7 @@ def test_matmul_with_3d_activation_and_shared_weight() -> None:
     assert p.stats == {"quantized:MatMul": 2, "weights_quantized": 1}
     a, b = pt.nodes_of(model, "DynamicQuantizeMatMul")
     assert a.inputs[1] is b.inputs[1] and a.inputs[2] is b.inputs[2]  # one int8 copy
-    assert min(_cosines(before, model, pt.random_feeds(before, dims={"seq": 7}))) >= 0.999
+    assert min(pt.output_cosines(before, model, pt.random_feeds(before, dims={"seq": 7}))) >= 0.999
 
 
 def test_idempotent() -> None:
@@ -157,7 +147,7 @@ def test_per_tensor_and_reduce_range() -> None:
         q, scale, zp = (v.const_value.numpy() for v in node.inputs[1:4])
         assert scale.shape == () and zp.shape == ()
         assert np.abs(q).max() == 63  # 7-bit weights
-    assert min(_cosines(before, model, _feeds(before))) >= 0.99
+    assert min(pt.output_cosines(before, model, _feeds(before))) >= 0.99
 
 
 def test_exclude_and_op_types() -> None:

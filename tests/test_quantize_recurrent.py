@@ -95,16 +95,6 @@ def _feeds(model: ir.Model, batch: int = 3, seq: int = 9, count: int = 2) -> lis
     return feeds
 
 
-def _cosines(before: ir.Model, after: ir.Model, feeds: list[pt.Feed]) -> list[float]:
-    _, want = pt.run_model(before, feeds)
-    _, got = pt.run_model(after, feeds)
-    return [
-        compare_arrays(g, w)["cosine"]
-        for gs, ws in zip(got, want, strict=True)
-        for g, w in zip(gs, ws, strict=True)
-    ]
-
-
 def test_golden_structure() -> None:
     model = _lstm_model(direction="bidirectional", state_inputs=True, clip=5.0)
     arrays = _lstm_arrays(2)
@@ -157,7 +147,7 @@ def test_outputs_close_to_float_on_ort(form: dict[str, object]) -> None:
     before = pt.copy_model(model)
     pt.apply_and_check(model, PASS, feeds=_feeds(model), **ALWAYS)
     assert pt.op_counts(model)["DynamicQuantizeLSTM"] == 1 and not pt.nodes_of(model, "LSTM")
-    cos = _cosines(before, model, _feeds(before, batch=4, seq=12, count=3))
+    cos = pt.output_cosines(before, model, _feeds(before, batch=4, seq=12, count=3))
     assert min(cos) >= 0.999, cos
 
 
@@ -194,7 +184,7 @@ def test_per_direction_scales() -> None:
     (node,) = model.graph
     assert node.inputs[8].const_value.numpy().shape == (2,)
     assert node.inputs[11].const_value.numpy().shape == (2,)
-    assert min(_cosines(before, model, _feeds(before))) >= 0.995
+    assert min(pt.output_cosines(before, model, _feeds(before))) >= 0.995
 
 
 def test_gru_rnn_left_float_with_the_reason_and_exclude() -> None:
@@ -326,5 +316,5 @@ def test_lstms_inside_if_branches() -> None:
     assert not {"W_in", "R_in"} & set(then.initializers)  # replaced where they were held
     names = [v.name for g in gir.iter_graphs(model) for v in g.initializers.values()]
     assert len(names) == len(set(names))  # new names unique across scopes
-    assert min(_cosines(before, model, feeds)) >= 0.999
+    assert min(pt.output_cosines(before, model, feeds)) >= 0.999
     pt.assert_idempotent(model, PASS, **ALWAYS)

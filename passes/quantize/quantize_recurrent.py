@@ -31,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 import onnx_ir as ir
+from graphopt.passes.quantize.quantize_dynamic import quantize_symmetric_int8
 from onnx import helper, numpy_helper
 
 from graphopt import ir as gir
@@ -73,14 +74,10 @@ class QuantizeRecurrentOptions:
 
 def quantize_gates(w: np.ndarray, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 of an ONNX LSTM weight [dirs, 4H, K]: (q [dirs, K, 4H] as the contrib op
-    reads it, scale [dirs, 4H] per gate row or [dirs] per direction)."""
-    w64 = w.astype(np.float64)
-    amax = np.abs(w64).max(axis=2) if per_channel else np.abs(w64).max(axis=(1, 2))
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    s = scale.astype(np.float64)
-    s = s[:, :, None] if per_channel else s[:, None, None]
-    q = np.clip(np.rint(w64 / s), -127, 127).astype(np.int8)
-    return np.ascontiguousarray(q.transpose(0, 2, 1)), scale
+    reads it, scale [dirs, 4H] per gate row or [dirs] per direction). Each direction is the
+    [K, 4H] matrix quantize-dynamic quantizes per column."""
+    parts = [quantize_symmetric_int8(np.ascontiguousarray(d.T), per_channel) for d in w]
+    return np.stack([q for q, _ in parts]), np.stack([s for _, s in parts])
 
 
 # ----------------------------------------------------------------------------- timing
