@@ -68,8 +68,9 @@ def test_the_proof_refuses_a_structure_where_the_identity_fails() -> None:
 def test_presets_run_it_before_quantizing() -> None:
     from graphopt.core.pipeline import PRESETS
 
-    assert "cleanup,fold-attention-biases," in PRESETS["cpu-fp32"]
-    assert PRESETS["cpu-int8"].startswith("cleanup,fold-attention-biases,")
+    # after fuse-ort-kernels, which packs the biases into ORT's Attention where it pays
+    assert "cleanup,fuse-ort-kernels,fold-attention-biases," in PRESETS["cpu-fp32"]
+    assert PRESETS["cpu-int8"].startswith("cleanup,fuse-ort-kernels,fold-attention-biases,")
     assert PRESETS["cpu-int8"].index("fold-attention") < PRESETS["cpu-int8"].index("qdq-insert")
 
 

@@ -157,7 +157,7 @@ def test_a_model_without_the_idioms_is_declined_with_the_reason() -> None:
 
 
 def test_unknown_rule_sets_are_refused() -> None:
-    with pytest.raises(PipelineError, match="expected one of rotary.attention.layernorm.gelu"):
+    with pytest.raises(PipelineError, match=r"expected one of rotary\|attention\|layernorm\|gelu"):
         run_pipeline(_model("bert"), "fuse-ort-kernels{rules=[attention,flash]}")
 
 
@@ -167,3 +167,116 @@ def test_in_the_fp32_and_int8_presets() -> None:
         assert "fuse-ort-kernels" in steps
         # before fold-attention-biases, which would take the biases the Attention rule packs
         assert steps.index("fuse-ort-kernels") < steps.index("fold-attention-biases")
+
+
+# ------------------------------------------------------------- paddle2onnx's packed attention
+def _packed_block(
+    *, old_softmax: bool = False, gather: bool = False, scale: float | None = None
+) -> ir.Model:
+    """One SVTR attention block as paddle2onnx writes it: x [1, S, 24], 4 heads of 6, one
+    q/k/v MatMul split by Reshape [0, S, 3, 4, 6] + Transpose (2, 0, 3, 1, 4)."""
+    rng = np.random.default_rng(3)
+    s = 1 / np.sqrt(6) if scale is None else scale
+    nodes = [
+        pt.node("MatMul", ["x", "w"], ["mm"]),
+        pt.node("Add", ["mm", "b"], ["qkv_flat"]),
+        pt.node("Reshape", ["qkv_flat", "shape5"], ["qkv5"]),
+        pt.node("Transpose", ["qkv5"], ["qkv"], perm=[2, 0, 3, 1, 4]),
+    ]
+    for i, name in enumerate("qkv"):
+        if gather:
+            nodes.append(pt.node("Gather", ["qkv", f"i{i}"], [name], axis=0))
+        else:
+            nodes += [
+                pt.node("Slice", ["qkv", f"s{i}", f"s{i + 1}", "s0"], [f"{name}1"]),
+                pt.node("Squeeze", [f"{name}1", "s0"], [name]),
+            ]
+    nodes += [
+        pt.node("Mul", ["q", "scale"], ["qs"]),
+        pt.node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+        pt.node("MatMul", ["qs", "kt"], ["scores"]),
+    ]
+    if old_softmax:
+        nodes += [
+            pt.node("Shape", ["scores"], ["sshape"]),
+            pt.node("Flatten", ["scores"], ["flat"], axis=3),
+            pt.node("Softmax", ["flat"], ["p2"], axis=1),
+            pt.node("Reshape", ["p2", "sshape"], ["p"]),
+        ]
+    else:
+        nodes.append(pt.node("Softmax", ["scores"], ["p"], axis=-1))
+    nodes += [
+        pt.node("MatMul", ["p", "v"], ["ctx"]),
+        pt.node("Transpose", ["ctx"], ["ctx_t"], perm=[0, 2, 1, 3]),
+        pt.node("Reshape", ["ctx_t", "shape3"], ["attn"]),
+        pt.node("MatMul", ["attn", "wo"], ["y"]),
+    ]
+    inits = [
+        pt.init("w", rng.standard_normal((24, 72)).astype(np.float32) * 0.3),
+        pt.init("b", rng.standard_normal(72).astype(np.float32) * 0.1),
+        pt.init("wo", rng.standard_normal((24, 24)).astype(np.float32) * 0.3),
+        pt.init("shape5", np.array([0, 10, 3, 4, 6], dtype=np.int64)),
+        pt.init("shape3", np.array([0, 10, 24], dtype=np.int64)),
+        pt.init("scale", np.array([s], dtype=np.float32)),
+        *[pt.init(f"s{i}", np.array([i], dtype=np.int64)) for i in range(4)],
+        *[pt.init(f"i{i}", np.array(i, dtype=np.int64)) for i in range(3)],
+    ]
+    return pt.make_model(nodes, [pt.vi("x", [1, 10, 24])], [pt.vi("y", [1, 10, 24])], inits)
+
+
+@pytest.mark.parametrize(
+    "form",
+    [{}, {"old_softmax": True}, {"gather": True}, {"scale": 0.125}],
+    ids=["softmax", "opset12-softmax", "gather", "own-scale"],
+)
+def test_paddle_packed_attention_becomes_one_attention(form: dict) -> None:
+    model = _packed_block(**form)
+    before = pt.copy_model(model)
+    result, p = pt.run_pass(model, "fuse-ort-kernels", decide="always", rules=["attention"])
+    assert result.modified, p.declined
+    assert pt.op_sequence(model) == ["Attention", "MatMul"]
+    (attn,) = pt.nodes_of(model, "Attention")
+    assert attn.attributes.get_int("num_heads") == 4
+    if "scale" in form:
+        assert attn.attributes.get_float("scale") == pytest.approx(0.125)
+    else:
+        assert "scale" not in attn.attributes  # the kernel's default 1/sqrt(head size)
+    feeds = [
+        {"x": np.random.default_rng(k).standard_normal((1, 10, 24)).astype(np.float32)}
+        for k in range(3)
+    ]
+    pt.assert_same_outputs(before, model, get_pass("fuse-ort-kernels").tolerance, feeds)
+
+
+def test_packed_attention_needs_every_piece() -> None:
+    """A block whose k is read elsewhere too is not the packed form: that rule leaves it
+    (onnxscript's own dot-product rule may still take the softmax part)."""
+    model = _packed_block()
+    k = next(n for n in model.graph if n.op_type == "Squeeze" and n.outputs[0].name == "k")
+    extra = ir.node("Identity", [k.outputs[0]])
+    model.graph.append(extra)
+    model.graph.outputs.append(extra.outputs[0])
+    before = pt.copy_model(model)
+    _, p = pt.run_pass(model, "fuse-ort-kernels", decide="always", rules=["attention"])
+    assert "packed-projection Attention" not in p.details["sets"]["attention"]["fused"]
+    assert not pt.nodes_of(model, "Attention")
+    pt.assert_same_outputs(before, model, get_pass("fuse-ort-kernels").tolerance)
+
+
+@pytest.mark.slow
+def test_ppocr_recognizer_svtr_attention_is_fused() -> None:
+    """PP-OCRv4's recognizer (paddle2onnx, opset 12): both SVTR blocks become Attention."""
+    from graphopt.zoo import corpus
+
+    entry = corpus.entries(["ppocr-rec"])[0]
+    if entry.missing():
+        pytest.skip(f"ppocr-rec needs {', '.join(entry.missing())}")
+    path = corpus.model_path("ppocr-rec")
+    model = ir.load(path)
+    run_pipeline(model, "cleanup", verify_each=False)
+    before = pt.copy_model(model)
+    feeds, _ = corpus.feeds_of(path, corpus.data_path("ppocr-rec", "eval"), batch=1)
+    result, _ = pt.run_pass(model, "fuse-ort-kernels", decide="always", rules=["attention"])
+    assert result.modified
+    assert _ms_ops(model) == {"Attention": 2}
+    pt.assert_same_outputs(before, model, get_pass("fuse-ort-kernels").tolerance, feeds[:3])

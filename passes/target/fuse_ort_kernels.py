@@ -82,6 +82,7 @@ class FuseOrtKernelsOptions:
 def _fusions(rule_set: str) -> list[tuple[str, Callable[..., int], dict[str, Any]]]:
     """onnxscript's fusion functions of one rule set, in the order its pipeline runs them
     (later ones build on the earlier ones' results: SDPA → MHA → MHA with bias → Attention)."""
+    from graphopt.passes.target import packed_attention
     from onnxscript.rewriter.ort_fusions import (
         attention,
         bias_gelu,
@@ -107,6 +108,9 @@ def _fusions(rule_set: str) -> list[tuple[str, Callable[..., int], dict[str, Any
             ("partial RotaryEmbedding", rotary_embedding.fuse_partial_rotary_embedding, {}),
         ],
         "attention": [
+            # first: where q, k, v come from one packed projection, the whole block is one
+            # Attention (onnxscript's rules would make it a MultiHeadAttention between splits)
+            ("packed-projection Attention", packed_attention.fuse_packed_attention, {}),
             ("scaled dot-product", sdpa.fuse_sdpa, {"apply_shape_inference": True}),
             ("GroupQueryAttention", gqa.fuse_gqa, {}),
             ("packed-qkv GroupQueryAttention", gqa_packed_qkv.fuse_qkv_gqa, {}),
