@@ -21,10 +21,7 @@ matched to ``cpu-fp32``'s own (F1 at IoU 0.5, same class).
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -189,30 +186,17 @@ def markdown(results: list[dict[str, Any]], env: dict[str, Any], rounds: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    from graphopt.bench.harness import machine
+    from graphopt.bench.harness import corpus_bench_main
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--rounds", type=int, default=9)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/graphopt-bench-activations"))
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    args = ap.parse_args(argv)
-    results = []
-    env = machine()
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name in args.models.split(","):
-        print(f"== {name}", file=sys.stderr, flush=True)
-        results.append(run_model(name, args.work, args.rounds))
-        # written after every model: a later model's failure keeps what was measured
-        (args.out / "activations.json").write_text(
-            json.dumps(
-                {"env": env, "rounds": args.rounds, "results": results}, indent=1, default=str
-            )
-        )
-        md = markdown(results, env, args.rounds)
-        (args.out / "activations.md").write_text(md)
-    print(md)
-    return 0
+    return corpus_bench_main(
+        argv,
+        doc=__doc__,
+        stem="activations",
+        models=MODELS,
+        run_model=run_model,
+        markdown=markdown,
+        out=RESULTS,
+    )
 
 
 if __name__ == "__main__":

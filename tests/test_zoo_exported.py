@@ -22,6 +22,7 @@ NAMES = [
     "mtcnn-onet",
     "gpt2-past-torchscript",
     "gpt2-dynamo",
+    "minilm-dynamo",
     "vit-dynamo",
     "whisper-encoder-torchscript",
     "minilm-opset12",

@@ -385,6 +385,44 @@ def time_round_robin(
     return times
 
 
+def corpus_bench_main(
+    argv: list[str] | None,
+    *,
+    doc: str,
+    stem: str,
+    models: Sequence[str],
+    run_model: Callable[[str, Path, int], dict[str, Any]],
+    markdown: Callable[[list[dict[str, Any]], dict[str, Any], int], str],
+    out: Path,
+) -> int:
+    """The command line the corpus benchmarks share: ``--models a,b --rounds N --work DIR
+    --out DIR``; one ``run_model`` per model, ``<stem>.json`` and ``<stem>.md`` rewritten
+    after every model (a later model's failure keeps what was measured)."""
+    import argparse
+    import json
+    import sys
+
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--models", default=",".join(models))
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--work", type=Path, default=Path(f"/tmp/graphopt-bench-{stem}"))
+    ap.add_argument("--out", type=Path, default=out)
+    args = ap.parse_args(argv)
+    env = machine()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
+    md = ""
+    for name in args.models.split(","):
+        print(f"== {name}", file=sys.stderr, flush=True)
+        results.append(run_model(name, args.work, args.rounds))
+        record = {"env": env, "rounds": args.rounds, "results": results}
+        (args.out / f"{stem}.json").write_text(json.dumps(record, indent=1, default=str))
+        md = markdown(results, env, args.rounds)
+        (args.out / f"{stem}.md").write_text(md)
+    print(md)
+    return 0
+
+
 def rotated_ratios(
     sessions: dict[str, Any], feed: dict[str, np.ndarray], rounds: int, base: str
 ) -> list[dict[str, float]]:

@@ -655,15 +655,15 @@ def _minilm_dynamo_proto() -> onnx.ModelProto:
         (torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])),
         opset=18,
         input_names=["input_ids", "attention_mask"],
-        # naming the output at export fails here ("'embedding' is redeclared", torch 2.13):
-        # the exporter's name for it is replaced after the export instead
+        # the exporter already names an inner value 'embedding' (the token embeddings), so
+        # the output is renamed after the export, to a name of its own
         output_names=None,
         dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
     )
     old = proto.graph.output[0].name
-    proto.graph.output[0].name = "embedding"
+    proto.graph.output[0].name = "sentence_embedding"
     for node in proto.graph.node:
-        node.output[:] = ["embedding" if o == old else o for o in node.output]
+        node.output[:] = ["sentence_embedding" if o == old else o for o in node.output]
     return proto
 
 

@@ -163,7 +163,9 @@ def _time_pair(
     without: Any, with_: Any, feed: dict[str, np.ndarray], rounds: int
 ) -> tuple[float, float, float]:
     """(ms without, ms with, median per-round time ratio with/without), interleaved."""
-    rows = runtime.interleaved_latency([without, with_], feed, rounds=rounds, iters=5)
+    rows = runtime.interleaved_latency(
+        [without, with_], feed, rounds=rounds, iters=5, min_round_seconds=0.15
+    )
     return (
         round(1e3 * float(np.median([r[0] for r in rows])), 3),
         round(1e3 * float(np.median([r[1] for r in rows])), 3),
