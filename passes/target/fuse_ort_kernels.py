@@ -233,10 +233,16 @@ class FuseOrtKernelsPass(GraphoptPass):
         current: ir.Model | None = None  # the best trial so far (None: the model as it is)
         current_sess = runtime.make_session(model, optimize=True) if measure else None
         sets: dict[str, dict[str, Any]] = {}
+        prepared: Pristine | None = None  # the model as the rules need it, made once
         for rule_set in wanted:
-            trial = pristine.copy() if current is None else Pristine(current).copy()
             if current is None:
-                _prepare(trial)
+                if prepared is None:
+                    trial = pristine.copy()
+                    _prepare(trial)
+                    prepared = Pristine(trial)
+                trial = prepared.copy()
+            else:
+                trial = Pristine(current).copy()
             record, ok = self._apply(rule_set, trial, feeds, original)
             sets[rule_set] = record
             if not ok:
