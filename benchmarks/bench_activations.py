@@ -22,7 +22,6 @@ matched to ``cpu-fp32``'s own (F1 at IoU 0.5, same class).
 from __future__ import annotations
 
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -55,21 +54,12 @@ def _build(
 ) -> dict[str, Any]:
     """Run ``pipeline`` on the entry's model with its calibration DATA; its wall time.
     ``verify=False`` for the forced plans (every node int8, whatever it costs)."""
-    import graphopt
-    from graphopt.zoo import corpus
+    from graphopt.zoo.corpus import optimize_entry
 
-    t0 = time.perf_counter()
-    result = graphopt.optimize(
-        corpus.model_path(name),
-        pipeline,
-        data=corpus.data_path(name, "calib"),
-        budget=budget or None,
-        output=out,
-        verify=verify,
-    )
+    result, seconds = optimize_entry(name, pipeline, out, budget=budget or None, verify=verify)
     return {
         "pipeline": pipeline,
-        "seconds": time.perf_counter() - t0,
+        "seconds": seconds,
         "notes": [n for n in result.notes if n.startswith("qdq-insert")],
     }
 
@@ -150,14 +140,12 @@ def run_model(name: str, work: Path, rounds: int) -> dict[str, Any]:
 
 
 def markdown(results: list[dict[str, Any]], env: dict[str, Any], rounds: int) -> str:
-    features = env.get("cpu_features") or {}
-    isa = features.get("isa", "?")
-    amx = ", AMX" if any("amx" in f for f in features.get("flags", [])) else ", no AMX"
+    from graphopt.bench.harness import machine_line
+
     lines = [
         "# int8 through modern activations (issue 22, part 1)",
         "",
-        f"Machine: {env.get('cpu', '?')} ({isa}{amx}); onnxruntime "
-        f"{env.get('onnxruntime', '?')} CPU EP, 2 threads, batch 1; {rounds} rounds, order "
+        f"{machine_line(env)}, 2 threads, batch 1; {rounds} rounds, order "
         "rotated each round; × fp32 = median of per-round latency ratios to `cpu-fp32`. "
         "`before`/`after`: every planned node int8 (guard and floor off) with the op list "
         "before / after integer activations; `cpu-int8`: the preset as shipped.",

@@ -51,16 +51,12 @@ def _preset_before() -> str:
 
 
 def _build(name: str, pipeline: str, out: Path) -> dict[str, Any]:
-    import graphopt
-    from graphopt.zoo import corpus
+    from graphopt.zoo.corpus import optimize_entry
 
-    t0 = time.perf_counter()
-    result = graphopt.optimize(
-        corpus.model_path(name), pipeline, data=corpus.data_path(name, "calib"), output=out
-    )
+    result, seconds = optimize_entry(name, pipeline, out)
     return {
         "pipeline": pipeline,
-        "seconds": round(time.perf_counter() - t0, 2),
+        "seconds": round(seconds, 2),
         "notes": [
             f"{r['pass']}: "
             + ("; ".join(r.get("notes", [])) or f"unchanged: {r.get('unchanged', '?')}")
@@ -168,13 +164,12 @@ def _fmt_ops(ops: dict[str, int]) -> str:
 
 
 def markdown(results: list[dict[str, Any]], env: dict[str, Any], rounds: int) -> str:
-    features = env.get("cpu_features") or {}
-    amx = ", AMX" if any("amx" in f for f in features.get("flags", [])) else ", no AMX"
+    from graphopt.bench.harness import machine_line
+
     lines = [
         "# Fusions ONNX Runtime misses (issue 24)",
         "",
-        f"Machine: {env.get('cpu', '?')} ({features.get('isa', '?')}{amx}); onnxruntime "
-        f"{env.get('onnxruntime', '?')} CPU EP, 2 threads, batch 1, held-out DATA's first "
+        f"{machine_line(env)}, 2 threads, batch 1, held-out DATA's first "
         f"feed; {rounds} rounds, order rotated each round; × original = median of per-round "
         "latency ratios to the exported file under ORT's own session optimizations (lower is "
         "faster). Ops: ONNX Runtime's optimized graph (fused kernels; idiom ops left op by op).",

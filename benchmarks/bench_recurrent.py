@@ -40,16 +40,12 @@ def _preset_without_lstm() -> str:
 
 
 def _build(name: str, pipeline: str, out: Path) -> dict[str, Any]:
-    import graphopt
-    from graphopt.zoo import corpus
+    from graphopt.zoo.corpus import optimize_entry
 
-    t0 = time.perf_counter()
-    result = graphopt.optimize(
-        corpus.model_path(name), pipeline, data=corpus.data_path(name, "calib"), output=out
-    )
+    result, seconds = optimize_entry(name, pipeline, out)
     return {
         "pipeline": pipeline,
-        "seconds": round(time.perf_counter() - t0, 2),
+        "seconds": round(seconds, 2),
         "notes": [n for n in result.notes if n.startswith(("quantize-recurrent", "qdq-insert"))],
     }
 
@@ -112,13 +108,12 @@ def run_model(name: str, work: Path, rounds: int) -> dict[str, Any]:
 
 
 def markdown(results: list[dict[str, Any]], env: dict[str, Any], rounds: int) -> str:
-    features = env.get("cpu_features") or {}
-    amx = ", AMX" if any("amx" in f for f in features.get("flags", [])) else ", no AMX"
+    from graphopt.bench.harness import machine_line
+
     lines = [
         "# int8 LSTM layers (issue 22, part 2)",
         "",
-        f"Machine: {env.get('cpu', '?')} ({features.get('isa', '?')}{amx}); onnxruntime "
-        f"{env.get('onnxruntime', '?')} CPU EP, 2 threads, batch 1; {rounds} rounds, order "
+        f"{machine_line(env)}, 2 threads, batch 1; {rounds} rounds, order "
         "rotated each round; × cpu-fp32 = median of per-round latency ratios (lower is "
         "faster). Metrics on the entry's held-out DATA.",
         "",

@@ -385,6 +385,16 @@ def time_round_robin(
     return times
 
 
+def machine_line(env: dict[str, Any]) -> str:
+    """'Machine: <cpu> (<isa>, AMX|no AMX); onnxruntime <version> CPU EP' for a results page."""
+    features = env.get("cpu_features") or {}
+    amx = ", AMX" if any("amx" in f for f in features.get("flags", [])) else ", no AMX"
+    return (
+        f"Machine: {env.get('cpu', '?')} ({features.get('isa', '?')}{amx}); onnxruntime "
+        f"{env.get('onnxruntime', '?')} CPU EP"
+    )
+
+
 def corpus_bench_main(
     argv: list[str] | None,
     *,

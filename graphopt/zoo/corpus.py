@@ -203,6 +203,20 @@ def feeds_of(path: Path, data: Path, batch: int = 1) -> tuple[list[dict[str, np.
     return samples.feeds, samples.extras
 
 
+def optimize_entry(name: str, pipeline: str, out: Path, **kwargs: Any) -> tuple[Any, float]:
+    """Run ``pipeline`` on entry ``name`` with its calibration DATA, writing ``out`` (the
+    benchmarks' builds): (graphopt's Result, wall seconds)."""
+    import time
+
+    import graphopt
+
+    t0 = time.perf_counter()
+    result = graphopt.optimize(
+        model_path(name), pipeline, data=data_path(name, "calib"), output=out, **kwargs
+    )
+    return result, time.perf_counter() - t0
+
+
 # --------------------------------------------------------------------------- trained exports
 
 
