@@ -153,11 +153,12 @@ def test_a_model_without_the_idioms_is_declined_with_the_reason() -> None:
     )
     result, p = pt.run_pass(mlp, "fuse-ort-kernels")
     assert not result.modified
-    assert p.declined.startswith("no rotary/attention/layernorm/gelu idiom")
+    assert p.declined.startswith("no rotary/attention/layernorm/skip-layernorm/gelu idiom")
 
 
 def test_unknown_rule_sets_are_refused() -> None:
-    with pytest.raises(PipelineError, match=r"expected one of rotary\|attention\|layernorm\|gelu"):
+    known = r"expected one of rotary\|attention\|layernorm\|skip-layernorm\|gelu"
+    with pytest.raises(PipelineError, match=known):
         run_pipeline(_model("bert"), "fuse-ort-kernels{rules=[attention,flash]}")
 
 

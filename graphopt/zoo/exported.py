@@ -825,6 +825,20 @@ def _tf2onnx_digits(path: Path) -> Path:
     return _save(onnx.load(str(train_digits_keras.DEFAULT_ONNX)), path)
 
 
+def _digits_flat_data(path: Path, split: str) -> dict[str, np.ndarray]:
+    """The demo's digits as a sequence of 64 pixel tokens: [n, 64]."""
+    arrays = _digits_data(path, split)
+    arrays["pixels"] = np.ascontiguousarray(arrays.pop("input").reshape(-1, 64))
+    return arrays
+
+
+def _tf2onnx_digits_transformer(path: Path) -> Path:
+    """The shipped tf2onnx export (see train_digits_transformer_keras)."""
+    from graphopt.models import train_digits_transformer_keras
+
+    return _save(onnx.load(str(train_digits_transformer_keras.DEFAULT_ONNX)), path)
+
+
 def _unnamed_nodes(path: Path) -> Path:
     from graphopt.demo import demo_files
 
@@ -1270,6 +1284,24 @@ def _register_all() -> None:
             build=_tf2onnx_digits,
             data=_digits_nhwc_data,
             batch=10,
+            evaluate=_with_batch(_top1(0), 10),
+            requires=("sklearn",),
+            tags=frozenset({"dynamic-batch"}),
+        )
+    )
+    register(
+        Entry(
+            name="digits-transformer-tf2onnx",
+            origin="Keras transformer encoder (2 blocks, width 64, 4 heads, 64 pixel tokens) "
+            "trained on scikit-learn's digits, tf2onnx 1.17 from_keras at opset 15: Keras' "
+            "MultiHeadAttention einsums lowered to Unsqueeze/Transpose/Reshape/MatMul with "
+            "run-time shapes, LayerNormalization as GlobalAveragePool moments, tanh GELU "
+            "(graphopt/models/train_digits_transformer_keras.py made it)",
+            exporter="tf2onnx",
+            kind="image",
+            build=_tf2onnx_digits_transformer,
+            data=_digits_flat_data,
+            batch=1,
             evaluate=_with_batch(_top1(0), 10),
             requires=("sklearn",),
             tags=frozenset({"dynamic-batch"}),

@@ -10,9 +10,13 @@ by **rule set**, in order, each on its own:
 
 * ``rotary``: RotaryEmbedding (and its cos/sin cache), which GroupQueryAttention reads;
 * ``attention``: scaled dot-product attention → MultiHeadAttention / GroupQueryAttention,
-  with the q/k/v projections and biases packed into ``Attention`` where they allow it;
-* ``layernorm``: residual Add + LayerNormalization / RMS normalization →
-  SkipLayerNormalization / (Skip)SimplifiedLayerNormalization;
+  with the q/k/v projections and biases packed into ``Attention`` where they allow it; our
+  own rules for paddle2onnx's packed projection and, last, for any block proven by its
+  function to be multi-head attention (tf2onnx's einsum lowering);
+* ``layernorm``: decomposed normalizations → one op: tf2onnx's GlobalAveragePool moments →
+  LayerNormalization, RMS normalization → SimplifiedLayerNormalization;
+* ``skip-layernorm``: residual Add + LayerNormalization / SimplifiedLayerNormalization →
+  SkipLayerNormalization / SkipSimplifiedLayerNormalization;
 * ``gelu``: erf and tanh GELU → Gelu / FastGelu, and a bias Add before it → BiasGelu.
 
 Each applied set must **prove** itself: the model must load in ONNX Runtime and reproduce
@@ -44,16 +48,22 @@ from graphopt.core.registry import option, register_pass
 from graphopt.errors import DataError, RuntimeFailure
 from graphopt.ir import Pristine
 
-RuleSet = Literal["rotary", "attention", "layernorm", "gelu"]
-RULE_SETS: tuple[str, ...] = ("rotary", "attention", "layernorm", "gelu")
+RuleSet = Literal["rotary", "attention", "layernorm", "skip-layernorm", "gelu"]
+RULE_SETS: tuple[str, ...] = ("rotary", "attention", "layernorm", "skip-layernorm", "gelu")
 
 #: the ops whose presence makes a rule set worth trying (a cheap look before any copy)
 _SIGNS: dict[str, frozenset[str]] = {
     "rotary": frozenset({"Sin", "Cos"}),
     "attention": frozenset({"Softmax"}),
-    "layernorm": frozenset({"LayerNormalization", "ReduceMean", "SimplifiedLayerNormalization"}),
+    "layernorm": frozenset({"ReduceMean", "GlobalAveragePool"}),
+    "skip-layernorm": frozenset(
+        {"LayerNormalization", "ReduceMean", "SimplifiedLayerNormalization", "GlobalAveragePool"}
+    ),
     "gelu": frozenset({"Erf", "Tanh", "Gelu"}),
 }
+
+# fused kernels the rules write in the default domain (ORT registers its normalizations there)
+_DEFAULT_DOMAIN_KERNELS = frozenset({"LayerNormalization", "SimplifiedLayerNormalization"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +92,7 @@ class FuseOrtKernelsOptions:
 def _fusions(rule_set: str) -> list[tuple[str, Callable[..., int], dict[str, Any]]]:
     """onnxscript's fusion functions of one rule set, in the order its pipeline runs them
     (later ones build on the earlier ones' results: SDPA → MHA → MHA with bias → Attention)."""
-    from graphopt.passes.target import packed_attention
+    from graphopt.passes.target import inferred_attention, moments_layernorm, packed_attention
     from onnxscript.rewriter.ort_fusions import (
         attention,
         bias_gelu,
@@ -120,9 +130,17 @@ def _fusions(rule_set: str) -> list[tuple[str, Callable[..., int], dict[str, Any
             ("biases into MultiHeadAttention", mha_bias.fuse_mha_bias, {}),
             ("packed Attention", attention.fuse_attention, {}),
             ("remaining dot-product as MultiHeadAttention", sdpa_via_mha.replace_sdpa_by_mha, {}),
+            # last: what no rule spelled out (tf2onnx's einsum lowering), found by boundary
+            # and rewritten only where it is proven to compute multi-head attention
+            ("Attention proven by function", inferred_attention.fuse_inferred_attention, {}),
         ],
         "layernorm": [
+            # decompositions → one normalization op (their own set: the skip fusions below
+            # can be slower on the CPU and must not take these down with them)
+            ("LayerNormalization from moments", moments_layernorm.fuse_moments_layernorm, {}),
             ("SimplifiedLayerNormalization", rms_normalization.fuse_rms_normalization, {}),
+        ],
+        "skip-layernorm": [
             ("SkipLayerNormalization", skip_normalization.fuse_skip_layer_normalization, {}),
             (
                 "SkipSimplifiedLayerNormalization",
@@ -313,7 +331,9 @@ class FuseOrtKernelsPass(GraphoptPass):
         _settle(trial)
         created: dict[str, int] = {}
         for node in trial.graph:
-            if id(node) not in before and node.domain == "com.microsoft":
+            if id(node) not in before and (
+                node.domain == "com.microsoft" or node.op_type in _DEFAULT_DOMAIN_KERNELS
+            ):
                 self.mark(node)
                 created[node.op_type] = created.get(node.op_type, 0) + 1
         record["created"] = created

@@ -1,0 +1,170 @@
+"""Attention proven by its function, and tf2onnx's moments LayerNorm, on a real tf2onnx export.
+
+The model is graphopt.models' Keras transformer (two blocks, 4 heads, 64 pixel tokens) as
+tf2onnx 1.17 writes it: the einsum lowering of Keras' MultiHeadAttention, which neither ORT
+nor onnxscript's rules fuse, and LayerNormalization as GlobalAveragePool moments."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pass_testing as pt
+import pytest
+from graphopt.passes.target import fuse_ort_kernels, inferred_attention, moments_layernorm
+
+from graphopt.core.registry import get_pass
+from graphopt.models import train_digits_transformer_keras as keras_model
+
+
+def _prepared() -> ir.Model:
+    model = ir.load(keras_model.DEFAULT_ONNX)
+    fuse_ort_kernels._prepare(model)
+    return model
+
+
+def _pixels(count: int, seed: int) -> list[dict[str, np.ndarray]]:
+    """Real digits (the demo's held-out split), ``count`` feeds of two images."""
+    pytest.importorskip("sklearn")
+    _, x_te, _, _ = keras_model.load_split_flat()
+    rng = np.random.default_rng(seed)
+    return [{"pixels": x_te[rng.choice(len(x_te), 2, replace=False)]} for _ in range(count)]
+
+
+def _attention_nodes(model: ir.Model) -> list[ir.Node]:
+    return [n for n in model.graph if n.op_type == "Attention" and n.domain == "com.microsoft"]
+
+
+def test_tf2onnx_einsum_attention_becomes_one_attention_per_block() -> None:
+    model = _prepared()
+    before = pt.copy_model(model)
+    assert inferred_attention.fuse_inferred_attention(model) == 2
+    fuse_ort_kernels._settle(model)
+    attn = _attention_nodes(model)
+    assert len(attn) == 2
+    for node in attn:
+        assert node.attributes.get_int("num_heads") == 4
+        assert "scale" not in node.attributes  # Keras' 1/sqrt(16) is Attention's default
+        w = ir.convenience.get_const_tensor(node.inputs[1]).numpy()
+        assert w.shape == (64, 3 * 64) and node.inputs[2].const_value.shape == (3 * 64,)
+    ops = pt.op_counts(model)
+    # the einsum lowering is gone: no softmax, no 5-D transposes, no run-time shape arithmetic
+    assert ops["Softmax"] == 0 and ops["Unsqueeze"] == 0 and ops["ReduceProd"] == 0
+    tol = get_pass("fuse-ort-kernels").tolerance
+    pt.assert_same_outputs(before, model, tol, _pixels(3, seed=1))
+    # idempotent: nothing left to find
+    assert inferred_attention.fuse_inferred_attention(model) == 0
+
+
+def _with_score_bias(model: ir.Model, bias: np.ndarray) -> None:
+    """Add a constant to every block's scores before the softmax (a relative position bias)."""
+    for softmax in [n for n in model.graph if n.op_type == "Softmax"]:
+        scores = softmax.inputs[0]
+        const = ir.Value(name=f"{softmax.name}_bias", const_value=ir.tensor(bias))
+        model.graph.register_initializer(const)
+        add = ir.node("Add", [scores, const], name=f"{softmax.name}_add_bias")
+        model.graph.insert_before(softmax, add)
+        softmax.replace_input_with(0, add.outputs[0])
+
+
+def test_a_position_bias_in_the_scores_fails_the_proof() -> None:
+    """The block still has the boundary of attention, but it does not compute plain
+    multi-head attention: the functional check refuses it."""
+    model = _prepared()
+    rng = np.random.default_rng(0)
+    _with_score_bias(model, rng.standard_normal((1, 4, 64, 64)).astype(np.float32))
+    before = pt.to_bytes(model)
+    assert inferred_attention.fuse_inferred_attention(model) == 0
+    assert pt.to_bytes(model) == before
+
+
+def test_a_zero_bias_still_proves() -> None:
+    """The same edit with zeros computes attention again: the proof is by function."""
+    model = _prepared()
+    _with_score_bias(model, np.zeros((1, 4, 64, 64), np.float32))
+    assert inferred_attention.fuse_inferred_attention(model) == 2
+
+
+def test_a_mask_input_ends_the_search() -> None:
+    model = _prepared()
+    mask = ir.Value(
+        name="mask",
+        type=ir.TensorType(ir.DataType.FLOAT),
+        shape=ir.Shape([1, 1, 1, 64]),
+    )
+    model.graph.inputs.append(mask)
+    for softmax in [n for n in model.graph if n.op_type == "Softmax"]:
+        add = ir.node("Add", [softmax.inputs[0], mask], name=f"{softmax.name}_mask")
+        model.graph.insert_before(softmax, add)
+        softmax.replace_input_with(0, add.outputs[0])
+        m = inferred_attention._match(softmax)
+        assert m is None
+        _, _, outside = inferred_attention._walk([softmax.inputs[0]], stop=None)
+        assert outside == ["reads graph input 'mask'"]
+    assert inferred_attention.fuse_inferred_attention(model) == 0
+
+
+def test_moments_layernorm_becomes_layernormalization() -> None:
+    model = _prepared()
+    before = pt.copy_model(model)
+    assert moments_layernorm.fuse_moments_layernorm(model) == 5
+    fuse_ort_kernels._settle(model)
+    ops = pt.op_counts(model)
+    assert ops["LayerNormalization"] == 5 and ops.get("GlobalAveragePool", 0) == 0
+    for node in model.graph:
+        if node.op_type == "LayerNormalization":
+            assert node.attributes.get_int("axis") == -1
+            assert node.attributes.get_float("epsilon") == pytest.approx(1e-6)
+    pt.assert_same_outputs(before, model, get_pass("fuse-ort-kernels").tolerance, _pixels(3, 2))
+    assert moments_layernorm.fuse_moments_layernorm(model) == 0
+
+
+def _moments_model(shape: list[int]) -> ir.Model:
+    """The tf2onnx moments form on an input of ``shape`` (channels last)."""
+    x = ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(shape))
+    c = shape[-1]
+    consts = {
+        "eps": np.array(1e-3, np.float32),
+        "gamma": np.linspace(0.5, 1.5, c, dtype=np.float32),
+        "beta": np.linspace(-1, 1, c, dtype=np.float32),
+    }
+    graph = ir.Graph([x], [], nodes=[], opset_imports={"": 15}, name="moments")
+    vals = {}
+    for name, arr in consts.items():
+        vals[name] = ir.Value(name=name, const_value=ir.tensor(arr))
+        graph.register_initializer(vals[name])
+
+    def add(op: str, *inputs: ir.Value) -> ir.Value:
+        node = ir.node(op, list(inputs))
+        graph.append(node)
+        return node.outputs[0]
+
+    mean = add("GlobalAveragePool", x)
+    d = add("Sub", x, mean)
+    var = add("GlobalAveragePool", add("Mul", d, d))
+    g = add("Mul", add("Reciprocal", add("Sqrt", add("Add", var, vals["eps"]))), vals["gamma"])
+    y = add("Add", add("Mul", x, g), add("Add", add("Mul", add("Neg", mean), g), vals["beta"]))
+    graph.outputs.append(y)
+    ir.passes.common.ShapeInferencePass()(model := ir.Model(graph, ir_version=8))
+    return model
+
+
+def test_moments_layernorm_numerics_and_rank_guard() -> None:
+    model = _moments_model([2, 5, 8])
+    before = pt.copy_model(model)
+    assert moments_layernorm.fuse_moments_layernorm(model) == 1
+    feeds = [{"x": np.random.default_rng(3).standard_normal((2, 5, 8)).astype(np.float32)}]
+    pt.assert_same_outputs(before, model, get_pass("fuse-ort-kernels").tolerance, feeds)
+    # on [N, C, H, W] GlobalAveragePool averages H and W: not a LayerNorm over the last axis
+    nchw = _moments_model([1, 8, 4, 4])
+    assert moments_layernorm.fuse_moments_layernorm(nchw) == 0
+
+
+def test_whole_pass_on_the_tf2onnx_transformer() -> None:
+    model = ir.load(keras_model.DEFAULT_ONNX)
+    before = pt.copy_model(model)
+    feeds = _pixels(2, seed=4)
+    result, p = pt.run_pass(model, "fuse-ort-kernels", data=feeds, decide="always")
+    assert result.modified
+    assert p.stats["created:Attention"] == 2 and p.stats["created:LayerNormalization"] == 5
+    assert p.details["sets"]["attention"]["fused"] == {"Attention proven by function": 2}
+    pt.assert_same_outputs(before, model, get_pass("fuse-ort-kernels").tolerance, _pixels(2, 5))
