@@ -26,17 +26,15 @@ values 0..1 as in the demo's split), output ``logits`` [batch, 10].
 from __future__ import annotations
 
 import argparse
-import collections
 import time
 from pathlib import Path
 
 import numpy as np
 
-from graphopt.models.train_digits_keras import _seed_everything
+from graphopt.models.train_digits_keras import _seed_everything, check_export, export_keras
 
 SEED = 0
 OPSET = 15
-MAX_IR_VERSION = 10
 HERE = Path(__file__).resolve().parent
 DEFAULT_ONNX = HERE / "digits_transformer_tf2onnx.onnx"
 INPUT_NAME = "pixels"
@@ -124,17 +122,7 @@ def train(x_tr: np.ndarray, y_tr: np.ndarray, epochs: int, batch_size: int = 64)
 
 
 def export_onnx(model, path: Path):
-    import onnx
-    import tensorflow as tf
-    import tf2onnx
-
-    spec = (tf.TensorSpec((None, TOKENS), tf.float32, name=INPUT_NAME),)
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
-    proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
-    onnx.checker.check_model(proto)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, str(path))
-    return proto
+    return export_keras(model, path, (None, TOKENS), INPUT_NAME, OPSET)
 
 
 def main(argv=None) -> int:
@@ -157,28 +145,7 @@ def main(argv=None) -> int:
     proto = export_onnx(model, args.onnx)
     if [i.name for i in proto.graph.input] != [INPUT_NAME]:
         raise SystemExit(f"unexpected ONNX inputs {[i.name for i in proto.graph.input]}")
-    hist = collections.Counter(n.op_type for n in proto.graph.node)
-    opsets = {o.domain or "ai.onnx": o.version for o in proto.opset_import}
-    print(
-        f"onnx: opsets {opsets}, ir_version {proto.ir_version}, producer "
-        f"{proto.producer_name} {proto.producer_version}, {args.onnx.stat().st_size} bytes, "
-        f"outputs {[o.name for o in proto.graph.output]}, ops {dict(sorted(hist.items()))}"
-    )
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        print("onnxruntime is not installed here: check the ONNX model's accuracy elsewhere")
-        return 0
-    sess = ort.InferenceSession(str(args.onnx), providers=["CPUExecutionProvider"])
-    ort_logits = sess.run(None, {INPUT_NAME: x_te})[0]
-    ort_pred = ort_logits.argmax(1)
-    print(
-        f"onnxruntime test top-1: {float((ort_pred == y_te).mean()):.4f}, "
-        f"max |logit diff| vs keras {np.abs(ort_logits - keras_logits).max():.2e}"
-    )
-    if not np.array_equal(ort_pred, keras_pred):
-        raise SystemExit("onnxruntime and keras top-1 predictions differ")
-    return 0
+    return check_export(proto, args.onnx, {INPUT_NAME: x_te}, y_te, keras_logits)
 
 
 if __name__ == "__main__":
