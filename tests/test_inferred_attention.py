@@ -23,10 +23,13 @@ def _prepared() -> ir.Model:
 
 
 def _pixels(count: int, seed: int) -> list[dict[str, np.ndarray]]:
-    """Real digits (the demo's held-out split), ``count`` feeds of two images."""
-    pytest.importorskip("sklearn")
-    _, x_te, _, _ = keras_model.load_split_flat()
+    """``count`` feeds of two images: real digits (the demo's held-out split) where
+    scikit-learn is installed, else seeded uniform pixels in the same 0..1 range."""
     rng = np.random.default_rng(seed)
+    try:
+        _, x_te, _, _ = keras_model.load_split_flat()
+    except ImportError:
+        x_te = rng.uniform(0.0, 1.0, (64, 64)).astype(np.float32)
     return [{"pixels": x_te[rng.choice(len(x_te), 2, replace=False)]} for _ in range(count)]
 
 
