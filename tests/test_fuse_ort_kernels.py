@@ -21,8 +21,8 @@ from graphopt.errors import PipelineError
 DATA = Path(__file__).parent / "data"
 
 
-def _model(name: str) -> ir.Model:
-    model = ir.load(DATA / f"{name}_dynamo.onnx")
+def _model(name: str, exporter: str = "dynamo") -> ir.Model:
+    model = ir.load(DATA / f"{name}_{exporter}.onnx")
     run_pipeline(model, "cleanup", verify_each=False)
     return model
 
@@ -62,6 +62,30 @@ def test_bert_attention_layernorm_and_gelu_become_ort_kernels() -> None:
     again, p2 = pt.run_pass(model, "fuse-ort-kernels", data=_feeds(), decide="always")
     assert not again.modified
     assert "no pattern matched" in p2.declined
+
+
+def test_torchscript_bert_padding_mask_becomes_attention_bias() -> None:
+    """The TorchScript exporter writes the padding mask as a [B, 1, S, S] Where added to the
+    scores, which onnxscript's rules do not match; the proven attention takes it as
+    attention_bias, and padded batches give the original's outputs."""
+    model = _model("bert", "torchscript")
+    before = pt.copy_model(model)
+    result, p = pt.run_pass(
+        model, "fuse-ort-kernels", data=_feeds(), decide="always", rules=["attention"]
+    )
+    assert result.modified
+    assert p.details["sets"]["attention"]["fused"] == {"Attention proven by function": 2}
+    attn = [n for n in model.graph if n.op_type == "Attention"]
+    assert len(attn) == 2 and all(len(n.inputs) == 6 and n.inputs[5] is not None for n in attn)
+    assert attn[0].inputs[5] is attn[1].inputs[5]  # one mask for both layers
+    assert pt.op_counts(model)["Softmax"] == 0
+    tol = get_pass("fuse-ort-kernels").tolerance
+    pt.assert_same_outputs(before, model, tol, _feeds(seed=3))
+    pt.assert_same_outputs(before, model, tol, _feeds(seq=5, seed=4))  # another length
+    again, _ = pt.run_pass(
+        model, "fuse-ort-kernels", data=_feeds(), decide="always", rules=["attention"]
+    )
+    assert not again.modified
 
 
 def test_gpt2_causal_attention_and_its_gemm_projection() -> None:

@@ -87,22 +87,69 @@ def test_a_zero_bias_still_proves() -> None:
     assert inferred_attention.fuse_inferred_attention(model) == 2
 
 
-def test_a_mask_input_ends_the_search() -> None:
-    model = _prepared()
-    mask = ir.Value(
-        name="mask",
-        type=ir.TensorType(ir.DataType.FLOAT),
-        shape=ir.Shape([1, 1, 1, 64]),
-    )
+def _with_mask_input(model: ir.Model, shape: list[int | str]) -> None:
+    """Add a float mask graph input to every block's scaled scores, as BERT exporters do."""
+    mask = ir.Value(name="mask", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(shape))
     model.graph.inputs.append(mask)
     for softmax in [n for n in model.graph if n.op_type == "Softmax"]:
         add = ir.node("Add", [softmax.inputs[0], mask], name=f"{softmax.name}_mask")
         model.graph.insert_before(softmax, add)
         softmax.replace_input_with(0, add.outputs[0])
+
+
+def _masked(feeds: list[dict[str, np.ndarray]], seed: int) -> list[dict[str, np.ndarray]]:
+    """Each feed with a key-padding mask of its own: 0 or the float minimum, plus noise."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for feed in feeds:
+        mask = rng.standard_normal((len(feed["pixels"]), 1, 1, 64)).astype(np.float32)
+        mask[-1, ..., int(rng.integers(8, 64)) :] = np.finfo(np.float32).min
+        out.append({**feed, "mask": mask})
+    return out
+
+
+def test_an_additive_mask_input_becomes_attention_bias() -> None:
+    """A mask that does not read x is Attention's attention_bias, broadcast as the Add did
+    ([B, 1, 1, S] expanded once to [B, 1, S, S] for both blocks)."""
+    model = _prepared()
+    _with_mask_input(model, ["batch", 1, 1, 64])
+    for softmax in [n for n in model.graph if n.op_type == "Softmax"]:
         m = inferred_attention._match(softmax)
-        assert m is None
+        assert m is not None and m["bias"].name == "mask"
+    before = pt.copy_model(model)
+    assert inferred_attention.fuse_inferred_attention(model) == 2
+    fuse_ort_kernels._settle(model)
+    attn = _attention_nodes(model)
+    assert len(attn) == 2 and len({id(n.inputs[5]) for n in attn}) == 1
+    expand = attn[0].inputs[5].producer()
+    assert expand.op_type == "Expand" and expand.inputs[0].name == "mask"
+    assert pt.op_counts(model)["Softmax"] == 0
+    tol = get_pass("fuse-ort-kernels").tolerance
+    pt.assert_same_outputs(before, model, tol, _masked(_pixels(3, seed=2), seed=3))
+    assert inferred_attention.fuse_inferred_attention(model) == 0
+
+
+def test_a_score_term_that_reads_x_is_not_a_mask() -> None:
+    """A term computed from x's values is part of the block, not a bias: the search ends."""
+    model = _prepared()
+    for softmax in [n for n in model.graph if n.op_type == "Softmax"]:
+        m = inferred_attention._match(softmax)
+        x = m["x"]
+        axes = [
+            ir.Value(name=f"{softmax.name}_ax{a}", const_value=ir.tensor(np.array([a], np.int64)))
+            for a in (2, 1)
+        ]
+        for a in axes:
+            model.graph.register_initializer(a)
+        total = ir.node("ReduceSum", [x, axes[0]], attributes={"keepdims": 1})
+        term = ir.node("Unsqueeze", [total.outputs[0], axes[1]])  # [B, 1, S, 1]
+        add = ir.node("Add", [softmax.inputs[0], term.outputs[0]])
+        for n in (total, term, add):
+            model.graph.insert_before(softmax, n)
+        softmax.replace_input_with(0, add.outputs[0])
+        assert inferred_attention._match(softmax) is None
         _, _, outside = inferred_attention._walk([softmax.inputs[0]], stop=None)
-        assert outside == ["reads graph input 'mask'"]
+        assert any("ReduceSum" in why for why in outside)
     assert inferred_attention.fuse_inferred_attention(model) == 0
 
 

@@ -9,7 +9,9 @@ proves its function:
 
 - a Softmax over the last axis whose input depends, through layout, shape-arithmetic and
   scalar ops only, on exactly two projections ``MatMul(x, Wq)`` and ``MatMul(x, Wk)`` of one
-  input ``x`` [B, S, C] (no mask, no other graph input);
+  input ``x`` [B, S, C], plus at most one term added to the scores that does not read x's
+  values (a padding mask or position bias, e.g. the TorchScript exporter's [B, 1, S, S]
+  Where);
 - its output, through layout ops, multiplied with a third projection ``MatMul(x, Wv)``;
 - the product, through layout ops, reaching a value ``O`` of shape [B, S, H*D].
 
@@ -19,9 +21,12 @@ the way. The block from ``x`` to ``O`` is then cut out as a model of its own and
 ONNX Runtime on random ``x`` (two sequences where the batch is free); only when it equals
 multi-head attention with those parameters (a NumPy reference) within float tolerance is
 ``O`` rewritten as
-``com.microsoft.Attention(x, [Wq|Wk|Wv], [bq|bk|bv])``. Masks, causal Wheres, relative
-position terms or head layouts other than (head, dim) fail the check, and the block is left
-as it is; the old nodes go when nothing reads them any more.
+``com.microsoft.Attention(x, [Wq|Wk|Wv], [bq|bk|bv])``, the added term (random, with keys
+masked by the float minimum, in the proof) becoming its ``attention_bias``, expanded once to
+[B, 1, S, S] as ORT requires. Masks applied otherwise (causal Wheres, a mask added before
+the scale), constant relative position terms or head layouts other than (head, dim) fail
+the check, and the block is left as it is; the old nodes go when nothing reads them any
+more.
 """
 
 from __future__ import annotations
@@ -76,11 +81,18 @@ def _is_projection(node: ir.Node) -> bool:
 
 
 def _walk(
-    roots: list[ir.Value], stop: ir.Value | None
+    roots: list[ir.Value],
+    stop: ir.Value | None,
+    *,
+    inputs: tuple[ir.Value, ...] = (),
+    biases: list[ir.Value] | None = None,
+    x: ir.Value | None = None,
 ) -> tuple[list[ir.Node], list[ir.Node], list[str]]:
-    """Nodes above ``roots`` (to constants, projections or ``stop``): (nodes, projections,
-    reasons it left the block). With ``stop`` None, projections end the walk and Shape
-    nodes are not followed (their input may be x); with ``stop`` set, it goes to x."""
+    """Nodes above ``roots`` (to constants, projections, ``stop`` or ``inputs``): (nodes,
+    projections, reasons it left the block). With ``stop`` None, projections end the walk
+    and Shape nodes are not followed (their input may be x); with ``stop`` set, it goes to
+    x. With ``biases`` given, an Add whose one operand does not depend on ``x`` (a mask or
+    position bias) records that operand there instead of walking it."""
     nodes: list[ir.Node] = []
     projections: list[ir.Node] = []
     outside: list[str] = []
@@ -88,7 +100,7 @@ def _walk(
     todo = list(roots)
     while todo:
         v = todo.pop()
-        if v is None or v is stop or v.const_value is not None:
+        if v is None or v is stop or any(v is i for i in inputs) or v.const_value is not None:
             continue
         p = v.producer()
         if p is None:
@@ -110,8 +122,36 @@ def _walk(
                 continue
         if stop is None and p.op_type == "Shape":
             continue
+        if biases is not None and x is not None and _std(p, "Add") and len(p.inputs) == 2:
+            free = [i for i in p.inputs if _independent_of(i, x)]
+            if len(free) == 1:
+                biases.append(free[0])  # type: ignore[arg-type]
+                todo.extend(i for i in p.inputs if i is not free[0] and i is not None)
+                continue
         todo.extend(i for i in p.inputs if i is not None)
     return nodes, projections, outside
+
+
+def _independent_of(v: ir.Value | None, x: ir.Value) -> bool:
+    """Whether a computed value is reached from graph inputs without reading ``x``'s
+    values (its shape may be read): what an additive mask or position bias is."""
+    if v is None or v.const_value is not None or v is x:
+        return False
+    seen: set[int] = set()
+    todo = [v]
+    while todo:
+        u = todo.pop()
+        if u is x:
+            return False
+        p = u.producer()
+        if p is None or id(p) in seen or u.const_value is not None:
+            continue
+        seen.add(id(p))
+        if len(seen) > _MAX_NODES:
+            return False
+        if p.op_type != "Shape":
+            todo.extend(i for i in p.inputs if i is not None)
+    return True
 
 
 def _next_in_chain(v: ir.Value) -> ir.Node | None:
@@ -174,8 +214,19 @@ def _head_counts(nodes: list[ir.Node], width: int) -> list[int]:
             c = _const(n.inputs[1])
             if c is not None:
                 dims.extend(int(d) for d in c.reshape(-1))
+        if _std(n, "Concat"):  # a run-time target shape: [B, S] read, [H, D] constant
+            dims.append(None)
+            for i in n.inputs:
+                c = _const(i)
+                dims.extend([None] if c is None else (int(d) for d in c.reshape(-1)))
         for a, b in itertools.pairwise(dims):
-            if isinstance(a, int) and isinstance(b, int) and 1 < a < width and a * b == width:
+            if not (isinstance(a, int) and isinstance(b, int)):
+                continue
+            if a == -1 and 1 < b < width and width % b == 0:  # [.., -1, D]: H is inferred
+                a = width // b
+            elif b == -1 and 1 < a < width and width % a == 0:  # [.., H, -1]
+                b = width // a
+            if 1 < a < width and a * b == width:
                 seen[a] += 1
     return [h for h, _ in seen.most_common()]
 
@@ -213,12 +264,17 @@ def _merged_output(v: ir.Value, width: int) -> ir.Value | None:
 
 
 def _run_block(
-    model: ir.Model, x: ir.Value, out: ir.Value, order: dict[int, int], feed: np.ndarray
+    model: ir.Model,
+    x: ir.Value,
+    out: ir.Value,
+    order: dict[int, int],
+    feeds: dict[ir.Value, np.ndarray],
 ) -> np.ndarray | None:
-    """Run the nodes from ``x`` to ``out`` as a model of their own."""
+    """Run the nodes from ``x`` (and the bias, if any) to ``out`` as a model of their own."""
     import onnxruntime as ort
 
-    nodes, _, outside = _walk([out], stop=x)
+    extra = tuple(v for v in feeds if v is not x)
+    nodes, _, outside = _walk([out], stop=x, inputs=extra)
     if outside:
         return None
     nodes.sort(key=lambda n: order.get(id(n), 1 << 30))
@@ -233,7 +289,8 @@ def _run_block(
     graph = onnx.helper.make_graph(
         [ir.serde.serialize_node(n) for n in nodes],
         "attention_block",
-        [onnx.helper.make_tensor_value_info(x.name, onnx.TensorProto.FLOAT, dims)],
+        [onnx.helper.make_tensor_value_info(x.name, onnx.TensorProto.FLOAT, dims)]
+        + [onnx.helper.make_tensor_value_info(v.name, onnx.TensorProto.FLOAT, None) for v in extra],
         [onnx.helper.make_tensor_value_info(out.name, onnx.TensorProto.FLOAT, None)],
         list(inits.values()),
     )
@@ -241,15 +298,21 @@ def _run_block(
     proto = onnx.helper.make_model(graph, opset_imports=opsets, ir_version=model.ir_version)
     try:
         sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-        return np.asarray(sess.run(None, {x.name: feed})[0])
+        return np.asarray(sess.run(None, {v.name: a for v, a in feeds.items()})[0])
     except Exception:  # a block ORT cannot run alone is not fused
         return None
 
 
 def _reference(
-    x: np.ndarray, w: list[np.ndarray], b: list[np.ndarray], heads: int, scale: float
+    x: np.ndarray,
+    w: list[np.ndarray],
+    b: list[np.ndarray],
+    heads: int,
+    scale: float,
+    bias: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Multi-head attention in NumPy (float64): what ``com.microsoft.Attention`` computes."""
+    """Multi-head attention in NumPy (float64): what ``com.microsoft.Attention`` computes,
+    with ``bias`` ([B, 1, S, S]) added to the scaled scores."""
     batch, seq, _ = x.shape
     size = w[0].shape[1] // heads
     q, k, v = (
@@ -257,6 +320,8 @@ def _reference(
         for wi, bi in zip(w, b, strict=True)
     )
     scores = scale * q @ k.transpose(0, 1, 3, 2)
+    if bias is not None:
+        scores = scores + bias.astype(np.float64)
     scores -= scores.max(-1, keepdims=True)
     p = np.exp(scores)
     p /= p.sum(-1, keepdims=True)
@@ -271,7 +336,14 @@ def _match(softmax: ir.Node) -> dict | None:
     if scores is None or not (axis == -1 or (rank is not None and axis == rank - 1)):
         return None
     score_nodes, qk, outside = _walk([scores], stop=None)
-    if outside or len(qk) != 2:
+    found: list[ir.Value] = []
+    if outside and len(qk) == 2 and qk[0].inputs[0] is qk[1].inputs[0]:
+        # something outside the block reaches the scores: a mask or position bias is
+        # taken as attention_bias when it is added to them and does not read x
+        score_nodes, qk, outside = _walk([scores], None, biases=found, x=qk[0].inputs[0])
+    if outside or len(qk) != 2 or len(found) > 1:
+        return None
+    if found and found[0].dtype not in (None, ir.DataType.FLOAT):
         return None
     x = qk[0].inputs[0]
     if qk[1].inputs[0] is not x or x is None or x.shape is None or len(x.shape) != 3:
@@ -309,6 +381,7 @@ def _match(softmax: ir.Node) -> dict | None:
         "biases": biases,
         "heads": heads,
         "scale": _scale(score_nodes),
+        "bias": found[0] if found else None,
         "score_mm": next((n for n in score_nodes if _std(n, "MatMul") and n not in qk), None),
     }
 
@@ -333,7 +406,14 @@ def _prove(model: ir.Model, m: dict, order: dict[int, int]) -> tuple[list[int], 
     seq = x.shape[1] if isinstance(x.shape[1], int) else 5  # type: ignore[index]
     rng = np.random.default_rng(0)
     feed = rng.standard_normal((batch, seq, int(m["weights"][0].shape[0]))).astype(np.float32)
-    got = _run_block(model, x, m["out"], order, feed)
+    feeds = {x: feed}
+    bias = None
+    if m["bias"] is not None:
+        # any additive bias, with keys masked as exporters do (the float minimum)
+        bias = rng.standard_normal((batch, 1, seq, seq)).astype(np.float32)
+        bias[-1, ..., seq // 2 :] = np.finfo(np.float32).min
+        feeds[m["bias"]] = bias
+    got = _run_block(model, x, m["out"], order, feeds)
     if got is None or got.shape != (batch, seq, m["weights"][0].shape[1]):
         return None
     # q is the projection on the score MatMul's left; try it first, then the other
@@ -346,17 +426,45 @@ def _prove(model: ir.Model, m: dict, order: dict[int, int]) -> tuple[list[int], 
         w = [m["weights"][qk_order[0]], m["weights"][qk_order[1]], m["weights"][2]]
         b = [m["biases"][qk_order[0]], m["biases"][qk_order[1]], m["biases"][2]]
         for heads in m["heads"]:
-            want = _reference(feed, w, b, heads, m["scale"])
+            want = _reference(feed, w, b, heads, m["scale"], bias)
             tol = 1e-4 * max(1.0, float(np.abs(want).max()))
             if np.allclose(got, want, rtol=1e-3, atol=tol):
                 return [*qk_order, 2], heads
     return None
 
 
+def _full_bias(graph: ir.Graph, bias: ir.Value, x: ir.Value, attn_at: ir.Value) -> ir.Value:
+    """``bias`` as Attention's attention_bias: ORT wants [B or 1, H or 1, S, S], while
+    exporters add masks that broadcast ([B, 1, 1, S]); Expand to [1, 1, S, S] is the same
+    broadcast the Add did. Inserted before the first attention that reads it."""
+    shape = bias.shape
+    seq = x.shape[1] if x.shape is not None else None
+    if shape is not None and len(shape) == 4 and seq is not None and shape[2] == seq == shape[3]:
+        return bias
+    anchor = attn_at.producer()
+    base = bias.name or "attention_bias"
+    x_shape = ir.node("Shape", [x], name=f"{base}_x_shape")
+    one = ir.Value(name=f"{base}_seq_index", const_value=ir.tensor(np.array([1], np.int64)))
+    ones = ir.Value(name=f"{base}_ones", const_value=ir.tensor(np.array([1, 1], np.int64)))
+    graph.register_initializer(one)
+    graph.register_initializer(ones)
+    seq_len = ir.node("Gather", [x_shape.outputs[0], one], attributes={"axis": 0})
+    target = ir.node(
+        "Concat", [ones, seq_len.outputs[0], seq_len.outputs[0]], attributes={"axis": 0}
+    )
+    expand = ir.node("Expand", [bias, target.outputs[0]], name=f"{base}_expanded")
+    for n in (x_shape, seq_len, target, expand):
+        graph.insert_before(anchor, n)  # type: ignore[arg-type]
+    expand.outputs[0].name = f"{base}_expanded"
+    expand.outputs[0].type = bias.type
+    return expand.outputs[0]
+
+
 def fuse_inferred_attention(model: ir.Model, **_: object) -> int:
     """Rewrite every softmax block proven to be multi-head attention; returns how many."""
     graph = model.graph
     order = {id(n): i for i, n in enumerate(graph)}
+    expanded: dict[int, ir.Value] = {}
     count = 0
     for softmax in [n for n in graph if _std(n, "Softmax")]:
         if softmax.graph is not graph:
@@ -381,9 +489,14 @@ def fuse_inferred_attention(model: ir.Model, **_: object) -> int:
         attrs: dict[str, object] = {"num_heads": heads}
         if abs(m["scale"] - 1.0 / np.sqrt(size)) > 1e-6 * abs(m["scale"]):
             attrs["scale"] = float(m["scale"])
+        inputs = [m["x"], w_val, b_val]
+        if m["bias"] is not None:
+            if id(m["bias"]) not in expanded:
+                expanded[id(m["bias"])] = _full_bias(graph, m["bias"], m["x"], attn_at=out)
+            inputs += [None, None, expanded[id(m["bias"])]]
         attn = ir.node(
             "Attention",
-            [m["x"], w_val, b_val],
+            inputs,
             attributes=attrs,
             domain="com.microsoft",
             name=f"{base}_attention",

@@ -3,6 +3,8 @@ transformers; the files are committed, so the tests do not):
 
 * ``bert_dynamo.onnx``: a 2-layer BERT encoder (hidden 32, 4 heads, vocabulary 64, seeded
   random weights), inputs ``input_ids``/``attention_mask`` [batch, sequence];
+* ``bert_torchscript.onnx``: the same BERT (same weights) through the TorchScript exporter
+  (opset 17), whose padding mask onnxscript's attention rules do not match;
 * ``gpt2_dynamo.onnx``: a 1-layer GPT-2 (n_embd 32, 4 heads, vocabulary 64), causal
   attention and Conv1D projections exported as Gemm.
 
@@ -70,6 +72,18 @@ def main() -> None:
             return self.inner(input_ids=input_ids, attention_mask=attention_mask)[0]
 
     _write(Hidden(bert), (ids, mask), HERE / "bert_dynamo.onnx")
+    # the same BERT through the TorchScript exporter: its padding mask is a [B, 1, S, S]
+    # Where that onnxscript's attention rules do not match
+    proto = exported.zoo.torchscript_proto(
+        Hidden(bert).eval(),
+        (ids, mask),
+        opset=17,
+        input_names=["input_ids", "attention_mask"],
+        output_names=["hidden"],
+        dynamic_axes={n: {0: "batch", 1: "sequence"} for n in ("input_ids", "attention_mask")},
+    )
+    onnx.save(proto, str(HERE / "bert_torchscript.onnx"))
+    print(f"wrote {HERE / 'bert_torchscript.onnx'}")
 
     torch.manual_seed(0)
     gpt2 = transformers.GPT2LMHeadModel(
