@@ -693,12 +693,16 @@ def _acc(rec: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in acc.items())
 
 
-def markdown(results: list[dict[str, Any]], env: dict[str, Any], meta: dict[str, Any]) -> str:
+def _machine(env: dict[str, Any]) -> str:
     isa = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in env["isa"].items())
+    return f"{env['cpu']}, {env['cores']} cores ({isa}); onnxruntime {env['onnxruntime']}"
+
+
+def markdown(results: list[dict[str, Any]], env: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = [
         "# int8 quantization: graphopt vs ONNX Runtime's quantizers, same process",
         "",
-        f"Machine: {env['cpu']}, {env['cores']} cores ({isa}); onnxruntime {env['onnxruntime']} "
+        f"Machine: {_machine(env)} "
         "CPUExecutionProvider, intra-op threads 2, all graph optimizations on. "
         "Interleaved rounds (per model, below); ratios per round, then the median.",
         "",
@@ -716,6 +720,9 @@ def markdown(results: list[dict[str, Any]], env: dict[str, Any], meta: dict[str,
         lines += ["", "**--quick run: few iterations, smoke test only, numbers are noisy.**"]
     for r in results:
         lines += ["", f"## {r['model']}", ""]
+        own = r.get("environment")
+        if r.get("merged") and own and _machine(own) != _machine(env):
+            lines += [f"Kept from an earlier run on another machine: {_machine(own)}.", ""]
         if "error" in r:
             lines += [f"failed: {r['error']}"]
             continue
@@ -830,6 +837,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         kept = [r for r in old.get("results", []) if r.get("key") not in names]
         for r in kept:
             r["merged"] = True
+            r.setdefault("environment", old.get("environment"))
             r.setdefault("rounds", old.get("settings", {}).get("rounds"))
         order = {k: i for i, k in enumerate(ALL_MODELS)}
         results = sorted(kept + results, key=lambda r: order.get(r.get("key"), len(order)))

@@ -122,11 +122,12 @@ class Snapshot:
 
 
 def session_options(
-    *, optimize: bool = True, threads: int | None = None, spin: bool = True, **configs: str
+    *, optimize: bool = True, threads: int | None = None, spin: bool = False, **configs: str
 ) -> Any:
-    """ORT session options. ``spin=False`` stops the intra-op threads from spinning after a
-    run: sessions timed side by side on few cores otherwise steal the next one's cores (the
-    same CREPE file timed against itself: 0.94-1.06 with spinning, 0.99-1.02 without)."""
+    """ORT session options. Intra-op threads do not spin after a run unless ``spin``: every
+    session graphopt makes is timed or verified next to others, and on few cores a spinning
+    session's idle threads steal the next one's cores (the same CREPE file timed against
+    itself: 0.94-1.06 with spinning, 0.99-1.02 without)."""
     rt = ort()
     so = rt.SessionOptions()
     so.log_severity_level = 4
@@ -152,10 +153,10 @@ def make_session(
     optimize: bool = True,
     threads: int | None = None,
     strict_ep: bool = False,
-    spin: bool = True,
+    spin: bool = False,
 ) -> Any:
     """Build an InferenceSession; ``strict_ep`` makes a silent CPU fallback an error;
-    ``spin=False`` for sessions timed against each other (see session_options)."""
+    ``spin=True`` times as a lone deployed session would (see session_options)."""
     rt = ort()
     providers = providers_for(ep)
     available = rt.get_available_providers()

@@ -159,6 +159,39 @@ def test_measure_keeps_only_what_is_faster() -> None:
     assert p.declined.startswith("no rule set kept")
 
 
+def _scripted_latency(monkeypatch, per_round: list[tuple[float, float]]) -> list[int]:
+    """interleaved_latency replaced by scripted (without, with) seconds per round, handed
+    back in the order the pair was timed; returns the list of rounds timed so far."""
+    timed: list[int] = []
+
+    def fake(sessions, feed, **_):
+        without, with_ = per_round[len(timed)]
+        timed.append(1)
+        return [[without, with_] if sessions[0] == "without" else [with_, without]]
+
+    monkeypatch.setattr(fuse_ort_kernels.runtime, "interleaved_latency", fake)
+    return timed
+
+
+def test_timing_that_disagrees_with_itself_is_timed_again(monkeypatch) -> None:
+    """Ratios say 10% faster, median times say slower: the pair is timed as many rounds
+    again and decided on all of them."""
+    noisy = [(0.5, 0.45), (0.5, 0.45), (2.0, 1.8), (1.0, 1.1), (1.0, 1.1)]
+    without_ms, with_ms, ratio = fuse_ort_kernels._summary(noisy)
+    assert ratio == pytest.approx(0.9) and with_ms > without_ms  # the disagreement
+    timed = _scripted_latency(monkeypatch, noisy + [(1.0, 0.9)] * 5)
+    without_ms, with_ms, ratio, rounds = fuse_ort_kernels._time_pair("without", "with", {}, 5, 0.02)
+    assert rounds == 10 and len(timed) == 10
+    assert ratio == pytest.approx(0.9) and with_ms < without_ms
+
+
+def test_timing_that_agrees_is_not_repeated(monkeypatch) -> None:
+    timed = _scripted_latency(monkeypatch, [(1.0, 0.8)] * 5)
+    without_ms, with_ms, ratio, rounds = fuse_ort_kernels._time_pair("without", "with", {}, 5, 0.02)
+    assert rounds == 5 and len(timed) == 5
+    assert (without_ms, with_ms, ratio) == (1000.0, 800.0, 0.8)
+
+
 def test_other_targets_keep_what_proves_without_timing() -> None:
     model = _model("bert")
     ctx = pt.make_context(model, data=_feeds(), target="cuda")

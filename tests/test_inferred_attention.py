@@ -10,7 +10,12 @@ import numpy as np
 import onnx_ir as ir
 import pass_testing as pt
 import pytest
-from graphopt.passes.target import fuse_ort_kernels, inferred_attention, moments_layernorm
+from graphopt.passes.target import (
+    attention_boundary,
+    fuse_ort_kernels,
+    inferred_attention,
+    moments_layernorm,
+)
 
 from graphopt.core.registry import get_pass
 from graphopt.models import train_digits_transformer_keras as keras_model
@@ -114,7 +119,7 @@ def test_an_additive_mask_input_becomes_attention_bias() -> None:
     model = _prepared()
     _with_mask_input(model, ["batch", 1, 1, 64])
     for softmax in [n for n in model.graph if n.op_type == "Softmax"]:
-        m = inferred_attention._match(softmax)
+        m = attention_boundary.read_block(softmax)
         assert m is not None and m["bias"].name == "mask"
     before = pt.copy_model(model)
     assert inferred_attention.fuse_inferred_attention(model) == 2
@@ -133,7 +138,7 @@ def test_a_score_term_that_reads_x_is_not_a_mask() -> None:
     """A term computed from x's values is part of the block, not a bias: the search ends."""
     model = _prepared()
     for softmax in [n for n in model.graph if n.op_type == "Softmax"]:
-        m = inferred_attention._match(softmax)
+        m = attention_boundary.read_block(softmax)
         x = m["x"]
         axes = [
             ir.Value(name=f"{softmax.name}_ax{a}", const_value=ir.tensor(np.array([a], np.int64)))
@@ -147,8 +152,8 @@ def test_a_score_term_that_reads_x_is_not_a_mask() -> None:
         for n in (total, term, add):
             model.graph.insert_before(softmax, n)
         softmax.replace_input_with(0, add.outputs[0])
-        assert inferred_attention._match(softmax) is None
-        _, _, outside = inferred_attention._walk([softmax.inputs[0]], stop=None)
+        assert attention_boundary.read_block(softmax) is None
+        _, _, outside = attention_boundary.walk([softmax.inputs[0]], stop=None)
         assert any("ReduceSum" in why for why in outside)
     assert inferred_attention.fuse_inferred_attention(model) == 0
 
