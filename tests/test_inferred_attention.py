@@ -134,6 +134,28 @@ def test_an_additive_mask_input_becomes_attention_bias() -> None:
     assert inferred_attention.fuse_inferred_attention(model) == 0
 
 
+def test_a_full_mask_is_read_as_it_is() -> None:
+    """A mask already [B, 1, S, S] for the block's S needs no Expand; one whose dims are
+    unknown gets one (unknown dims compare equal in onnx_ir and prove nothing)."""
+    model = _prepared()
+    _with_mask_input(model, ["batch", 1, 64, 64])
+    before = pt.copy_model(model)
+    assert inferred_attention.fuse_inferred_attention(model) == 2
+    fuse_ort_kernels._settle(model)
+    assert all(n.inputs[5].name == "mask" for n in _attention_nodes(model))
+    rng = np.random.default_rng(4)
+    feeds = [
+        {**f, "mask": rng.standard_normal((2, 1, 64, 64)).astype(np.float32)}
+        for f in _pixels(2, seed=4)
+    ]
+    pt.assert_same_outputs(before, model, get_pass("fuse-ort-kernels").tolerance, feeds)
+    unknown = _prepared()
+    _with_mask_input(unknown, [None, None, None, None])
+    assert inferred_attention.fuse_inferred_attention(unknown) == 2
+    fuse_ort_kernels._settle(unknown)
+    assert {n.inputs[5].producer().op_type for n in _attention_nodes(unknown)} == {"Expand"}
+
+
 def test_a_score_term_that_reads_x_is_not_a_mask() -> None:
     """A term computed from x's values is part of the block, not a bias: the search ends."""
     model = _prepared()

@@ -142,7 +142,9 @@ def _full_bias(graph: ir.Graph, bias: ir.Value, x: ir.Value, attn_at: ir.Value) 
     broadcast the Add did. Inserted before the first attention that reads it."""
     shape = bias.shape
     seq = x.shape[1] if x.shape is not None else None
-    if shape is not None and len(shape) == 4 and seq is not None and shape[2] == seq == shape[3]:
+    # unknown dims compare equal in onnx_ir: only a named or fixed S proves [.., S, S]
+    known = isinstance(seq, int) or getattr(seq, "value", None) is not None
+    if shape is not None and len(shape) == 4 and known and shape[2] == seq == shape[3]:
         return bias
     anchor = attn_at.producer()
     base = bias.name or "attention_bias"
