@@ -151,11 +151,11 @@ def run_model(name: str, work: Path, rounds: int) -> dict[str, Any]:
     feeds, _ = corpus.feeds_of(paths["original"], held_out, batch=1)
     # Fresh sessions every BLOCK rounds: a session's speed depends on where its weights
     # landed in memory, which rotation cannot average out (the same CREPE file measured
-    # 0.98-1.09x against itself across sessions). No spinning: a session's idle threads
-    # would steal the cores of the one timed next.
+    # 0.98-1.09x against itself across sessions). runtime's sessions do not spin: a
+    # session's idle threads would steal the cores of the one timed next.
     per_round: list[dict[str, float]] = []
     for start in range(0, rounds, BLOCK):
-        sessions = {k: runtime.make_session(paths[k], threads=2, spin=False) for k in names}
+        sessions = {k: runtime.make_session(paths[k], threads=2) for k in names}
         per_round += rotated_ratios(sessions, feeds[0], min(BLOCK, rounds - start), "original")
         del sessions
     rows: dict[str, Any] = {}

@@ -277,7 +277,7 @@ class FuseOrtKernelsPass(GraphoptPass):
         original = runtime.run_feeds(runtime.make_session(model, optimize=False), feeds)
         measure = opts.decide == "measure" and self.context.target == "cpu"
         current: ir.Model | None = None  # the best trial so far (None: the model as it is)
-        current_sess = runtime.make_session(model, optimize=True, spin=False) if measure else None
+        current_sess = runtime.make_session(model, optimize=True) if measure else None
         sets: dict[str, dict[str, Any]] = {}
         prepared: Pristine | None = None  # the model as the rules need it, made once
         for rule_set in wanted:
@@ -295,7 +295,7 @@ class FuseOrtKernelsPass(GraphoptPass):
                 continue
             if measure:
                 try:
-                    sess = runtime.make_session(trial, optimize=True, spin=False)
+                    sess = runtime.make_session(trial, optimize=True)
                 except RuntimeFailure as exc:
                     record["kept"] = False
                     record["why"] = f"ONNX Runtime cannot optimize the fused form: {exc}"
