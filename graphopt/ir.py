@@ -385,6 +385,23 @@ def has_external_tensors(model: ir.Model) -> bool:
     return any(isinstance(t, ir.ExternalTensor) for t in iter_initializer_tensors(model))
 
 
+_SMALL_TENSOR_BYTES = 1024  # at most this stays inside the .onnx file when saving externally
+
+
+def _load_small_external_tensors(model: ir.Model) -> None:
+    """Copy external tensors of at most ``_SMALL_TENSOR_BYTES`` into memory, in place.
+
+    ``ir.save`` would load them itself and close their memory maps, which raises
+    ``BufferError`` while a pass still holds an array read from one (exporters such as
+    torch's dynamo write even 1 KB biases externally). Copying leaves the maps open.
+    """
+    for graph in iter_graphs(model):
+        for value in graph.initializers.values():
+            t = value.const_value
+            if isinstance(t, ir.ExternalTensor) and t.nbytes <= _SMALL_TENSOR_BYTES:
+                value.const_value = ir.Tensor(t.numpy().copy(), name=t.name, dtype=t.dtype)
+
+
 def save_model(
     model: ir.Model,
     path: str | os.PathLike[str],
@@ -411,6 +428,8 @@ def save_model(
     if external_data is None:
         external_data = has_external_tensors(model) or tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
     data_name = out.name + ".data"
+    if external_data:
+        _load_small_external_tensors(model)
     previous_ir = model.ir_version
     model.ir_version = min(model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
     tmp = Path(tempfile.mkdtemp(prefix=".graphopt-", dir=out.parent))
@@ -424,10 +443,12 @@ def save_model(
                 str(tmp_model),
                 save_as_external_data=bool(external_data),
                 location=data_name,
-                size_threshold=1024,
+                size_threshold=_SMALL_TENSOR_BYTES,
             )
         elif external_data:
-            ir.save(model, tmp_model, external_data=data_name, size_threshold_bytes=1024)
+            ir.save(
+                model, tmp_model, external_data=data_name, size_threshold_bytes=_SMALL_TENSOR_BYTES
+            )
         else:
             ir.save(model, tmp_model)
         written = []

@@ -170,3 +170,35 @@ def test_fingerprint_sees_structure_not_noise() -> None:
     node = next(iter(model.graph))
     node.attributes["dummy"] = ir.AttrInt64("dummy", 1)
     assert gir.fingerprint(model) != fp
+
+
+def test_saving_externally_while_a_small_external_tensor_is_read(tmp_path: Path) -> None:
+    """torch's dynamo exporter writes even 1 KB biases as external data; ``ir.save`` closed
+    their memory maps while a pass still held an array read from one (BufferError, exit 70
+    in assign-precision). graphopt copies small external tensors into memory first."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((64, 256)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(256).astype(np.float32), "b")  # 1024 bytes
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 256])],
+        [w, b],
+    )
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    src = tmp_path / "in" / "model.onnx"
+    src.parent.mkdir()
+    onnx.save(proto, src, save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+    model = gir.load_model(src)
+    bias = model.graph.initializers["b"].const_value
+    assert isinstance(bias, ir.ExternalTensor)
+    held = bias.numpy()  # a pass reading the bias keeps this view of the memory map
+    for name in ("a.onnx", "b.onnx"):  # twice: the first save must leave the model savable
+        gir.save_model(model, tmp_path / name, external_data=True)
+    np.testing.assert_array_equal(held, numpy_helper.to_array(b))
+    feed = {"x": rng.standard_normal((2, 64)).astype(np.float32)}
+    want = runtime.make_session(src).run(None, feed)[0]
+    got = runtime.make_session(tmp_path / "b.onnx").run(None, feed)[0]
+    np.testing.assert_array_equal(got, want)
