@@ -22,6 +22,7 @@ import warnings
 
 import graphopt.passes.quantize.insert_qdq as qdq  # registers qdq-insert
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pass_testing as pt
 import pytest
@@ -1064,3 +1065,39 @@ def test_nodes_kept_float_by_an_earlier_run_are_named_in_the_reason() -> None:
     p = _apply(model, samples.head(2))
     assert not p.modified
     assert p.declined == "every quantizable node was kept float by an earlier run"
+
+
+def test_a_tensor_without_finite_values_stays_float() -> None:
+    """A mask built with full(-inf) and concatenated to scores gave "no finite values were
+    collected for this tensor", exit 3: it is simply not a quantization candidate."""
+    rng = np.random.default_rng(0)
+    model = pt.make_model(
+        [
+            pt.node("MatMul", ["x", "w"], ["h"]),
+            pt.node("Shape", ["h"], ["shp"]),
+            pt.node(
+                "ConstantOfShape",
+                ["shp"],
+                ["neg"],
+                value=onnx.numpy_helper.from_array(np.array([-np.inf], np.float32)),
+            ),
+            pt.node("Concat", ["h", "neg"], ["cat"], axis=-1),
+            pt.node("Softmax", ["cat"], ["sm"], axis=-1),
+            pt.node("MatMul", ["sm", "w2"], ["y"]),
+        ],
+        [pt.vi("x", [8, 16])],
+        [pt.vi("y", [8, 16])],
+        [
+            pt.init("w", rng.standard_normal((16, 16)).astype(np.float32)),
+            pt.init("w2", rng.standard_normal((32, 16)).astype(np.float32)),
+        ],
+    )
+    feeds = [{"x": rng.standard_normal((8, 16)).astype(np.float32)} for _ in range(4)]
+    ref = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    p = _apply(model, data.Samples(feeds, "test"), guard=False, budget="none")
+    assert p.modified
+    assert p.details["no_finite_values"] == ["neg"]
+    assert p.stats["kept_float:no_finite_values"] == 1
+    assert any("no finite value" in n for n in p.render_notes())
+    assert "neg" not in {n.inputs[0].name for n in pt.nodes_of(model, "QuantizeLinear")}
+    assert _min_cosine(ref, model, feeds) > 0.99

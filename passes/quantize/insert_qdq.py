@@ -254,7 +254,7 @@ class InsertQdqPass(GraphoptPass):
         every = plan(run, graph, set(run.exclude), prune=False)
         names = calibration_tensors(every)
         if names:  # an embedding alone takes its table's parameters: nothing to calibrate
-            run.ranges = activation_ranges(
+            run.ranges, empty = activation_ranges(
                 model,
                 samples,
                 names,
@@ -264,7 +264,10 @@ class InsertQdqPass(GraphoptPass):
                 cache=self.context.calib_cache,
                 softmax_inputs=softmax_inputs(every),
             )
-        run.bad = {n for n in names if n not in run.ranges}  # not float at run time
+            if empty:  # nothing finite to scale: such tensors stay float
+                self.details["no_finite_values"] = empty
+                self.count("kept_float:no_finite_values", len(empty))
+        run.bad = {n for n in names if n not in run.ranges}  # not float, or nothing finite
         if run.scheme.target == "cpu":  # for fuse-qdq-sibling-matmuls: one GEMM, same integers
             self.count(
                 "aligned_zero_points", align_sibling_zero_points(graph, run.ranges, run.act_type)
@@ -356,6 +359,12 @@ class InsertQdqPass(GraphoptPass):
         if d.get("activations"):
             notes.append("activations: " + qdq_activations.summary(d["activations"]))
         notes.append(self.findings.left_alone_note("kept in float"))
+        if d.get("no_finite_values"):
+            empty = d["no_finite_values"]
+            notes.append(
+                f"{len(empty)} tensor(s) held no finite value on DATA (a -inf mask?) and stay "
+                f"float: {', '.join(empty[:3])}{' ...' if len(empty) > 3 else ''}"
+            )
         notes.append(acceptance.budget_note(d.get("budget"), "quantized_all", "all int8"))
         guard = d.get("guard")
         if guard and "decision" in guard and not guard["decision"].startswith("float"):

@@ -125,15 +125,21 @@ def activation_ranges(
     symmetric: bool,
     cache: str | None = None,
     softmax_inputs: frozenset[str] = frozenset(),
-) -> dict[str, tuple[float, float]]:
+) -> tuple[dict[str, tuple[float, float]], list[str]]:
     """One streamed calibration run (or the statistics ``cache`` holds for this model and
     data): the (min, max) chosen for each tensor of ``names``; a Softmax input's range
-    comes from its rows (:func:`softmax_input_range`) whatever the method."""
+    comes from its rows (:func:`softmax_input_range`) whatever the method.
+
+    Also returns the tensors that held no finite value on DATA (a ``full(-inf)`` mask):
+    they have no range, so they are not quantization candidates.
+    """
     stats = load_or_collect(model, samples, cache, tensors=names, bins=bins, progress=False)
-    ranges = compute_ranges(stats, calibration, symmetric=symmetric)
+    empty = sorted(name for name, s in stats.items() if s.count == 0)
+    finite = {name: s for name, s in stats.items() if s.count > 0}
+    ranges = compute_ranges(finite, calibration, symmetric=symmetric)
     for name in softmax_inputs & ranges.keys():
         ranges[name] = softmax_input_range(stats[name])
-    return ranges
+    return ranges, empty
 
 
 def common_zero_point(
