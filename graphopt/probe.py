@@ -15,8 +15,10 @@ operator test's ``axis`` input fails on a random axis. So, in order:
    ladder is climbed again with some of them held at 1 (an unnamed batch dim off axis 0, as
    in a recurrent state ``[2, 0, 128]`` beside ``input [0, 0]``). A step "runs" when ONNX
    Runtime (CPU, no graph optimizations, as the reference run) returns outputs for it.
-   Integer inputs are drawn from {0, 1}; when that fails they are tried as zeros (axes,
-   indices and counts that must be valid).
+   Integer inputs are drawn from {0, 1}, or below the size of the axis they index where the
+   graph says (``edge_index`` read by Gather/ScatterElements over ``num_nodes``); when that
+   fails they are tried as zeros (axes, indices and counts that must be valid). Every feed
+   returned has run, not only the first.
 
 When nothing runs, the error names the inputs and dims it varied, what it tried, ONNX
 Runtime's message, and the flags that fix it (``--dim NAME=N``, ``--data``); "fix the model"
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from graphopt import data as gdata
@@ -146,23 +149,26 @@ def choose(
     if "*" in given:  # --dim '*=N' sizes every dynamic dim
         free = {}
     has_ints = any(np.issubdtype(s.dtype, np.integer) for s in specs)
+    bounds = index_bounds(model)
     tried: list[str] = []
     last_error = ""
     sess = _session(model)
     for sizes, label in _candidates(model, free):
         chosen = {**sizes, **given}
         for zeros in (False, True) if has_ints else (False,):
-            feed = _feed(specs, chosen, seed, zeros)
-            try:
-                runtime.run_one(sess, None, feed)
+            samples = _samples(specs, chosen, count, seed, zeros, bounds)
+            try:  # the first feed alone decides a failing size; the rest must run too
+                for feed in samples.feeds:
+                    runtime.run_one(sess, None, feed)
             except Exception as exc:  # onnxruntime raises its own types
                 last_error = runtime._first_line(exc)
                 tried.append(label + (" (integer inputs zero)" if zeros else ""))
                 continue
-            samples = _samples(specs, chosen, count, seed, zeros)
             why = [why_label] if (why_label := _why(label, free)) else []
             if zeros:
                 why.append("integer inputs zero")
+            elif bounds:
+                why.append(f"{', '.join(sorted(bounds))} below the size of the axis they index")
             if note:
                 why.append(note)
             if why:
@@ -235,16 +241,115 @@ def _label(sizes: Mapping[str, int]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sizes.items())
 
 
-def _feed(
-    specs: list[gdata.InputSpec], dims: Mapping[str, int], seed: int, zeros: bool
-) -> gdata.Feed:
-    return _samples(specs, dims, 1, seed, zeros).feeds[0]
+#: (op, input) pairs that read an integer tensor as indices into input 0 along ``axis``
+_INDEX_READS = {
+    ("Gather", 1),
+    ("GatherElements", 1),
+    ("ScatterElements", 1),
+    ("GatherND", 1),
+    ("ScatterND", 1),
+}
+#: (op, input) pairs whose output holds the same integer values (followed to an index read)
+_SAME_VALUES = {
+    ("Cast", 0),
+    ("Identity", 0),
+    ("Squeeze", 0),
+    ("Unsqueeze", 0),
+    ("Reshape", 0),
+    ("Flatten", 0),
+    ("Transpose", 0),
+    ("Split", 0),
+    ("Slice", 0),
+    ("Expand", 0),
+    ("Gather", 0),  # edge_index[0]: a row of the indices is indices too
+    ("Concat", -1),  # any input
+}
+
+
+def _indexed_size(node: ir.Node) -> int | str | None:
+    """The size of the axis ``node`` indexes (a fixed size or a symbolic dim's name)."""
+    data = node.inputs[0]
+    if data is None:
+        return None
+    shape = data.shape
+    if shape is None and data.producer() is not None:  # zeros_like(h): ConstantOfShape(Shape(h))
+        made = data.producer()
+        src = made.inputs[0].producer() if made.op_type == "ConstantOfShape" else None
+        if src is not None and src.op_type == "Shape" and "start" not in src.attributes:
+            shape = src.inputs[0].shape if src.inputs[0] is not None else None
+    if shape is None:
+        return None
+    axis = 0 if node.op_type.endswith("ND") else int(ir_attr(node, "axis", 0))
+    if not -len(shape) <= axis < len(shape):
+        return None
+    d = shape[axis]
+    if isinstance(d, int):
+        return d
+    return d.value if isinstance(d, ir.SymbolicDim) and d.value else None
+
+
+def ir_attr(node: ir.Node, name: str, default: int) -> int:
+    a = node.attributes.get(name)
+    return default if a is None else int(a.value)
+
+
+def index_bounds(model: ir.Model) -> dict[str, list[int | str]]:
+    """Integer inputs whose values are indices, with the size of each axis they index
+    (followed through Cast, Reshape, Concat, row Gathers, ...), so random indices are valid.
+
+    Where the indexed tensors carry no shapes, ONNX shape inference runs on a copy first.
+    """
+    bounds, unknown = _index_bounds(model)
+    if unknown:
+        try:
+            proto = onnx.shape_inference.infer_shapes(ir.to_proto(model), data_prop=True)
+            bounds, _ = _index_bounds(ir.serde.deserialize_model(proto))
+        except Exception:  # inference is a help here, never a requirement
+            pass
+    return bounds
+
+
+def _index_bounds(model: ir.Model) -> tuple[dict[str, list[int | str]], bool]:
+    """:func:`index_bounds` on the shapes ``model`` has, and whether some were unknown."""
+    out: dict[str, list[int | str]] = {}
+    unknown = False
+    for inp in model.graph.inputs:
+        if inp.dtype is None or not np.issubdtype(inp.dtype.numpy(), np.integer):
+            continue
+        seen, stack, sizes = set(), [inp], []
+        while stack:
+            v = stack.pop()
+            if id(v) in seen:
+                continue
+            seen.add(id(v))
+            for node, i in v.uses():
+                if (node.op_type, i) in _INDEX_READS:
+                    size = _indexed_size(node)
+                    if size is not None:
+                        sizes.append(size)
+                    unknown |= size is None
+                if (node.op_type, i) in _SAME_VALUES or (node.op_type, -1) in _SAME_VALUES:
+                    stack.extend(node.outputs)
+        if sizes:
+            out[inp.name or ""] = sizes
+    return out, unknown
+
+
+def _bound(sizes: list[int | str], dims: Mapping[str, int]) -> int:
+    """The smallest indexed size, symbolic names read from ``dims`` (else 1)."""
+    return max(1, min(s if isinstance(s, int) else dims.get(s, dims.get("*", 1)) for s in sizes))
 
 
 def _samples(
-    specs: list[gdata.InputSpec], dims: Mapping[str, int], count: int, seed: int, zeros: bool
+    specs: list[gdata.InputSpec],
+    dims: Mapping[str, int],
+    count: int,
+    seed: int,
+    zeros: bool,
+    bounds: Mapping[str, list[int | str]] | None = None,
 ) -> gdata.Samples:
     rng = np.random.default_rng(seed)
+    bounds = bounds or {}
     feeds = []
     for _ in range(max(1, count)):
         feed: gdata.Feed = {}
@@ -252,6 +357,9 @@ def _samples(
             shape = gdata.resolve_shape(spec, dims)
             if zeros and np.issubdtype(spec.dtype, np.integer):
                 feed[spec.name] = np.zeros(shape, spec.dtype)
+            elif spec.name in bounds:
+                high = _bound(bounds[spec.name], dims)
+                feed[spec.name] = rng.integers(0, high, size=shape).astype(spec.dtype)
             else:
                 feed[spec.name] = gdata.random_array(rng, spec.dtype, shape)
         feeds.append(feed)

@@ -175,17 +175,96 @@ def test_an_unnamed_batch_dim_off_axis_zero_is_found(build_proto: MakeModel) -> 
 
 
 def test_integer_inputs_fall_back_to_zeros(build_proto: MakeModel) -> None:
-    """Random indices into a one-row table fail; zeros are valid."""
+    """Random indices into a one-row table fail (through an Add the bound reading does not
+    follow); zeros are valid."""
     table = onnx.numpy_helper.from_array(np.ones((1, 4), np.float32), "table")
+    zero = onnx.numpy_helper.from_array(np.zeros(1, np.int64), "zero")
     proto = build_proto(
-        [helper.make_node("Gather", ["table", "idx"], ["y"])],
+        [
+            helper.make_node("Add", ["idx", "zero"], ["i"]),
+            helper.make_node("Gather", ["table", "i"], ["y"]),
+        ],
         [("idx", I64, [6])],
         [("y", F, [6, 4])],
-        [table],
+        [table, zero],
     )
     chosen = probe.choose(_ir(proto))
     assert not chosen.samples.feeds[0]["idx"].any()
     assert "integer inputs zero" in chosen.samples.source
+
+
+def _message_passing(build_proto: MakeModel) -> ir.Model:
+    """A graph network's layer: node features x[num_nodes, 4], edge_index[2, num_edges]
+    (int64 rows read as Gather and ScatterElements indices over num_nodes), batch[num_nodes]
+    pooling into 3 graphs; exported the way torch's index_add is (zeros_like by
+    ConstantOfShape(Shape(h)), indices Expanded), without intermediate shapes."""
+    w = onnx.numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    zero = onnx.numpy_helper.from_array(np.array(0, np.int64), "zero")
+    one = onnx.numpy_helper.from_array(np.array(1, np.int64), "one")
+    axes = onnx.numpy_helper.from_array(np.array([1], np.int64), "axes")
+    pooled = onnx.numpy_helper.from_array(np.zeros((3, 4), np.float32), "pooled")
+    n = helper.make_node
+    proto = build_proto(
+        [
+            n("MatMul", ["x", "w"], ["h"]),
+            n("Gather", ["edge_index", "zero"], ["src"], axis=0),
+            n("Gather", ["edge_index", "one"], ["dst"], axis=0),
+            n("Gather", ["h", "src"], ["msg"], axis=0),
+            n("Shape", ["h"], ["hs"]),
+            n("ConstantOfShape", ["hs"], ["z"]),
+            n("Unsqueeze", ["dst", "axes"], ["d1"]),
+            n("Shape", ["msg"], ["ms"]),
+            n("Expand", ["d1", "ms"], ["di"]),
+            n("ScatterElements", ["z", "di", "msg"], ["agg"], axis=0, reduction="add"),
+            n("Unsqueeze", ["batch", "axes"], ["b1"]),
+            n("Shape", ["agg"], ["as"]),
+            n("Expand", ["b1", "as"], ["bi"]),
+            n("ScatterElements", ["pooled", "bi", "agg"], ["y"], axis=0, reduction="add"),
+        ],
+        [
+            ("x", F, ["num_nodes", 4]),
+            ("edge_index", I64, [2, "num_edges"]),
+            ("batch", I64, ["num_nodes"]),
+        ],
+        [("y", F, [3, 4])],
+        [w, zero, one, axes, pooled],
+    )
+    del proto.graph.value_info[:]
+    return _ir(proto)
+
+
+def test_index_inputs_are_drawn_below_the_axis_they_index(build_proto: MakeModel) -> None:
+    """edge_index and batch get valid, varied indices (not {0, 1}, not all zeros), in every
+    feed: the bound is read through row Gathers, Unsqueeze and Expand, and from
+    ConstantOfShape(Shape(h)) where the indexed tensor has no shape."""
+    model = _message_passing(build_proto)
+    assert probe.index_bounds(model) == {"edge_index": ["num_nodes"] * 2, "batch": [3]}
+    chosen = probe.choose(model, dims={"num_nodes": 6, "num_edges": 40})
+    feeds = chosen.samples.feeds
+    assert len(feeds) == 4
+    edges = np.concatenate([f["edge_index"].ravel() for f in feeds])
+    pools = np.concatenate([f["batch"] for f in feeds])
+    assert edges.min() == 0 and edges.max() == 5
+    assert pools.min() == 0 and pools.max() == 2
+    assert "batch, edge_index below the size of the axis they index" in chosen.samples.source
+
+
+def test_random_inputs_that_do_not_run_blame_the_inputs(build_proto: MakeModel) -> None:
+    """A model that fails on graphopt's own random feeds is not called broken: the message
+    names --data (integer inputs may be indices, counts or axes)."""
+    from graphopt.core.runner import run_pipeline
+
+    model = _message_passing(build_proto)
+    bad = {
+        "x": np.ones((2, 4), np.float32),
+        "edge_index": np.full((2, 3), 7, np.int64),
+        "batch": np.zeros(2, np.int64),
+    }
+    samples = gdata.Samples([bad], "random(seed=0)")
+    with pytest.raises(errors.DataError, match="graphopt's random inputs") as info:
+        run_pipeline(model, "cleanup", samples=samples)
+    assert "--data" in (info.value.hint or "")
+    assert "fix the model" not in info.value.message + (info.value.hint or "")
 
 
 def test_test_data_beside_the_model_is_used(

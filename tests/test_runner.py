@@ -216,10 +216,14 @@ def test_model_that_does_not_run_is_reported_before_passes(tmp_path: Path) -> No
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     model = ir.serde.deserialize_model(m)
-    from graphopt.errors import RuntimeFailure
+    from graphopt.data import Samples
+    from graphopt.errors import DataError, RuntimeFailure
 
-    with pytest.raises(RuntimeFailure, match="input model does not run"):
+    with pytest.raises(DataError, match="does not run on graphopt's random inputs"):
         run_pipeline(model, "eliminate-identity", samples=random_feeds(model))
+    given = Samples(random_feeds(model).feeds, "data.npz")
+    with pytest.raises(RuntimeFailure, match=r"input model does not run .* \(data\.npz\)"):
+        run_pipeline(model, "eliminate-identity", samples=given)
 
 
 def test_budget_notes_are_rendered_by_each_pass() -> None:

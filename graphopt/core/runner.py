@@ -29,6 +29,7 @@ from graphopt.core.pass_base import GraphoptPass, PassContext
 from graphopt.core.pipeline import PassStep, Pipeline, RepeatGroup
 from graphopt.data import Samples
 from graphopt.errors import (
+    DataError,
     GraphoptError,
     PassFailure,
     PipelineError,
@@ -104,6 +105,26 @@ class Runner:
         self._records: list[dict[str, Any]] = []
         self._index = 0
 
+    def _reference_failure(self, exc: RuntimeFailure) -> GraphoptError:
+        """Why the input model did not run on the verification feeds. Feeds graphopt made up
+        are blamed before the model: they may hold indices, counts or axes it cannot know."""
+        assert self.samples is not None
+        source = self.samples.source
+        if source.startswith("random("):
+            return DataError(
+                f"the model does not run on graphopt's random inputs ({source}): {exc.message}",
+                hint="give real inputs with --data DATA (integer inputs may be indices, "
+                "counts or axes graphopt cannot guess), sizes with --dim NAME=N, "
+                "or use --no-verify",
+            )
+        return RuntimeFailure(
+            f"the input model does not run on ONNX Runtime CPU with the verification inputs "
+            f"({source}), so it cannot be verified: {exc.message}",
+            hint="check that the inputs match the model (names, dtypes, shapes, index "
+            "ranges); if they do, the model itself fails in ONNX Runtime: re-export it, or "
+            "use --no-verify",
+        )
+
     # ------------------------------------------------------------------ entry point
     def run(self, model: ir.Model, *, source: str | None = None) -> RunResult:
         self._check_needs()
@@ -125,11 +146,7 @@ class Runner:
                     self._snapshot, self.samples.feeds, self._reference
                 )
             except RuntimeFailure as exc:
-                raise RuntimeFailure(
-                    f"the input model does not run on ONNX Runtime CPU, so it cannot be "
-                    f"verified: {exc.message}",
-                    hint="fix the model, or use --no-verify",
-                ) from exc
+                raise self._reference_failure(exc) from exc
         self._previous = self._reference
         if self.dump_dir is not None:
             self._snapshot.write(self.dump_dir / "00-input.onnx")
