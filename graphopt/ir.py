@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -82,14 +83,71 @@ def _check_external_data(proto: onnx.ModelProto, model_path: Path) -> None:
 
 
 def _check_opset(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse opsets newer than ONNX Runtime runs; older ones are taken by :func:`_lift_old`."""
     for opset in proto.opset_import:
-        if opset.domain in ("", "ai.onnx"):
-            if not MIN_OPSET <= opset.version <= MAX_OPSET:
-                raise UnsupportedModelError(
-                    f"{path}: ai.onnx opset {opset.version} is not supported "
-                    f"(ONNX Runtime runs opsets {MIN_OPSET} to {MAX_OPSET})",
-                    hint="convert it with onnx.version_converter.convert_version",
-                )
+        if opset.domain in ("", "ai.onnx") and opset.version > MAX_OPSET:
+            raise UnsupportedModelError(
+                f"{path}: ai.onnx opset {opset.version} is not supported "
+                f"(ONNX Runtime runs opsets up to {MAX_OPSET})",
+                hint=f"convert it with onnx.version_converter.convert_version(model, {MAX_OPSET})",
+            )
+
+
+#: where load_model records how it took a model (``model.meta``; report and console show it)
+LOADED_KEY = "graphopt.loaded"
+
+
+def _ort_load_error(proto: onnx.ModelProto) -> str | None:
+    """ONNX Runtime's first line when it cannot build a session for ``proto``, else None."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own types
+        text = str(exc).strip()
+        missing = re.search(r"implementation for (\w+\(\d+\)) node with name '([^']*)'", text)
+        if missing:
+            return f"it has no kernel for {missing[1]}" + (
+                f", node '{missing[2]}'" * bool(missing[2])
+            )
+        return text.split(" : ")[-1].splitlines()[0] if text else type(exc).__name__
+    return None
+
+
+def _lift_old(proto: onnx.ModelProto, path: Path) -> tuple[onnx.ModelProto, str]:
+    """A model below ai.onnx opset 7 as ONNX Runtime runs it, and how it was taken.
+
+    ORT still has kernels for some old op versions, so such a model is kept as it is when
+    ORT loads it; otherwise onnx's version converter lifts it to opset 7. When neither
+    works the error names the op ORT lacks and what the converter said.
+    """
+    have = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    why = _ort_load_error(proto)
+    if why is None:
+        return proto, f"ai.onnx opset {have} kept: ONNX Runtime has kernels for all its ops"
+    try:
+        lifted = onnx.version_converter.convert_version(proto, MIN_OPSET)
+    except Exception as exc:  # the converter raises RuntimeError/ValueError/its own
+        raise UnsupportedModelError(
+            f"{path}: ai.onnx opset {have} does not run on ONNX Runtime ({why}) and onnx's "
+            f"version converter cannot lift it to opset {MIN_OPSET}: {_short(exc)}",
+            hint="re-export the model at a newer opset",
+        ) from exc
+    still = _ort_load_error(lifted)
+    if still is not None:
+        raise UnsupportedModelError(
+            f"{path}: ai.onnx opset {have} does not run on ONNX Runtime ({why}), nor after "
+            f"onnx's version converter lifted it to opset {MIN_OPSET} ({still})",
+            hint="re-export the model at a newer opset",
+        )
+    return lifted, (
+        f"ai.onnx opset {have} lifted to {MIN_OPSET} by onnx's version converter at load "
+        f"(ONNX Runtime refused it: {why}); the input itself cannot run, so verification "
+        f"starts from the lifted model"
+    )
 
 
 def read_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -225,12 +283,17 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
     """Load a model into onnx_ir after checking it; external data stays memory-mapped."""
     p = Path(path)
     proto = read_proto(p)
+    loaded = ""
+    if any(o.domain in ("", "ai.onnx") and o.version < MIN_OPSET for o in proto.opset_import):
+        proto, loaded = _lift_old(proto, p)
     detach_map_outputs(proto, p)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # onnx_ir raises assorted errors on malformed graphs
         raise ModelError(f"{p} could not be read as an ONNX graph: {_short(exc)}") from exc
     ir.external_data.set_base_dir(model.graph, str(p.parent))
+    if loaded:
+        model.meta[LOADED_KEY] = loaded
     return model
 
 
@@ -572,4 +635,6 @@ def summarize(model: ir.Model, *, sparsity: bool = False) -> dict[str, Any]:
     }
     if sparsity:
         summary["sparsity"] = zeros / float_params if float_params else 0.0
+    if model.meta.get(LOADED_KEY):
+        summary["loaded"] = model.meta[LOADED_KEY]
     return summary

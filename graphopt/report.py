@@ -187,6 +187,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"{human_bytes(after.get('serialized_bytes', 0))}, "
         f"{report['seconds']:.2f} s",
     ]
+    if before.get("loaded"):
+        lines.append(f"input: {before['loaded']}")
     v = report["verify"]
     if v["enabled"]:
         final = v.get("final_vs_reference")

@@ -3,7 +3,8 @@
 Each model is small, real enough for every pass to find work (Conv, BatchNorm, MatMul, Gemm,
 Gather), and carries one property that has broken graphopt on real exports: unnamed nodes,
 dims stored as -1, symbolic dims, a 0-d input, opset 11, an If subgraph, Constant-node weights,
-several outputs, integer inputs, a weight shared by two nodes, weights listed as inputs.
+several outputs, integer inputs, a weight shared by two nodes, weights listed as inputs,
+opset 6 at IR version 3.
 
 Each (model, pipeline) cell runs ``graphopt optimize`` in-process with DATA. It passes when the
 run either works, with every pass that left the model alone saying why, or stops with a
@@ -216,6 +217,20 @@ def weights_as_inputs():
     return proto, data
 
 
+def opset_6_ir3():
+    """Opset 6, IR version 3, weights listed as inputs (Caffe2 and PyTorch 0.x exports): ONNX
+    Runtime has no BatchNormalization(6) kernel, so graphopt lifts it to opset 7 at load."""
+    proto, data = weights_as_inputs()
+    for node in proto.graph.node:
+        if node.op_type in ("Add", "Gemm"):  # broadcasting was opt-in before opset 7
+            node.attribute.append(helper.make_attribute("broadcast", 1))
+        if node.op_type == "BatchNormalization":
+            node.attribute.append(helper.make_attribute("is_test", 1))
+    proto.opset_import[0].version = 6
+    proto.ir_version = 3
+    return proto, data
+
+
 def several_outputs():
     nodes = _cnn_nodes("x", "y")
     proto = _model(
@@ -289,6 +304,7 @@ CASES: dict[str, Case] = {
         if_subgraph,
         constant_weights,
         weights_as_inputs,
+        opset_6_ir3,
         several_outputs,
         integer_inputs,
         shared_weight,

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from graphopt import ir as gir
 from graphopt import runtime
 from graphopt.core.runner import run_pipeline
-from graphopt.errors import UsageError
+from graphopt.errors import UnsupportedModelError, UsageError
 
 
 def _matmul_model(k: int = 64, n: int = 32, dtype: type = np.float32) -> onnx.ModelProto:
@@ -202,3 +202,53 @@ def test_saving_externally_while_a_small_external_tensor_is_read(tmp_path: Path)
     want = runtime.make_session(src).run(None, feed)[0]
     got = runtime.make_session(tmp_path / "b.onnx").run(None, feed)[0]
     np.testing.assert_array_equal(got, want)
+
+
+def _opset1(nodes: list, extra_inputs: list, inits: list) -> onnx.ModelProto:
+    """An opset-1, IR version 3 model (weights also listed as inputs) on x[2, 4]."""
+    g = helper.make_graph(
+        nodes,
+        "old",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]), *extra_inputs],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 1)])
+    m.ir_version = 3
+    return m
+
+
+def test_old_opsets_are_taken_where_onnxruntime_runs_them(tmp_path: Path) -> None:
+    """Opset 1 was refused outright. ORT still runs some old op versions (kept as they are);
+    others onnx's version converter lifts to opset 7; otherwise the error names the op ORT
+    has no kernel for."""
+    w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    w_in = helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 4])
+    mm = helper.make_node("MatMul", ["x", "w"], ["h"])
+    runs = _opset1([mm, helper.make_node("Softmax", ["h"], ["y"])], [w_in], [w])
+    lifts = _opset1([mm, helper.make_node("Relu", ["h"], ["y"])], [w_in], [w])
+    blocked = _opset1(  # the converter needs shapes that opset-1 inference cannot give
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Add", ["r", "w"], ["y"])],
+        [w_in],
+        [w],
+    )
+    blocked.graph.node[1].attribute.append(helper.make_attribute("broadcast", 1))
+    for name, proto in (("runs", runs), ("lifts", lifts), ("blocked", blocked)):
+        onnx.save(proto, tmp_path / f"{name}.onnx")
+
+    kept = gir.load_model(tmp_path / "runs.onnx")
+    assert gir.ai_onnx_opset(kept) == 1
+    assert "opset 1 kept" in gir.summarize(kept)["loaded"]
+    lifted = gir.load_model(tmp_path / "lifts.onnx")
+    assert gir.ai_onnx_opset(lifted) == 7
+    assert "no kernel for Relu(1)" in gir.summarize(lifted)["loaded"]
+    feed = {"x": np.array([[-1, 2, -3, 4]] * 2, np.float32)}
+    out = runtime.make_session(lifted).run(None, feed)[0]
+    np.testing.assert_array_equal(out, np.maximum(feed["x"], 0))
+    with pytest.raises(UnsupportedModelError, match=r"no kernel for Relu\(1\).*version converter"):
+        gir.load_model(tmp_path / "blocked.onnx")
+    proto = onnx.load(tmp_path / "runs.onnx")
+    proto.opset_import[0].version = gir.MAX_OPSET + 1
+    onnx.save(proto, tmp_path / "new.onnx")
+    with pytest.raises(UnsupportedModelError, match="not supported"):
+        gir.load_model(tmp_path / "new.onnx")

@@ -154,7 +154,7 @@ def _restore_initializers(old: ir.Model, new: ir.Model) -> None:
         value = graph.initializers.get(name)
         if name in inputs and name not in originally_inputs:
             graph.inputs.remove(inputs[name])  # every initializer went in as an input
-            value = value or inputs[name]
+        value = value or inputs.get(name)  # an IR 3 weight listed as an input comes back
         if value is None or tensor is None:
             continue
         value.const_value = tensor  # the original object: no copy of the data

@@ -6,6 +6,9 @@ overridable default instead of a constant. ONNX Runtime then skips constant fold
 fusions on it, and every graphopt pass that needs a constant weight (quantization, BatchNorm
 folding, pruning) sees none: ddddocr's detector stayed float under ``cpu-int8`` for this
 reason. Nobody feeds a model its weights, so they leave the input list (onnx_ir's pass).
+A model below IR version 4 must list every initializer as an input (ONNX Runtime refuses
+one that is not: "Graph ctor should have created NodeArg for initializer"), so its IR
+version is raised to 4 when any leave.
 """
 
 from __future__ import annotations
@@ -29,3 +32,14 @@ class RemoveInitializerInputsPass(IrPassAdapter):
 
     def make_inner(self) -> ir.passes.PassBase:
         return ir.passes.common.RemoveInitializersFromInputsPass()
+
+    def run(self, model: ir.Model) -> bool:
+        modified = super().run(model)
+        if modified and (model.ir_version or 0) < _IR_WITHOUT_INITIALIZER_INPUTS:
+            model.ir_version = _IR_WITHOUT_INITIALIZER_INPUTS
+            self.count("ir_version_raised")
+        return modified
+
+
+#: the first IR version whose initializers need not be graph inputs
+_IR_WITHOUT_INITIALIZER_INPUTS = 4

@@ -224,6 +224,8 @@ def symbolic_shapes(model: ir.Model) -> dict[str, list[int | str | None]] | None
             logging.getLogger().setLevel(level)
     except Exception:  # an unsupported op, a model past 2 GB, ...: fall back to onnx_ir's
         return None
+    if out is None:  # it returns None for opsets it does not know (below 7)
+        return None
     shapes: dict[str, list[int | str | None]] = {}
     for v in [*out.graph.value_info, *out.graph.input, *out.graph.output]:
         t = v.type.tensor_type
