@@ -531,11 +531,13 @@ def tune(
     reference = runtime.run_feeds(sess, evaluation.feeds)
     original_value = Budget.parse(f"{tb.metric}{tb.op}0").measure(reference, reference, evaluation)
     absolute = tb.resolve(original_value)
-    Budget.parse(absolute)
+    original_misses = _original_misses(absolute, original_value, len(evaluation), tb)
     say(
         f"original: {tb.metric} {original_value:.6g} on {len(evaluation)} held-out feeds; "
         f"budget {absolute}"
     )
+    if original_misses:
+        say(f"warning: {original_misses}")
     store = _Store(
         work,
         {
@@ -582,7 +584,12 @@ def tune(
         "model": {"path": str(model_path), "sha256": gir.file_sha256(model_path)},
         "target": target,
         "backend": exe.name,
-        "budget": {"given": budget, "absolute": absolute, "original": original_value},
+        "budget": {
+            "given": budget,
+            "absolute": absolute,
+            "original": original_value,
+            "original_meets": not original_misses,
+        },
         "data": data_use,
         "seconds": time.perf_counter() - started,
         "time_limit": limit,
@@ -595,7 +602,7 @@ def tune(
         },
         "winner": winner.to_dict() if winner else None,
         "winner_pipeline": winner.pipeline if winner else None,
-        "nothing_pays": None if winner else _nothing_pays(candidates, absolute),
+        "nothing_pays": None if winner else _nothing_pays(candidates, absolute, original_misses),
         "pareto": [x.name for x in pareto_front(candidates)],
         "candidates": [x.to_dict() for x in candidates],
         "work": str(work),
@@ -626,7 +633,25 @@ def _write_reports(report: dict[str, Any], json_path: Any, md_path: Any, html_pa
         write_text(Path(html_path), html_page(report))
 
 
-def _nothing_pays(candidates: Sequence[Candidate], budget: str) -> str:
+def _original_misses(absolute: str, value: float, feeds: int, given: TuneBudget) -> str:
+    """What to tell a user whose absolute budget the original model itself does not meet on
+    the held-out feeds (empty when it does): no candidate is likely to, and a budget relative
+    to the original is what they meant."""
+    from graphopt.budget import Budget
+
+    if Budget.parse(absolute).holds(value):
+        return ""
+    relative = f"{given.metric}{given.op}{'-' if given.op == '>=' else '+'}0.5pt"
+    return (
+        f"the original itself scores {given.metric} {value:.6g} on the {feeds} held-out "
+        f"feeds, which misses the budget {absolute}; write the budget relative to the "
+        f"original, e.g. --budget '{relative}' (at most half a point worse)"
+    )
+
+
+def _nothing_pays(candidates: Sequence[Candidate], budget: str, original_misses: str = "") -> str:
+    if original_misses:
+        return f"{original_misses}; the original is kept"
     met = [x for x in candidates if x.status == "slower"]
     if met:
         best = min(met, key=lambda x: x.ratio if x.ratio is not None else float("inf"))

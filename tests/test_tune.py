@@ -209,7 +209,12 @@ def test_nothing_pays_gives_the_original_back_with_exit_0(tmp_path: Path) -> Non
     assert "nothing pays" in res.stdout
     assert out.read_bytes() == model.read_bytes()
     rep = json.loads((tmp_path / "r.json").read_text())
-    assert rep["winner"] is None and "no candidate meets" in rep["nothing_pays"]
+    # the original itself misses this absolute budget: said plainly, with the relative form
+    assert rep["winner"] is None and rep["budget"]["original_meets"] is False
+    said = " ".join(res.stdout.split())
+    assert "the original itself scores cosine 1 on the" in said
+    assert "--budget 'cosine>=-0.5pt'" in said
+    assert "the original itself scores" in rep["nothing_pays"]
 
 
 def test_time_limit_is_respected(tmp_path: Path) -> None:
