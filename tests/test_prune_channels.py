@@ -590,8 +590,12 @@ def test_the_pass_proves_its_rewrite(monkeypatch: pytest.MonkeyPatch) -> None:
         self.set(node.outputs[0], ins[0][2])
 
     monkeypatch.setattr(_Analyzer, "op_Softmax", wrong)
-    with pytest.raises(RuntimeError, match="graphopt bug"):
-        pt.run_pass(pt.copy_model(model), PASS, ratio=0.5, round_to=1, min_channels=1)
+    unproven = pt.copy_model(model)
+    result, p = pt.run_pass(unproven, PASS, ratio=0.5, round_to=1, min_channels=1)
+    assert not result.modified and "could be proven exact" in p.declined
+    why = p.details["groups"][0]["left_alone"]
+    assert "does not compute what the original computes" in why
+    assert pt.to_bytes(unproven) == pt.to_bytes(model)  # given back as it was
     _, p = pt.run_pass(model, PASS, ratio=0.5, round_to=1, min_channels=1, check=False)
     assert p.stats["channels_removed"] == 8 and "check" not in p.details
 
@@ -774,8 +778,9 @@ def test_a_saturated_output_does_not_hide_a_wrong_rewrite(
     model = softmax_head(-60.0)
     feeds = pt.random_feeds(model, count=2)
     assert np.abs(pt.run_model(model, feeds)[1][0][0]).max() < 1e-12  # saturated
-    with pytest.raises(RuntimeError, match=r"output of Conv 'c2_node'.*graphopt bug"):
-        pt.run_pass(model, PASS, **options)
+    result, p = pt.run_pass(model, PASS, **options)  # the wrong group stays whole
+    whys = [e["left_alone"] for e in p.details["groups"] if "left_alone" in e]
+    assert any("could not be proven exact" in w and "output of Conv 'c2_node'" in w for w in whys)
 
 
 @pytest.mark.parametrize(
@@ -897,3 +902,33 @@ def test_symbolic_shape_inference_leaves_nothing_in_the_current_folder(
     )
     assert symbolic_shapes(model) is None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_group_whose_rewrite_cannot_be_proven_stays_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A channel tie the analysis misses (an end-to-end detector head once did) makes the
+    proof fail: that was "this is a graphopt bug", exit 70. Now the groups whose rewrite cannot
+    be proven are found on copies, left alone with the reason, and the rest is pruned."""
+    import graphopt.passes.sparsify.prune_channels as pc
+
+    real = pc.check_rewrite
+
+    def misses_a_tie(model: ir.Model, *args: object, **kwargs: object) -> dict:
+        conv = next(n for n in model.graph if n.name == "/3/Conv")
+        if conv.inputs[1].const_value.shape[0] < 32:
+            raise RuntimeError("the pruned model does not compute what the original computes")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(pc, "check_rewrite", misses_a_tie)
+    model = gir.load_model(demo.demo_files()[0])
+    run_pipeline(model, "cleanup", verify_each=False)
+    _, p = pt.apply_and_check(model, PASS, feeds=pt.random_feeds(model, dims={"batch": 4}))
+    convs = {n.name: n for n in model.graph if n.op_type == "Conv"}
+    assert convs["/3/Conv"].inputs[1].const_value.shape[0] == 32  # left whole
+    assert convs["/0/Conv"].inputs[1].const_value.shape[0] < 32  # the rest is pruned
+    entry = next(e for e in p.details["groups"] if "/3/Conv" in e["producers"])
+    assert entry["left_alone"].startswith("its rewrite could not be proven exact")
+    assert p.stats["groups_unproven"] == 1 and p.stats["groups_pruned"] >= 1
+    assert p.details["check"]["max_abs"] <= 1e-4  # what was pruned is proven
+    assert any("channel groups left alone" in n for n in p.render_notes())

@@ -43,11 +43,20 @@ from graphopt.passes.sparsify.prune_importance import (
 from graphopt.core.ops import WEIGHTED
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
-from graphopt.ir import attr_value, const_array, fill_types, not_constant, shape_through_qdq
+from graphopt.ir import (
+    Pristine,
+    attr_value,
+    const_array,
+    fill_types,
+    not_constant,
+    shape_through_qdq,
+)
 from graphopt.runtime import Snapshot
 
 #: model metadata recording the ratio a global-scope run reached (idempotence)
 _GLOBAL_KEY = "pkg.graphopt.prune-channels.global"
+#: producer metadata: why its group's rewrite could not be proven (left alone from then on)
+UNPROVEN_KEY = "pkg.graphopt.prune-channels.unproven"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +159,8 @@ class PruneChannelsPass(GraphoptPass):
     def run(self, model: ir.Model) -> bool:
         o = self.options
         fill_types(model)  # ranks decide which axis is the channel: exports often lack them
-        analysis = analyze(model.graph, symbolic_shapes(model))
+        shapes = symbolic_shapes(model)
+        analysis = analyze(model.graph, shapes)
         macs_before = layer_macs(model)
         report: list[dict[str, Any]] = []
         candidates: list[tuple[list[int], int, dict[str, Any]]] = []  # group, original, entry
@@ -162,6 +172,10 @@ class PruneChannelsPass(GraphoptPass):
                 "channels": size,
             }
             reason = analysis.group_unsafe(group)
+            unproven = next((p.metadata_props[UNPROVEN_KEY] for p in producers
+                             if UNPROVEN_KEY in p.metadata_props), None)  # fmt: skip
+            if reason is None and unproven is not None:
+                reason = f"its rewrite could not be proven exact in an earlier run ({unproven})"
             if reason is None and any(p.name in o.exclude for p in producers if p.name):
                 reason = "excluded"
             if reason is None and not o.heads and analysis.group_unit(group) > 1:
@@ -180,29 +194,109 @@ class PruneChannelsPass(GraphoptPass):
         plan = self._plan(model, analysis, candidates)
         if not plan:
             return self._unchanged(model, report, len(candidates))
-        kept: dict[int, np.ndarray] = {}
-        for group, idx in plan:
-            for s in group:
-                kept[s] = idx
-            self.count("groups_pruned")
-        reference: list[Snapshot] = []
-        probed = probes(model, analysis, kept) if o.check else []
-
-        def hook() -> None:
-            with extra_outputs(model, [v for v, _ in probed]):
-                reference.append(Snapshot.of(model))
-
-        stats = apply(model.graph, analysis, kept, silenced=hook if o.check else None)
+        pristine = Pristine(model) if o.check else None
+        try:
+            stats, check = self._rewrite(model, analysis, plan)
+        except Exception as exc:  # a channel tie the analysis missed: see _drop_unproven
+            if pristine is None:
+                raise
+            entries = {tuple(g): e for g, _, e in candidates}
+            plan, stats, check = self._drop_unproven(model, pristine, shapes, plan, exc, entries)
+            if not plan:
+                return self.decline(
+                    "no group's rewrite could be proven exact (each is left alone with the "
+                    "reason in the report)"
+                )
+        kept = {s: idx for group, idx in plan for s in group}
+        self.count("groups_pruned", len(plan))
         for k, v in stats.items():
             self.count(k, v)
-        if reference:
-            self.details["check"] = check_rewrite(model, reference[0], probed, self.context)
+        if check is not None:
+            self.details["check"] = check
         for group, _, entry in candidates:
             entry["kept"] = len(kept[group[0]]) if group[0] in kept else entry["channels"]
         if o.scope == "global":
             model.metadata_props[_GLOBAL_KEY] = json.dumps({"ratio": o.ratio})
         self.details["macs"]["after"] = layer_macs(model)
         return True
+
+    def _rewrite(
+        self, model: ir.Model, analysis: Analysis, plan: list[tuple[list[int], np.ndarray]]
+    ) -> tuple[dict[str, int], dict[str, float] | None]:
+        """Remove the planned channels from ``model`` and prove it (``check``): the rewrite's
+        counts and the proof's worst differences. Raises when the proof fails."""
+        kept = {s: idx for group, idx in plan for s in group}
+        reference: list[Snapshot] = []
+        probed = probes(model, analysis, kept) if self.options.check else []
+
+        def hook() -> None:
+            with extra_outputs(model, [v for v, _ in probed]):
+                reference.append(Snapshot.of(model))
+
+        try:
+            stats = apply(
+                model.graph, analysis, kept, silenced=hook if self.options.check else None
+            )
+            check = check_rewrite(model, reference[0], probed, self.context) if reference else None
+        finally:
+            for snapshot in reference:
+                snapshot.close()
+        return stats, check
+
+    def _drop_unproven(
+        self,
+        model: ir.Model,
+        pristine: Pristine,
+        shapes: Any,
+        plan: list[tuple[list[int], np.ndarray]],
+        first: Exception,
+        entries: dict[tuple[int, ...], dict[str, Any]],
+    ) -> tuple[list[tuple[list[int], np.ndarray]], dict[str, int], dict[str, float] | None]:
+        """After a failed proof: find the groups whose rewrite cannot be proven (halving the
+        plan on copies of the model), leave them alone with the reason, and prune the rest.
+
+        A failed proof means the channel analysis missed a tie (an end-to-end detector head
+        once did); the groups it cannot follow stay whole, the rest of the model is pruned.
+        """
+
+        def attempt(keys: list[int]) -> str | None:
+            copy = pristine.copy()
+            fill_types(copy)
+            try:
+                self._rewrite(copy, analyze(copy.graph, shapes), [plan[k] for k in keys])
+            except Exception as exc:  # any failure of the rewrite or its proof
+                return _first_line(exc)
+            return None
+
+        def unproven(keys: list[int], why: str) -> dict[int, str]:
+            if len(keys) == 1:
+                return {keys[0]: why}
+            half = len(keys) // 2
+            bad: dict[int, str] = {}
+            for part in (keys[:half], keys[half:]):
+                err = attempt(part)
+                if err is not None:
+                    bad.update(unproven(part, err))
+            return bad or dict.fromkeys(keys, why)  # each half alone is fine: keep both whole
+
+        bad = unproven(list(range(len(plan))), _first_line(first))
+        for k, why in bad.items():
+            entry = entries[tuple(plan[k][0])]
+            entry["left_alone"] = f"its rewrite could not be proven exact ({why})"
+            self.findings.leave(", ".join(entry["producers"]), "rewrite not proven exact")
+            self.count("groups_unproven")
+        self.details["groups_left_alone"] += len(bad)
+        good = [item for k, item in enumerate(plan) if k not in bad]
+        model.graph = pristine.copy().graph
+        fill_types(model)
+        if not good:
+            return [], {}, None
+        analysis = analyze(model.graph, shapes)
+        for k, why in bad.items():  # a second run leaves them alone at once (idempotence)
+            for s in plan[k][0]:
+                analysis.spaces[s].producer.metadata_props[UNPROVEN_KEY] = why
+        stats, check = self._rewrite(model, analysis, good)
+        return good, stats, check
 
     def _unchanged(self, model: ir.Model, report: list[dict[str, Any]], prunable: int) -> bool:
         """Decline, saying why no channel goes."""
@@ -289,6 +383,11 @@ class PruneChannelsPass(GraphoptPass):
         if d["groups_left_alone"]:
             note += f"; {d['groups_left_alone']} of {len(d['groups'])} channel groups left alone"
         return [note]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def _original(analysis: Analysis, s: int) -> int:
