@@ -567,9 +567,8 @@ def fingerprint(model: ir.Model) -> str:
                     put(key, "graph")
                 elif attr.type in (ir.AttributeType.TENSOR, ir.AttributeType.TENSORS):
                     put(key, id(attr.value))
-                elif attr.type in _LIST_ATTRS and len(attr.value) > 64:
-                    put(key, attr.type.name, len(attr.value))
-                    h.update(_list_bytes(attr.type, attr.value))
+                elif attr.type in _LIST_ATTRS and len(attr.value) > 256:
+                    put(key, _long_list_key(attr.value))
                 else:
                     put(key, attr.value)
     put("opsets", sorted(model.opset_imports.items()))
@@ -579,12 +578,12 @@ def fingerprint(model: ir.Model) -> str:
 _LIST_ATTRS = (ir.AttributeType.INTS, ir.AttributeType.FLOATS, ir.AttributeType.STRINGS)
 
 
-def _list_bytes(kind: ir.AttributeType, values: Any) -> bytes:
-    """A long list attribute's content as bytes (a tree ensemble's node lists hold millions
-    of entries: ``repr`` of them took a minute per optimize on a 70 MB LightGBM model)."""
-    if kind == ir.AttributeType.STRINGS:
-        return b"\0".join(v if isinstance(v, bytes) else str(v).encode() for v in values)
-    return np.asarray(values, np.float64 if kind == ir.AttributeType.FLOATS else np.int64).tobytes()
+def _long_list_key(values: Any) -> tuple[Any, ...]:
+    """A long list attribute by identity, length and 256 evenly spaced entries, like tensors
+    (a tree ensemble's node lists hold millions of entries: hashing them whole took most of
+    ``-p cleanup`` on a 70 MB LightGBM model, 66 of 101 s)."""
+    step = max(1, len(values) // 256)
+    return id(values), len(values), tuple(values[::step])
 
 
 def _dtype_name(dtype: ir.DataType | None) -> str:

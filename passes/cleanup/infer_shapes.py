@@ -44,10 +44,9 @@ class _ShapeInference(ir.passes.common.ShapeInferencePass):
                 raise
             logging.getLogger(__name__).warning("shape inference failed: %s", exc)
             return ir.passes.PassResult(model, False)
-        inferred_model = ir.serde.deserialize_model(inferred)
+        theirs = _inferred_values(inferred)
         modified = False
-        for graph, inferred_graph in zip(model.graphs(), inferred_model.graphs(), strict=True):
-            theirs = ir.convenience.create_value_mapping(inferred_graph)
+        for graph in model.graphs():
             for name, value in ir.convenience.create_value_mapping(graph).items():
                 new = theirs.get(name)
                 if new is None:
@@ -68,6 +67,29 @@ class _ShapeInference(ir.passes.common.ShapeInferencePass):
                     value.shape = new.shape
                     modified = True
         return ir.passes.PassResult(model, modified)
+
+
+def _inferred_values(proto: onnx.ModelProto) -> dict[str, ir.Value]:
+    """The typed values of the inferred model by name (names are unique across scopes).
+
+    Only the value infos are read back: deserializing the whole model again copied every
+    attribute (a tree ensemble's millions of node entries: 6 s of -p cleanup on 70 MB).
+    """
+    out: dict[str, ir.Value] = {}
+
+    def visit(graph: onnx.GraphProto) -> None:
+        for info in (*graph.input, *graph.value_info, *graph.output):
+            out[info.name] = ir.serde.deserialize_value_info_proto(info, None)
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    visit(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for sub in attr.graphs:
+                        visit(sub)
+
+    visit(proto.graph)
+    return out
 
 
 @register_pass
