@@ -1,0 +1,204 @@
+"""Benchmark: graphopt's own time and peak memory, side by side with ONNX Runtime's load.
+
+Issue 23 asks that ``-p cleanup`` on a model over 100 MB take at most 3x ONNX Runtime's
+session load time and 2x its peak memory. Users run graphopt in CI pipelines and tune loops,
+so its own cost is part of the product.
+
+Models (built here, no download):
+
+* ``trees``: a gradient-boosted tree ensemble as OnnxMLTools writes LightGBM
+  (``ai.onnx.ml`` TreeEnsembleRegressor, ai.onnx 9 + ml 1): ``--trees`` trees of depth
+  ``--depth`` over 32 features; its node lists are millions of attribute entries, which is
+  what made graphopt slow (``repr`` of them in the change fingerprint, a second full
+  deserialization in infer-shapes).
+* ``minilm`` (when the ``[models]`` corpus cache holds it): the 90 MB TorchScript MiniLM.
+
+Each command runs in its own process under GNU ``time`` (wall seconds, peak RSS), in rounds
+with the order rotated: ORT's ``InferenceSession`` (CPU EP, default optimizations), graphopt
+``optimize -p cleanup`` (verification on, as a user runs it) from this checkout, and with
+``--baseline REV`` the same from a git worktree of REV. Ratios are per round, then the
+median.
+
+    python benchmarks/bench_tool_cost.py [--rounds 3] [--trees 1000] [--baseline b50298a]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def build_trees(path: Path, trees: int, depth: int, features: int = 32) -> None:
+    """Complete binary trees of ``depth``, LightGBM's attribute layout (OnnxMLTools)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    n = 2 ** (depth + 1) - 1
+    first_leaf = 2**depth - 1
+    tree = np.repeat(np.arange(trees), n)
+    node = np.tile(np.arange(n), trees)
+    leaf = node >= first_leaf
+    attrs: dict[str, Any] = {
+        "nodes_treeids": tree.tolist(),
+        "nodes_nodeids": node.tolist(),
+        "nodes_featureids": rng.integers(0, features, tree.size).tolist(),
+        "nodes_modes": np.where(leaf, "LEAF", "BRANCH_LEQ").tolist(),
+        "nodes_values": rng.standard_normal(tree.size).astype(np.float32).tolist(),
+        "nodes_truenodeids": np.where(leaf, 0, 2 * node + 1).tolist(),
+        "nodes_falsenodeids": np.where(leaf, 0, 2 * node + 2).tolist(),
+        "nodes_missing_value_tracks_true": [0] * tree.size,
+        "target_treeids": tree[leaf].tolist(),
+        "target_nodeids": node[leaf].tolist(),
+        "target_ids": [0] * int(leaf.sum()),
+        "target_weights": (rng.standard_normal(int(leaf.sum())) * 0.01).tolist(),
+        "n_targets": 1,
+        "post_transform": "NONE",
+    }
+    ens = helper.make_node("TreeEnsembleRegressor", ["x"], ["y"], domain="ai.onnx.ml", **attrs)
+    graph = helper.make_graph(
+        [ens],
+        "lightgbm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+    )
+    opsets = [helper.make_opsetid("", 9), helper.make_opsetid("ai.onnx.ml", 1)]
+    onnx.save(helper.make_model(graph, opset_imports=opsets, ir_version=7), str(path))
+
+
+_ORT = (
+    "import onnxruntime as ort, sys; "
+    "ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])"
+)
+# the checkout's graphopt, not the installed (editable) one, when a root is given
+_GRAPHOPT = (
+    "import sys; root = sys.argv.pop(1); "
+    "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
+    "sys.path.insert(0, root); from graphopt.cli import entry; "
+    "sys.argv[0] = 'graphopt'; entry()"
+)
+
+
+def _timed(argv: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of one process, by GNU time."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as out:
+        cmd = ["/usr/bin/time", "-f", "%e %M", "-o", out.name, *argv]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"{argv[:4]} failed: {res.stderr[-2000:]}")
+        wall, rss_kb = out.read().split()[-2:]
+    return float(wall), float(rss_kb) / 1024
+
+
+def commands(model: Path, out_dir: Path, baseline: Path | None) -> dict[str, list[str]]:
+    py = sys.executable
+    cmds = {"ort-load": [py, "-c", _ORT, str(model)]}
+    for name, root in (("graphopt", REPO), ("baseline", baseline)):
+        if root is None:
+            continue
+        out = out_dir / f"{name}.onnx"
+        cmds[name] = [py, "-c", _GRAPHOPT, str(root), "optimize", str(model), "-o", str(out)]
+        cmds[name] += ["-p", "cleanup"]
+    return cmds
+
+
+def measure(model: Path, rounds: int, baseline: Path | None) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmds = commands(model, Path(tmp), baseline)
+        names = list(cmds)
+        rows: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+        for r in range(rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for name in order:
+                rows[name].append(_timed(cmds[name]))
+                print(f"  round {r + 1} {name}: {rows[name][-1][0]:.2f} s, "
+                      f"{rows[name][-1][1]:.0f} MB", flush=True)  # fmt: skip
+    ort = rows["ort-load"]
+    result: dict[str, Any] = {"size_mb": model.stat().st_size / 2**20, "rounds": rounds}
+    for name in names:
+        result[name] = {
+            "seconds": statistics.median(w for w, _ in rows[name]),
+            "peak_mb": statistics.median(m for _, m in rows[name]),
+            "time_vs_ort": statistics.median(w / o[0] for (w, _), o in zip(rows[name], ort)),
+            "memory_vs_ort": statistics.median(m / o[1] for (_, m), o in zip(rows[name], ort)),
+        }
+    return result
+
+
+def markdown(results: dict[str, dict[str, Any]], machine: str, baseline: str | None) -> str:
+    lines = [
+        "# graphopt's own cost: `optimize -p cleanup` against ONNX Runtime's session load",
+        "",
+        f"Machine: {machine}. Each command in its own process (GNU time: wall, peak RSS), "
+        "rounds rotated, medians of per-round ratios to ORT's load. Goal (issue 23): "
+        "at most 3x ORT's time and 2x its memory on models over 100 MB.",
+        "",
+        "| model | size | ORT load | graphopt cleanup | time / ORT | memory / ORT |"
+        + (f" baseline {baseline} | baseline time / ORT |" if baseline else ""),
+        "|---|---|---|---|---|---|" + ("---|---|" if baseline else ""),
+    ]
+    for name, r in results.items():
+        o, g = r["ort-load"], r["graphopt"]
+        row = (
+            f"| {name} | {r['size_mb']:.0f} MB | {o['seconds']:.2f} s, {o['peak_mb']:.0f} MB "
+            f"| {g['seconds']:.2f} s, {g['peak_mb']:.0f} MB | {g['time_vs_ort']:.1f}x "
+            f"| {g['memory_vs_ort']:.2f}x |"
+        )
+        if "baseline" in r:
+            b = r["baseline"]
+            row += f" {b['seconds']:.2f} s, {b['peak_mb']:.0f} MB | {b['time_vs_ort']:.1f}x |"
+        lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--trees", type=int, default=1000)
+    ap.add_argument("--depth", type=int, default=10)
+    ap.add_argument("--baseline", help="a git revision to compare (checked out as a worktree)")
+    ap.add_argument("--machine", default=platform.processor() or platform.machine())
+    args = ap.parse_args()
+    from graphopt.report import write_json
+
+    work = Path(tempfile.mkdtemp(prefix="bench-tool-cost-"))
+    baseline = None
+    if args.baseline:
+        baseline = work / "baseline"
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "-q", "--detach", str(baseline),
+             args.baseline],
+            check=True,
+        )  # fmt: skip
+    models = {f"trees ({args.trees}x depth {args.depth})": work / "trees.onnx"}
+    build_trees(models[next(iter(models))], args.trees, args.depth)
+    minilm = Path.home() / ".cache/graphopt/models/corpus/minilm/model.onnx"
+    if minilm.is_file():
+        models["MiniLM (TorchScript)"] = minilm
+    results = {}
+    try:
+        for name, path in models.items():
+            print(name, flush=True)
+            results[name] = measure(path, args.rounds, baseline)
+    finally:
+        if baseline is not None:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
+                            str(baseline)], check=False)  # fmt: skip
+    RESULTS.mkdir(exist_ok=True)
+    write_json(RESULTS / "tool_cost.json", {"machine": args.machine, "results": results})
+    (RESULTS / "tool_cost.md").write_text(markdown(results, args.machine, args.baseline))
+    print((RESULTS / "tool_cost.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
