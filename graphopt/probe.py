@@ -41,6 +41,7 @@ import onnx_ir as ir
 from graphopt import data as gdata
 from graphopt import runtime
 from graphopt.errors import DataError, GraphoptError, RuntimeFailure
+from graphopt.ir import attr_value
 
 BATCH, SPATIAL, OTHER = "batch", "spatial", "other"
 #: sizes tried for image dims, smallest first (detectors downsample by 32)
@@ -266,20 +267,22 @@ _SAME_VALUES = {
 }
 
 
-def _indexed_size(node: ir.Node) -> int | str | None:
+def _indexed_size(node: ir.Node, inferred: Mapping[str, ir.Shape]) -> int | str | None:
     """The size of the axis ``node`` indexes (a fixed size or a symbolic dim's name)."""
+
+    def shape_of(v: ir.Value | None) -> ir.Shape | None:
+        return None if v is None else (v.shape or inferred.get(v.name or ""))
+
     data = node.inputs[0]
-    if data is None:
-        return None
-    shape = data.shape
-    if shape is None and data.producer() is not None:  # zeros_like(h): ConstantOfShape(Shape(h))
-        made = data.producer()
+    shape = shape_of(data)
+    if shape is None and data is not None and data.producer() is not None:
+        made = data.producer()  # zeros_like(h): ConstantOfShape(Shape(h))
         src = made.inputs[0].producer() if made.op_type == "ConstantOfShape" else None
         if src is not None and src.op_type == "Shape" and "start" not in src.attributes:
-            shape = src.inputs[0].shape if src.inputs[0] is not None else None
+            shape = shape_of(src.inputs[0])
     if shape is None:
         return None
-    axis = 0 if node.op_type.endswith("ND") else int(ir_attr(node, "axis", 0))
+    axis = 0 if node.op_type.endswith("ND") else int(attr_value(node, "axis", 0))  # type: ignore[arg-type]
     if not -len(shape) <= axis < len(shape):
         return None
     d = shape[axis]
@@ -288,28 +291,30 @@ def _indexed_size(node: ir.Node) -> int | str | None:
     return d.value if isinstance(d, ir.SymbolicDim) and d.value else None
 
 
-def ir_attr(node: ir.Node, name: str, default: int) -> int:
-    a = node.attributes.get(name)
-    return default if a is None else int(a.value)
-
-
 def index_bounds(model: ir.Model) -> dict[str, list[int | str]]:
     """Integer inputs whose values are indices, with the size of each axis they index
     (followed through Cast, Reshape, Concat, row Gathers, ...), so random indices are valid.
 
     Where the indexed tensors carry no shapes, ONNX shape inference runs on a copy first.
     """
-    bounds, unknown = _index_bounds(model)
+    bounds, unknown = _index_bounds(model, {})
     if unknown:
         try:
             proto = onnx.shape_inference.infer_shapes(ir.to_proto(model), data_prop=True)
-            bounds, _ = _index_bounds(ir.serde.deserialize_model(proto))
         except Exception:  # inference is a help here, never a requirement
-            pass
+            return bounds
+        inferred = {}
+        for info in proto.graph.value_info:  # only the shapes are read back
+            shape = ir.serde.deserialize_value_info_proto(info, None).shape
+            if shape is not None:
+                inferred[info.name] = shape
+        bounds, _ = _index_bounds(model, inferred)
     return bounds
 
 
-def _index_bounds(model: ir.Model) -> tuple[dict[str, list[int | str]], bool]:
+def _index_bounds(
+    model: ir.Model, inferred: Mapping[str, ir.Shape]
+) -> tuple[dict[str, list[int | str]], bool]:
     """:func:`index_bounds` on the shapes ``model`` has, and whether some were unknown."""
     out: dict[str, list[int | str]] = {}
     unknown = False
@@ -324,7 +329,7 @@ def _index_bounds(model: ir.Model) -> tuple[dict[str, list[int | str]], bool]:
             seen.add(id(v))
             for node, i in v.uses():
                 if (node.op_type, i) in _INDEX_READS:
-                    size = _indexed_size(node)
+                    size = _indexed_size(node, inferred)
                     if size is not None:
                         sizes.append(size)
                     unknown |= size is None
