@@ -110,9 +110,8 @@ def _ort_load_error(proto: onnx.ModelProto) -> str | None:
         text = str(exc).strip()
         missing = re.search(r"implementation for (\w+\(\d+\)) node with name '([^']*)'", text)
         if missing:
-            return f"it has no kernel for {missing[1]}" + (
-                f", node '{missing[2]}'" * bool(missing[2])
-            )
+            node = f", node '{missing[2]}'" if missing[2] else ""
+            return f"it has no kernel for {missing[1]}{node}"
         return text.split(" : ")[-1].splitlines()[0] if text else type(exc).__name__
     return None
 
