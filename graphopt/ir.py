@@ -319,14 +319,14 @@ def fill_types(model: ir.Model) -> int:
     """
     from onnx_ir.passes.common import _c_api_utils
 
-    untyped = [v for n in model.graph for v in n.outputs if v.dtype is None]
+    untyped = [v for n in iter_nodes(model) for v in n.outputs if v.dtype is None]
     if not untyped:
         return 0
     try:
         proto = _c_api_utils.call_onnx_api(onnx.shape_inference.infer_shapes, model)
     except Exception:  # inference fails on some custom ops: types stay unknown
         return 0
-    known = {vi.name: vi for vi in (*proto.graph.value_info, *proto.graph.output)}
+    known = {vi.name: vi for g in graph_protos(proto.graph) for vi in (*g.value_info, *g.output)}
     typed = 0
     for v in untyped:
         info = known.get(v.name or "")
@@ -339,6 +339,15 @@ def fill_types(model: ir.Model) -> int:
             if v.shape is None and info.type.tensor_type.HasField("shape"):
                 v.shape = ir.serde.deserialize_type_proto_for_shape(info.type)
     return typed
+
+
+def graph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph`` and every If/Loop/Scan body in it."""
+    yield graph
+    for node in graph.node:
+        for a in node.attribute:
+            for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs:
+                yield from graph_protos(g)
 
 
 def tensor_bytes(model: ir.Model) -> int:
@@ -355,13 +364,22 @@ def iter_initializer_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
 
 def iter_graphs(model: ir.Model) -> Iterator[ir.Graph]:
     """The main graph and every subgraph (If/Loop/Scan bodies)."""
-    yield model.graph
+    for graph, _ in iter_scopes(model):
+        yield graph
+
+
+def iter_scopes(model: ir.Model) -> Iterator[tuple[ir.Graph, str]]:
+    """The main graph ("main") and every subgraph with where it sits, as a user reads it:
+    ``"If_3/then_branch"`` (the owning node's name, else its op type, and the attribute)."""
+    yield model.graph, "main"
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
         for attr in node.attributes.values():
+            owner = f"{node.name or node.op_type}/{attr.name}"
             if attr.type == ir.AttributeType.GRAPH:
-                yield attr.value
+                yield attr.value, owner
             elif attr.type == ir.AttributeType.GRAPHS:
-                yield from attr.value
+                for i, g in enumerate(attr.value):
+                    yield g, f"{owner}[{i}]"
 
 
 def iter_nodes(model: ir.Model) -> Iterator[ir.Node]:

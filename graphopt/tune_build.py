@@ -28,6 +28,7 @@ CLEANUP_PASSES = frozenset(
     {
         "remove-initializer-inputs",
         "lift-constants",
+        "capture-loop-invariants",
         "fold-constants",
         "eliminate-identity",
         "fold-batchnorm",

@@ -86,7 +86,7 @@ def test_integer_form_within_one_step_of_float_form(
     model = _lookup_model(op, alpha, beta, lo, hi)
     run = _qdq_run()
     node = next(n for n in model.graph if n.op_type == op)
-    qdq_emit.Emitter(run, model.graph).saturating(node)
+    qdq_emit.Emitter(run, model).saturating(node)
     kernels = collections.Counter(n.op_type for n in fusion.optimized_graph(model).graph.node)
     got = _run_codes(model)
     assert np.abs(got - reference).max() <= 1, f"{op} on [{lo}, {hi}]: {got - reference}"

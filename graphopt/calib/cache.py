@@ -226,15 +226,19 @@ def load_or_collect(
     *,
     bins: int = DEFAULT_BINS,
     progress: bool = True,
+    unread: dict[str, str] | None = None,
 ) -> dict[str, TensorStats]:
     """Stats for ``tensors`` (default: every float activation) from the cache when it holds
-    them for this model, data and bin count; otherwise collect and update the cache.
+    them for this model, data and bin count; otherwise collect and update the cache
+    (``unread``: see :func:`graphopt.calib.collect.collect_stats`).
 
     ``cache`` is a file path, an existing folder (the file is named by the key), or None (no
     cache). An unreadable cache file is treated as a miss and replaced.
     """
     if cache is None:
-        return _collect.collect_stats(model, samples, tensors, bins=bins, progress=progress)
+        return _collect.collect_stats(
+            model, samples, tensors, bins=bins, progress=progress, unread=unread
+        )
     names, explicit = _collect.resolve_tensors(model, tensors)
     key = cache_key(model, samples, bins=bins)
     path = cache_file(cache, key)
@@ -252,7 +256,7 @@ def load_or_collect(
             if not explicit and default_set:
                 return {n: cached[n] for n in names if n in cached}
     fresh = _collect.collect_stats(
-        model, samples, names if explicit else None, bins=bins, progress=progress
+        model, samples, names if explicit else None, bins=bins, progress=progress, unread=unread
     )
     save_stats(path, {**cached, **fresh}, key=key, default_set=default_set or not explicit)
     return fresh

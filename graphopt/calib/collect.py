@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -23,9 +24,10 @@ import onnx_ir as ir
 
 from graphopt import ir as gir
 from graphopt import runtime
+from graphopt.calib.expose import Exposed, body_values, expose, merge_iterations
 from graphopt.calib.stats import DEFAULT_BINS, TensorStats
 from graphopt.data import Samples
-from graphopt.errors import DataError
+from graphopt.errors import DataError, RuntimeFailure
 
 FLOAT_TYPES = frozenset(
     {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE}
@@ -68,36 +70,22 @@ def _main_graph_values(model: ir.Model) -> dict[str, ir.Value]:
     return values
 
 
-def _subgraph_value_names(model: ir.Model) -> set[str]:
-    names: set[str] = set()
-    for graph in gir.iter_graphs(model):
-        if graph is model.graph:
-            continue
-        for node in graph:
-            names.update(v.name for v in node.outputs if v.name)
-    return names
-
-
 def resolve_tensors(model: ir.Model, tensors: Sequence[str] | None) -> tuple[list[str], bool]:
     """The tensor names to collect and whether they were asked for explicitly.
 
-    Unknown names, names inside subgraphs and non-float tensors are :class:`DataError`\\ s
-    that name the tensor.
+    Tensors inside If/Loop/Scan bodies are read through their control-flow nodes
+    (:mod:`graphopt.calib.expose`). Unknown names and non-float tensors are
+    :class:`DataError`\\ s that name the tensor.
     """
     if tensors is None:
         return default_tensors(model), False
     if isinstance(tensors, str):
         tensors = [tensors]
-    values = _main_graph_values(model)
+    values = {**body_values(model), **_main_graph_values(model)}
     names = list(dict.fromkeys(tensors))
     for name in names:
         v = values.get(name)
         if v is None:
-            if name in _subgraph_value_names(model):
-                raise DataError(
-                    f"tensor '{name}' is inside a subgraph (If/Loop/Scan body); only tensors "
-                    "of the main graph can be calibrated"
-                )
             close = difflib.get_close_matches(name, list(values), n=1)
             raise DataError(
                 f"unknown tensor '{name}': no graph input, initializer or node output has "
@@ -126,12 +114,19 @@ def _check_samples(model: ir.Model, samples: Samples) -> None:
             )
 
 
-def _add_outputs(proto: onnx.ModelProto, names: Sequence[str], model: ir.Model) -> None:
-    """Append the tensors as graph outputs (typed where the model knows the type)."""
+def _add_outputs(
+    proto: onnx.ModelProto, names: Sequence[str], model: ir.Model
+) -> tuple[Exposed, dict[str, str]]:
+    """Append the tensors as graph outputs (typed where the model knows the type); body
+    tensors are lifted (:func:`expose`). Returns those lifted and those that could not be."""
     values = _main_graph_values(model)
+    inner = body_values(model)
+    lift = [n for n in names if n not in values and n in inner]
+    types = {n: int(inner[n].dtype) for n in lift if inner[n].dtype is not None}
+    exposed, failed = expose(proto, lift, types) if lift else (Exposed(), {})
     present = {o.name for o in proto.graph.output}
     for name in names:
-        if name in present:
+        if name in present or (name in inner and name not in values):
             continue
         v = values.get(name)
         if v is not None and v.dtype is not None:
@@ -139,6 +134,7 @@ def _add_outputs(proto: onnx.ModelProto, names: Sequence[str], model: ir.Model) 
         else:  # ONNX Runtime infers the type of an untyped output
             proto.graph.output.append(onnx.ValueInfoProto(name=name))
         present.add(name)
+    return exposed, failed
 
 
 def _keep_only(proto: onnx.ModelProto, names: Sequence[str]) -> None:
@@ -177,6 +173,9 @@ def augmented_session(
     fusions either way, but with optimizations off every intermediate value is computed
     exactly as the graph says). ``only`` makes ``names`` the only outputs and drops the
     nodes they do not need, so a tensor early in the graph costs only the graph up to it.
+    Tensors of If/Loop/Scan bodies are lifted out (:mod:`graphopt.calib.expose`) and
+    returned under their own names, iterations folded into their first axis; the session's
+    ``unread`` says which could not be lifted and why.
 
     The copy goes through a temporary folder: onnx_ir writes the weights to an external data
     file tensor by tensor, the small weightless proto gets the extra outputs, and ONNX Runtime
@@ -188,15 +187,55 @@ def augmented_session(
     try:
         gir.save_model(model, tmp / "model.onnx", external_data=True)
         proto = onnx.load_model(str(tmp / "model.onnx"), load_external_data=False)
-        if only:
+        inner = body_values(model).keys() - _main_graph_values(model).keys()
+        exposed, unread = Exposed(), {}
+        if only and not inner.intersection(names):
             _keep_only(proto, names)
         else:
-            _add_outputs(proto, names, model)
+            exposed, unread = _add_outputs(proto, names, model)
         onnx.save_model(proto, str(tmp / "augmented.onnx"))
         del proto
-        yield runtime.make_session(str(tmp / "augmented.onnx"), optimize=optimize)
+        sess = runtime.make_session(str(tmp / "augmented.onnx"), optimize=optimize)
+        yield LiftedSession(sess, exposed, unread) if (exposed or unread) else sess
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class LiftedSession:
+    """An ONNX Runtime session whose outputs include tensors lifted out of If/Loop/Scan
+    bodies, under their own names (what callers of :func:`augmented_session` fetch)."""
+
+    def __init__(self, sess: Any, exposed: Exposed, unread: dict[str, str]) -> None:
+        self._sess = sess
+        self._exposed = exposed
+        self._outer = {name: out for name, (out, _) in exposed.items()}
+        self._inner = {out: name for name, out in self._outer.items()}
+        #: body tensors that could not be lifted: name -> why
+        self.unread = unread
+
+    def get_inputs(self) -> Any:
+        return self._sess.get_inputs()
+
+    def get_outputs(self) -> list[Any]:
+        return [
+            SimpleNamespace(name=self._inner.get(o.name, o.name), type=o.type, shape=o.shape)
+            for o in self._sess.get_outputs()
+        ]
+
+    def _names(self, names: Sequence[str] | None) -> list[str]:
+        names = [o.name for o in self.get_outputs()] if names is None else names
+        return [self._outer.get(n, n) for n in names]
+
+    def run(self, names: Sequence[str] | None, feed: dict[str, Any], *args: Any) -> list[Any]:
+        wanted = [o.name for o in self.get_outputs()] if names is None else list(names)
+        got = self._sess.run(self._names(wanted), feed, *args)
+        return [
+            merge_iterations(np.asarray(a), self._exposed[n][1]) if n in self._exposed else a
+            for n, a in zip(wanted, got, strict=True)
+        ]
+
+    def run_with_ort_values(self, names: Sequence[str] | None, feed: Any, *args: Any) -> Any:
+        return self._sess.run_with_ort_values(self._names(names), feed, *args)
 
 
 def _progress(enabled: bool, label: str = "calibrating") -> Any:
@@ -265,19 +304,48 @@ def collect_stats(
     *,
     bins: int = DEFAULT_BINS,
     progress: bool = True,
+    unread: dict[str, str] | None = None,
 ) -> dict[str, TensorStats]:
     """Stream ``samples`` through one augmented session; return stats per tensor name.
 
     ``tensors`` defaults to :func:`default_tensors` (every float activation and graph input).
+    Tensors of If/Loop/Scan bodies are read through their control-flow nodes; those that
+    cannot be (a body whose tensor changes shape between iterations, an op whose bodies
+    cannot return values) get no stats, and ``unread`` (when given) says why, by name.
     A rich progress bar shows on stderr when ``progress`` and stderr is a terminal.
     """
     names, explicit = resolve_tensors(model, tensors)
     _check_samples(model, samples)
     TensorStats(bins)  # validate bins before the (expensive) session
+    unread = {} if unread is None else unread
+    try:
+        return _collect(model, samples, names, explicit, bins, progress, unread)
+    except RuntimeFailure as exc:
+        inner = [n for n in names if n in body_values(model)]
+        if not inner:
+            raise
+        why = f"ONNX Runtime could not return it from its body ({exc})"
+        unread.update(dict.fromkeys(inner, why))
+        rest = [n for n in names if n not in unread]
+        return _collect(model, samples, rest, explicit, bins, progress, unread) if rest else {}
+
+
+def _collect(
+    model: ir.Model,
+    samples: Samples,
+    names: list[str],
+    explicit: bool,
+    bins: int,
+    progress: bool,
+    unread: dict[str, str],
+) -> dict[str, TensorStats]:
     with augmented_session(model, names) as sess:
+        unread.update(getattr(sess, "unread", {}))
         types = {o.name: o.type for o in sess.get_outputs()}
         fetch = []
         for name in names:
+            if name in unread:
+                continue
             if types.get(name) in _ORT_FLOAT_TYPES:
                 fetch.append(name)
             elif explicit:

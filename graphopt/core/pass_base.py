@@ -171,6 +171,9 @@ class GraphoptPass(ir.passes.InPlacePass, abc.ABC):
     #: the pass acts on weights that are constant initializers; the runner first turns
     #: Constant-node weights (Paddle) and weights listed as inputs (PyTorch 1.x) into them
     constant_weights: ClassVar[bool] = False
+    #: the pass also rewrites inside If/Loop/Scan bodies (its decline reasons then do not
+    #: say that nodes there are left alone)
+    enters_subgraphs: ClassVar[bool] = False
     summary: ClassVar[str] = ""
 
     def __init__(self, options: Any = None, context: PassContext | None = None) -> None:
@@ -239,10 +242,29 @@ class GraphoptPass(ir.passes.InPlacePass, abc.ABC):
         reason = f"no {what}" + (f" (skipped: {skipped})" if skipped else "")
         if "weight_is_graph_input" in skipped or "weight_is_constant_node" in skipped:
             reason += f"; {gir.CLEANUP_FIRST}"
-        inner = gir.nodes_in_subgraphs(model, frozenset(ops))
+        inner = 0 if self.enters_subgraphs else gir.nodes_in_subgraphs(model, frozenset(ops))
         if inner:
             reason += f"; {inner} {'/'.join(sorted(set(ops)))} inside If/Loop bodies left alone"
         return self.decline(reason)
+
+    def count_scope(self, scope: str) -> None:
+        """Count one rewrite in ``scope`` (a label of :func:`graphopt.ir.iter_scopes`): those
+        inside If/Loop/Scan bodies as ``in_subgraphs`` and per body in ``details["subgraphs"]``,
+        so the report shows where in the control flow the pass acted."""
+        if scope == "main":
+            return
+        self.count("in_subgraphs")
+        inner = self.details.setdefault("subgraphs", {})
+        inner[scope] = inner.get(scope, 0) + 1
+
+    def subgraph_notes(self, what: str) -> list[str]:
+        """``["quantized inside If/Loop/Scan bodies: 2 in Loop_0/body"]`` after
+        :meth:`count_scope` counted any."""
+        inner = self.details.get("subgraphs")
+        if not inner:
+            return []
+        where = ", ".join(f"{n} in {scope}" for scope, n in inner.items())
+        return [f"{what} inside If/Loop/Scan bodies: {where}"]
 
     def leave(self, node: ir.Node, reason: str) -> None:
         """Leave ``node`` as it is because of ``reason``: counted (``skipped:<reason>``) and

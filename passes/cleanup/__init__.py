@@ -1,6 +1,7 @@
 """Lossless cleanups: the passes behind the ``cleanup`` preset."""
 
 from graphopt.passes.cleanup import (  # noqa: F401
+    capture_loop_invariants,
     convert_opset,
     deduplicate_initializers,
     eliminate_common_subexpressions,

@@ -22,6 +22,7 @@ import onnx_ir as ir
 
 from graphopt import runtime
 from graphopt.core.ops import QDQ, SCALE_PRESERVING
+from graphopt.ir import graph_protos
 
 #: kernels that mean "this group runs in integer arithmetic"
 INTEGER_KERNELS = frozenset(
@@ -107,14 +108,16 @@ def check_fusion(model: ir.Model, nodes: dict[str, str], ep: str = "cpu") -> Fus
     """Classify the quantized nodes of ``model`` (name -> op type) as fused or not on ``ep``."""
     ops_of = nodes
     proto = optimized_graph(model, ep)
+    # If/Loop/Scan bodies too: ORT optimizes them in place (names are unique across scopes)
+    every = [n for g in graph_protos(proto.graph) for n in g.node]
     by_name: dict[str, onnx.NodeProto] = {}
-    for n in proto.graph.node:
+    for n in every:
         by_name.setdefault(_base_name(n.name), n)
-    for n in proto.graph.node:  # exact names win over renamed ones
+    for n in every:  # exact names win over renamed ones
         by_name[n.name] = n
-    producers = {o: n for n in proto.graph.node for o in n.output}
+    producers = {o: n for n in every for o in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = collections.defaultdict(list)
-    for n in proto.graph.node:
+    for n in every:
         for i in n.input:
             consumers[i].append(n)
     kernels, fused, unfused = {}, [], []
@@ -141,7 +144,7 @@ def check_fusion(model: ir.Model, nodes: dict[str, str], ep: str = "cpu") -> Fus
             fused.append(name)
         else:
             unfused.append(name)
-    ops = collections.Counter(n.op_type for n in proto.graph.node)
+    ops = collections.Counter(n.op_type for n in every)
     return FusionReport(kernels=kernels, fused=fused, unfused=unfused, ops=dict(ops))
 
 

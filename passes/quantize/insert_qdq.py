@@ -73,7 +73,7 @@ from graphopt.passes.quantize.qdq_plan import (
     calibration_tensors,
     default_ops,
     nothing_to_quantize,
-    plan,
+    plan_model,
     softmax_inputs,
 )
 from graphopt.passes.quantize.qdq_smooth import smoothing_scales
@@ -85,7 +85,14 @@ from graphopt.core.ops import WEIGHTED
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
 from graphopt.errors import DataError
-from graphopt.ir import Pristine, ai_onnx_opset, fill_types
+from graphopt.ir import (
+    Pristine,
+    ai_onnx_opset,
+    fill_types,
+    iter_graphs,
+    iter_nodes,
+    iter_scopes,
+)
 from graphopt.target import int8_scheme
 
 #: the pass and what callers of this module use from the modules it is built of
@@ -189,6 +196,7 @@ class InsertQdqPass(GraphoptPass):
     needs = frozenset({"data"})
     min_opset = _MIN_OPSET  # per-axis DequantizeLinear
     constant_weights = True
+    enters_subgraphs = True
     summary = "static int8 QDQ quantization placed for the target's integer kernels (calibrated)"
     _PAYS = acceptance.PAYS  # int8 must be at least 3% faster than float to be kept (guard)
 
@@ -198,7 +206,7 @@ class InsertQdqPass(GraphoptPass):
     def required_opset(self, model: ir.Model) -> int:
         """Opset 13 where there is something to quantize (else no conversion is worth it)."""
         ops = set(self.options.op_types or DEFAULT_OPS) & (WEIGHTED | {"Gather"})
-        return self.min_opset if any(n.op_type in ops for n in model.graph) else 0
+        return self.min_opset if any(n.op_type in ops for n in iter_nodes(model)) else 0
 
     def run(self, model: ir.Model) -> bool:
         opts = self.options
@@ -237,9 +245,9 @@ class InsertQdqPass(GraphoptPass):
         graph = model.graph
         opset = ai_onnx_opset(model)
         fill_types(model)  # which tensors are float decides what is calibrated
-        planned = plan(run, graph, set(run.exclude)).nodes
+        planned = plan_model(run, model, set(run.exclude)).nodes
         if not planned:
-            kept_before = {n.name for n in graph if KEPT_FLOAT_KEY in n.metadata_props}
+            kept_before = {n.name for n in iter_nodes(model) if KEPT_FLOAT_KEY in n.metadata_props}
             why = nothing_to_quantize(model, sorted(run.op_types), kept_before)
             return self.decline(why)
         if opset < _MIN_OPSET:
@@ -251,8 +259,9 @@ class InsertQdqPass(GraphoptPass):
         samples = self.context.data
         if samples is None:
             raise DataError("qdq-insert needs calibration data (DATA)")
-        every = plan(run, graph, set(run.exclude), prune=False)
+        every = plan_model(run, model, set(run.exclude), prune=False)
         names = calibration_tensors(every)
+        unread: dict[str, str] = {}  # body tensors calibration could not read, and why
         if names:  # an embedding alone takes its table's parameters: nothing to calibrate
             run.ranges, empty = activation_ranges(
                 model,
@@ -263,7 +272,11 @@ class InsertQdqPass(GraphoptPass):
                 symmetric=run.act_type == "int8",
                 cache=self.context.calib_cache,
                 softmax_inputs=softmax_inputs(every),
+                unread=unread,
             )
+            if unread:  # those stay float: say where and why
+                self.details["subgraphs_not_calibrated"] = unread
+                self.count("kept_float:body_not_calibrated", len(unread))
             if empty:  # nothing finite to scale: such tensors stay float
                 self.details["no_finite_values"] = empty
                 self.count("kept_float:no_finite_values", len(empty))
@@ -276,8 +289,8 @@ class InsertQdqPass(GraphoptPass):
             smoothing = smoothing_scales(run, model, samples, opts.smooth, opts.smooth_gain)
             run.smooth = smoothing.scales
             self.details.update(smoothing.record)
-        unnamed = [node for node in graph if not node.name]
-        namer = Namer(graph)
+        unnamed = [node for node in iter_nodes(model) if not node.name]
+        namer = Namer.for_model(model)
         for node in unnamed:  # trials and the final rewrite must agree on node names
             node.name = namer(f"{node.op_type}_q")
         budget_text = opts.budget or self.context.budget or FLOOR
@@ -328,14 +341,22 @@ class InsertQdqPass(GraphoptPass):
             self.details["fusion_final"] = final.summary()
             self.count("fused", len(final.fused))
             self.count("unfused", len(final.unfused))
-        found = qdq_activations.forms(graph, {**kept, **run.activation_why})
+        for g, scope in iter_scopes(model):  # where inside If/Loop bodies int8 went
+            for node in g:
+                if node.name in run.quantized:
+                    self.count_scope(scope)
+        found = {
+            k: v
+            for g in iter_graphs(model)
+            for k, v in qdq_activations.forms(g, {**kept, **run.activation_why}).items()
+        }
         if found:
             self.details["activations"] = found
         if kept:
             self.details["kept_float"] = kept
             for name, why in kept.items():
                 self.findings.leave(name, why)
-            for node in graph:  # recorded in the model, so a second run does not redo it
+            for node in iter_nodes(model):  # recorded, so a second run does not redo it
                 if node.name in kept:
                     node.metadata_props[KEPT_FLOAT_KEY] = kept[node.name]
                     changed = True
@@ -362,9 +383,18 @@ class InsertQdqPass(GraphoptPass):
         if d.get("no_finite_values"):
             empty = d["no_finite_values"]
             notes.append(
-                f"{len(empty)} tensor(s) held no finite value on DATA (a -inf mask?) and stay "
-                f"float: {', '.join(empty[:3])}{' ...' if len(empty) > 3 else ''}"
+                f"{len(empty)} tensor(s) held no finite value on DATA (a -inf mask, or an If "
+                f"branch DATA never took) and stay float: {', '.join(empty[:3])}"
+                f"{' ...' if len(empty) > 3 else ''}"
             )
+        if d.get("subgraphs_not_calibrated"):
+            unread = d["subgraphs_not_calibrated"]
+            first = next(iter(unread))
+            notes.append(
+                f"{len(unread)} tensor(s) inside If/Loop/Scan bodies could not be calibrated and "
+                f"stay float: '{first}': {unread[first]}"
+            )
+        notes += self.subgraph_notes("quantized")
         notes.append(acceptance.budget_note(d.get("budget"), "quantized_all", "all int8"))
         guard = d.get("guard")
         if guard and "decision" in guard and not guard["decision"].startswith("float"):

@@ -1,9 +1,13 @@
 """Writing qdq-insert's plan into a graph: Q/DQ pairs, int8 weights, int32 biases, smoothing.
 
-One :class:`Emitter` per rewritten graph holds what that rewrite shares between nodes (the
+One :class:`Emitter` per rewritten model holds what that rewrite shares between nodes (the
 Q/DQ pair of each tensor, the parameters of each calibrated root, the float constants that
 int8 copies replaced); it is thrown away after the rewrite. The pass rewrites many trial
 copies per run and the model itself last, all through :func:`quantize`.
+
+Nodes inside If/Loop/Scan bodies get their Q/DQ nodes and int8 constants in their own body:
+ONNX Runtime fuses a QDQ group only within one graph, so a DequantizeLinear that a body node
+reads must sit in that body, with its scale and zero point as the body's initializers.
 """
 
 from __future__ import annotations
@@ -22,19 +26,20 @@ from graphopt.passes.quantize.qdq_params import (
     quantize_weight,
     weight_axis,
 )
-from graphopt.passes.quantize.qdq_plan import QdqPlan, QdqRun, plan
+from graphopt.passes.quantize.qdq_plan import QdqPlan, QdqRun, plan_model
 
 from graphopt.core.build import Namer, add_initializer
-from graphopt.ir import Pristine
+from graphopt.ir import Pristine, iter_nodes
 from graphopt.ir import attr_value as _attr
 from graphopt.ir import const_array as _const
 
 
 def quantize(run: QdqRun, model: ir.Model, kept: dict[str, str]) -> bool:
-    """Plan with ``kept`` nodes left float, then insert Q/DQ into ``model``; records what was
-    quantized in ``run``. Returns whether anything was planned."""
-    chosen = plan(run, model.graph, set(run.exclude) | set(kept))
-    emitter = Emitter(run, model.graph)
+    """Plan with ``kept`` nodes left float, then insert Q/DQ into ``model`` (its If/Loop/Scan
+    bodies included); records what was quantized in ``run``. Returns whether anything was
+    planned."""
+    chosen = plan_model(run, model, set(run.exclude) | set(kept))
+    emitter = Emitter(run, model)
     emitter.rewrite(chosen, param_roots(chosen))
     emitter.drop_replaced()
     return bool(chosen.nodes)
@@ -48,34 +53,36 @@ def trial(run: QdqRun, pristine: Pristine, kept: dict[str, str]) -> ir.Model:
 
 
 class Emitter:
-    """Writes one plan into one graph."""
+    """Writes one plan into one model."""
 
-    def __init__(self, run: QdqRun, graph: ir.Graph) -> None:
+    def __init__(self, run: QdqRun, model: ir.Model) -> None:
         self.run = run
-        self.graph = graph
-        self.name = Namer(graph)
-        self.qparams: dict[ir.Value, tuple[ir.Value, ir.Value]] = {}
-        self.dq: dict[ir.Value, ir.Value] = {}  # float tensor -> its DequantizeLinear output
+        self.model = model
+        self.name = Namer.for_model(model)
+        #: (calibrated root, graph) -> its scale and zero point, initializers of that graph
+        self.qparams: dict[tuple[ir.Value, ir.Graph], tuple[ir.Value, ir.Value]] = {}
+        #: (float tensor, graph) -> its DequantizeLinear output in that graph
+        self.dq: dict[tuple[ir.Value, ir.Graph], ir.Value] = {}
         self.replaced: list[ir.Value] = []  # float constants that int8 copies replaced
 
     def rewrite(self, plan: QdqPlan, roots: dict[ir.Value, ir.Value]) -> None:
-        run, graph, ranges = self.run, self.graph, self.run.ranges
+        run, ranges = self.run, self.run.ranges
         run.embeddings = {n.name for n in plan.embedding if n.name}
         run.quantized = {}
         quantized_out = {y for n in plan.outputs for y in plan.all_outputs(n)}
 
-        def params(v: ir.Value) -> tuple[ir.Value, ir.Value] | None:
+        def params(v: ir.Value, graph: ir.Graph) -> tuple[ir.Value, ir.Value] | None:
             root = roots.get(v, v)
-            if root in self.qparams:
-                return self.qparams[root]
+            if (root, graph) in self.qparams:
+                return self.qparams[root, graph]
             if root.name not in ranges:
                 return None
             scale, zp = activation_qparams(*ranges[root.name], run.act_type)
             pair = (
-                self.initializer(f"{root.name}_scale", scale),
-                self.initializer(f"{root.name}_zero_point", zp),
+                self.initializer(f"{root.name}_scale", scale, graph),
+                self.initializer(f"{root.name}_zero_point", zp, graph),
             )
-            self.qparams[root] = pair
+            self.qparams[root, graph] = pair
             return pair
 
         self.apply_smoothing(plan, quantized_out)
@@ -86,13 +93,14 @@ class Emitter:
             dq, pair = self.table_dq(n, table)
             n.replace_input_with(0, dq)
             self.replaced.append(table)
-            self.qparams[plan.outputs[n]] = pair
+            self.qparams[plan.outputs[n], _graph(n)] = pair
             run.count("quantized:Gather(embedding)")
         # 1. outputs of quantized nodes: every reader goes through the Q/DQ pair
-        for y in [y for n in plan.outputs for y in plan.all_outputs(n)]:
-            p = params(y)
-            if p is not None:
-                self.qdq(y, p, readers=None)
+        for n in plan.outputs:
+            for y in plan.all_outputs(n):
+                p = params(y, _graph(n))
+                if p is not None:
+                    self.qdq(y, p, readers=None)
         # 2. activation inputs from the float world: only quantized readers switch over
         dq_outputs = set(self.dq.values())
         for n in plan.nodes:
@@ -105,12 +113,14 @@ class Emitter:
                 if _const(v) is not None:
                     self.replaced.append(v)
                     dq = self.const_dq(n, v)
-                elif v in self.dq:
-                    dq = self.dq[v]
+                elif (v, _graph(n)) in self.dq:
+                    dq = self.dq[v, _graph(n)]
                 else:
-                    p = params(v)
-                    assert p is not None and v not in quantized_out
-                    dq = self.qdq(v, p, readers=[])
+                    # a tensor of an outer scope gets its pair in the reader's body
+                    outer = _defined_in(v) is not _graph(n)
+                    p = params(v, _graph(n))
+                    assert p is not None and (v not in quantized_out or outer)
+                    dq = self.qdq(v, p, readers=[], into=_graph(n) if outer else None)
                 dq_outputs.add(dq)
                 n.replace_input_with(i, dq)
         # 3. weights, bias and embedding tables
@@ -136,7 +146,7 @@ class Emitter:
         for n in plan.region:
             if n.op_type in acts.SATURATING:
                 self.saturating(n)
-        for n in graph:
+        for n in iter_nodes(self.model):
             if n.op_type == "Resize" and n.domain in ("", "ai.onnx"):
                 self.drop_empty_roi(n)
         run.count("relu_absorbed", len(plan.absorbed))
@@ -144,7 +154,7 @@ class Emitter:
     # ------------------------------------------------------------ smoothing
     def apply_smoothing(self, plan: QdqPlan, quantized_out: set[ir.Value]) -> None:
         """x -> Mul(x, 1/s) for the quantized MatMuls reading x; their weights become W * s."""
-        run, graph = self.run, self.graph
+        run = self.run
         readers: dict[ir.Value, list[ir.Node]] = {}
         for n in plan.weighted:
             x = n.inputs[0]
@@ -152,8 +162,11 @@ class Emitter:
                 if x not in quantized_out:
                     readers.setdefault(x, []).append(n)
         for x, nodes in readers.items():
+            graph = _graph(nodes[0])
+            if any(_graph(n) is not graph for n in nodes):
+                continue  # readers in several scopes: smoothing stays off for x
             scale, rng = run.smooth[x.name]  # type: ignore[index]
-            inv = self.initializer(f"{x.name}_smooth_inv", (1.0 / scale).astype(np.float32))
+            inv = self.initializer(f"{x.name}_smooth_inv", (1.0 / scale).astype(np.float32), graph)
             mul = run.mark(ir.Node("", "Mul", [x, inv], name=self.name(f"{x.name}_smooth")))
             y = mul.outputs[0]
             y.name = self.name(f"{x.name}_smoothed")
@@ -172,7 +185,7 @@ class Emitter:
                     wa = _const(w)
                     assert wa is not None
                     new = (wa.astype(np.float64) * scale[:, None]).astype(np.float32)
-                    scaled[id(w)] = self.initializer(f"{w.name}_smoothed", new)
+                    scaled[id(w)] = self.initializer(f"{w.name}_smoothed", new, graph)
                     self.replaced.append(w)
                 n.replace_input_with(0, y)
                 n.replace_input_with(1, scaled[id(w)])
@@ -185,7 +198,7 @@ class Emitter:
         constant belongs in the dequantization scale (exact for powers of two, one float
         rounding of the scale otherwise), and ORT's integer kernel applies it for free.
         """
-        graph = self.graph
+        graph = _graph(mm)
         y = mm.outputs[0]
         uses = list(y.uses())
         if len(uses) != 1 or y.is_graph_output() or uses[0].idx != 0:
@@ -207,7 +220,7 @@ class Emitter:
             return
         factor = 1.0 / c64 if op.op_type == "Div" else c64
         new_scale = np.asarray(float(scale.reshape(())) * factor, np.float32)
-        s = self.initializer(f"{mm.name}_a_scale", new_scale)
+        s = self.initializer(f"{mm.name}_a_scale", new_scale, graph)
         base = f"{mm.name}_a"
         out = self.dequantize(mm, dq.inputs[0], s, dq.inputs[2], None, base, dq.outputs[0].shape)
         mm.replace_input_with(0, out)
@@ -248,7 +261,8 @@ class Emitter:
         assert x is not None and q is not None and sy is not None and x_range is not None
         name = n.name  # every planned node is named (step 2)
         assert name
-        c = self.initializer(f"{name}_offset", np.array(beta / alpha, np.float32))
+        graph = _graph(n)
+        c = self.initializer(f"{name}_offset", np.array(beta / alpha, np.float32), graph)
         add = run.mark(ir.Node("", "Add", [x, self.const_dq(n, c)], name=self.name(f"{name}_add")))
         self.replaced.append(c)
         t = add.outputs[0]
@@ -256,20 +270,20 @@ class Emitter:
         if n.op_type == "HardSigmoid":
             # Q(clip(a*x + b, 0, 1), s) == Q(x + b/a, s/a): the Q saturates, its DQ reads s
             s_q = self.initializer(
-                f"{name}_gate_scale", (sy / np.float32(alpha)).astype(np.float32)
+                f"{name}_gate_scale", (sy / np.float32(alpha)).astype(np.float32), graph
             )
-            self.graph.insert_before(n, [add])
+            graph.insert_before(n, [add])
             ir.convenience.replace_all_uses_with(y, t)
             q.replace_input_with(1, s_q)
-            self.graph.remove(n, safe=True)
+            graph.remove(n, safe=True)
             add.name = name  # ORT's fused QLinearAdd bears the activation's name
             form = f"HardSigmoid: {acts.INTEGER_ADD}"
         else:
-            zero = self.initializer(f"{name}_gate_zero_point", np.array(0, np.uint8))
+            zero = self.initializer(f"{name}_gate_zero_point", np.array(0, np.uint8), graph)
             s_t = self.initializer(
-                f"{name}_gate_scale", np.array(sg / np.float32(alpha), np.float32)
+                f"{name}_gate_scale", np.array(sg / np.float32(alpha), np.float32), graph
             )
-            s_g = self.initializer(f"{name}_gate_dq_scale", np.array(sg, np.float32))
+            s_g = self.initializer(f"{name}_gate_dq_scale", np.array(sg, np.float32), graph)
             qt = run.mark(
                 ir.Node("", "QuantizeLinear", [t, s_t, zero], name=self.name(f"{name}_gate_Q"))
             )
@@ -287,7 +301,7 @@ class Emitter:
             g.name, g.dtype, g.shape = self.name(f"{name}_gate"), ir.DataType.FLOAT, y.shape
             mul = run.mark(ir.Node("", "Mul", [x, g], name=self.name(f"{name}_mul")))
             ir.convenience.replace_nodes_and_values(
-                self.graph, n, [n], [add, qt, dqt, mul], [y], [mul.outputs[0]]
+                graph, n, [n], [add, qt, dqt, mul], [y], [mul.outputs[0]]
             )
             mul.name = name  # ORT's fused QLinearMul bears the activation's name
             form = f"HardSwish: {acts.INTEGER_ADD_MUL}"
@@ -296,10 +310,20 @@ class Emitter:
         run.count(f"activation_integer:{n.op_type}")
 
     # ------------------------------------------------------------ Q/DQ nodes
-    def qdq(self, x: ir.Value, pair: tuple[ir.Value, ir.Value], readers: list | None) -> ir.Value:
-        """Q/DQ on ``x``; ``readers`` None: all readers (and a graph output) switch to DQ."""
+    def qdq(
+        self,
+        x: ir.Value,
+        pair: tuple[ir.Value, ir.Value],
+        readers: list | None,
+        into: ir.Graph | None = None,
+    ) -> ir.Value:
+        """Q/DQ on ``x`` after its producer, or at the top of ``into`` (a body reading ``x``
+        from an outer scope); ``readers`` None: all readers in that graph (and a graph
+        output) switch to DQ; readers in other scopes keep ``x``."""
         assert x.name is not None
-        graph, mark = self.graph, self.run.mark
+        mark = self.run.mark
+        graph = into if into is not None else _defined_in(x)
+        assert graph is not None
         s, z = pair
         base = x.name
         q = mark(ir.Node("", "QuantizeLinear", [x, s, z], name=self.name(f"{base}_Q")))
@@ -314,9 +338,9 @@ class Emitter:
         out.shape = x.shape
         if readers is None:
             for use in list(x.uses()):
-                if use.node is not q:
+                if use.node is not q and use.node.graph is graph:
                     use.node.replace_input_with(use.idx, out)
-            if x.is_graph_output():
+            if x.is_graph_output() and x in graph.outputs:
                 # the graph output keeps its name, now on the DequantizeLinear output
                 idx = [i for i, o in enumerate(graph.outputs) if o is x]
                 old = x.name
@@ -333,7 +357,7 @@ class Emitter:
             graph.insert_after(producer, [q, dq])
         else:
             graph.insert_before(next(iter(graph)), [q, dq])
-        self.dq[x] = out
+        self.dq[x, graph] = out
         self.run.count("qdq_pairs")
         return out
 
@@ -357,21 +381,22 @@ class Emitter:
         dq.outputs[0].name = self.name(f"{base}_dequantized")
         dq.outputs[0].dtype = ir.DataType.FLOAT
         dq.outputs[0].shape = ir.Shape(list(shape)) if shape is not None else None
-        self.graph.insert_before(before, [dq])
+        _graph(before).insert_before(before, [dq])
         return dq.outputs[0]
 
     def const_dq(self, node: ir.Node, v: ir.Value) -> ir.Value:
         """A constant input of Add/Mul/Concat: per-tensor quantized like an activation."""
-        if v in self.dq:
-            return self.dq[v]
+        graph = _graph(node)
+        if (v, graph) in self.dq:
+            return self.dq[v, graph]
         a = _const(v)
         assert a is not None
         q, scale, zp = quantize_constant(a, self.run.act_type)
-        qv = self.initializer(f"{v.name}_quantized", q)
-        sv = self.initializer(f"{v.name}_scale", scale)
-        zv = self.initializer(f"{v.name}_zero_point", zp)
+        qv = self.initializer(f"{v.name}_quantized", q, graph)
+        sv = self.initializer(f"{v.name}_scale", scale, graph)
+        zv = self.initializer(f"{v.name}_zero_point", zp, graph)
         out = self.dequantize(node, qv, sv, zv, None, v.name or "const", a.shape)
-        self.dq[v] = out
+        self.dq[v, graph] = out
         return out
 
     def weight_dq(self, first: ir.Node, w: ir.Value, axis: int | None) -> ir.Value:
@@ -379,9 +404,10 @@ class Emitter:
         assert wa is not None
         base = w.name or "weight"
         q, scale = quantize_weight(wa, axis, self.run.qmax)
-        qv = self.initializer(f"{base}_quantized", q)
-        sv = self.initializer(f"{base}_scale", scale)
-        zv = self.initializer(f"{base}_zero_point", np.zeros(scale.shape, np.int8))
+        graph = _graph(first)
+        qv = self.initializer(f"{base}_quantized", q, graph)
+        sv = self.initializer(f"{base}_scale", scale, graph)
+        zv = self.initializer(f"{base}_zero_point", np.zeros(scale.shape, np.int8), graph)
         self.run.count("weights_quantized")
         return self.dequantize(first, qv, sv, zv, axis, base, wa.shape)
 
@@ -406,9 +432,10 @@ class Emitter:
             return
         q, scale = int32
         base = node.inputs[2].name or "bias"  # type: ignore[union-attr]
-        qv = self.initializer(f"{base}_quantized", q)
-        sv = self.initializer(f"{base}_scale", scale)
-        zv = self.initializer(f"{base}_zero_point", np.zeros(b.shape, np.int32))
+        graph = _graph(node)
+        qv = self.initializer(f"{base}_quantized", q, graph)
+        sv = self.initializer(f"{base}_scale", scale, graph)
+        zv = self.initializer(f"{base}_zero_point", np.zeros(b.shape, np.int32), graph)
         old = node.inputs[2]
         assert old is not None
         node.replace_input_with(2, self.dequantize(node, qv, sv, zv, 0, base, b.shape))
@@ -422,9 +449,10 @@ class Emitter:
         assert a is not None
         base = table.name or "table"
         q, scale, zp = quantize_table(a, self.run.act_type)
-        qv = self.initializer(f"{base}_quantized", q)
-        sv = self.initializer(f"{base}_scale", scale)
-        zv = self.initializer(f"{base}_zero_point", zp)
+        graph = _graph(node)
+        qv = self.initializer(f"{base}_quantized", q, graph)
+        sv = self.initializer(f"{base}_scale", scale, graph)
+        zv = self.initializer(f"{base}_zero_point", zp, graph)
         self.run.count("weights_quantized")
         return self.dequantize(node, qv, sv, zv, None, base, a.shape), (sv, zv)
 
@@ -445,10 +473,24 @@ class Emitter:
 
     def drop_replaced(self) -> None:
         """Float constants that their int8 copies made unused leave the model."""
-        graph = self.graph
         for v in self.replaced:
-            if v.name in graph.initializers and not v.uses() and not v.is_graph_output():
-                graph.initializers.pop(v.name)
+            graph = v.graph  # the scope that holds the constant
+            if graph is not None and not v.uses() and not v.is_graph_output():
+                if graph.initializers.get(v.name or "") is v:
+                    graph.initializers.pop(v.name)  # type: ignore[arg-type]
 
-    def initializer(self, base: str, array: np.ndarray) -> ir.Value:
-        return add_initializer(self.graph, self.name(base), array)
+    def initializer(self, base: str, array: np.ndarray, graph: ir.Graph) -> ir.Value:
+        """A new constant in ``graph``, the scope of the nodes that read it."""
+        return add_initializer(graph, self.name(base), array)
+
+
+def _graph(node: ir.Node) -> ir.Graph:
+    assert node.graph is not None
+    return node.graph
+
+
+def _defined_in(v: ir.Value) -> ir.Graph | None:
+    """The graph that defines ``v``: its producer's, or the one it is an input or
+    initializer of."""
+    p = v.producer()
+    return p.graph if p is not None else v.graph

@@ -125,15 +125,19 @@ def activation_ranges(
     symmetric: bool,
     cache: str | None = None,
     softmax_inputs: frozenset[str] = frozenset(),
+    unread: dict[str, str] | None = None,
 ) -> tuple[dict[str, tuple[float, float]], list[str]]:
     """One streamed calibration run (or the statistics ``cache`` holds for this model and
     data): the (min, max) chosen for each tensor of ``names``; a Softmax input's range
     comes from its rows (:func:`softmax_input_range`) whatever the method.
 
-    Also returns the tensors that held no finite value on DATA (a ``full(-inf)`` mask):
-    they have no range, so they are not quantization candidates.
+    Also returns the tensors that held no finite value on DATA (a ``full(-inf)`` mask, or
+    an If branch DATA never took): they have no range, so they are not quantization
+    candidates. ``unread`` gets the If/Loop/Scan body tensors that could not be read, and why.
     """
-    stats = load_or_collect(model, samples, cache, tensors=names, bins=bins, progress=False)
+    stats = load_or_collect(
+        model, samples, cache, tensors=names, bins=bins, progress=False, unread=unread
+    )
     empty = sorted(name for name, s in stats.items() if s.count == 0)
     finite = {name: s for name, s in stats.items() if s.count > 0}
     ranges = compute_ranges(finite, calibration, symmetric=symmetric)

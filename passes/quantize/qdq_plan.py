@@ -19,7 +19,7 @@ from graphopt.passes.quantize.qdq_activations import SATURATING
 from graphopt.core.ops import INTEGER_OPS, SCALE_PRESERVING, WEIGHTED, is_dequantized
 from graphopt.ir import attr_value as _attr
 from graphopt.ir import const_array as _const
-from graphopt.ir import nodes_in_subgraphs
+from graphopt.ir import iter_graphs, nodes_in_subgraphs
 from graphopt.target import Int8Scheme
 
 #: node metadata: why qdq-insert left this node in float (unfused, sensitivity, cost)
@@ -251,6 +251,26 @@ def plan(run: QdqRun, graph: ir.Graph, excluded: set[str], prune: bool = True) -
         if absorbed[relu] not in outputs:
             del absorbed[relu]
     return QdqPlan(weighted, act_mm, emb, region, absorbed, outputs, inputs)
+
+
+def plan_model(run: QdqRun, model: ir.Model, excluded: set[str], prune: bool = True) -> QdqPlan:
+    """:func:`plan` for the main graph and every If/Loop/Scan body, as one plan.
+
+    Each graph is planned on its own (an integer region ends where a tensor crosses into
+    another scope), so a body's nodes are quantized the way the main graph's are; the
+    emitter writes each node's Q/DQ into the graph that holds it.
+    """
+    parts = [plan(run, graph, excluded, prune) for graph in iter_graphs(model)]
+    merged = QdqPlan([], [], [], [], {}, {}, {})
+    for part in parts:
+        merged.weighted += part.weighted
+        merged.act_matmul += part.act_matmul
+        merged.embedding += part.embedding
+        merged.region += part.region
+        merged.absorbed.update(part.absorbed)
+        merged.outputs.update(part.outputs)
+        merged.inputs.update(part.inputs)
+    return merged
 
 
 def calibration_tensors(every: QdqPlan) -> list[str]:

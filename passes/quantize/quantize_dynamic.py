@@ -15,6 +15,10 @@ Targets:
   bias, and a constant ``C`` that broadcasts along rows ([N], [1, N], [1] or a scalar) becomes
   the 1-D ``bias``. A ``C`` that varies per row or is computed at run time is skipped.
 
+Targets inside If/Loop/Scan bodies are rewritten too (the kernel needs no calibration): a
+quantized weight lives in the scope that held the float one, so a weight that both branches
+of an If read is quantized once; the report's ``subgraphs`` counts the rewrites per body.
+
 Skipped nodes are counted per reason (``skipped:<reason>``). The rewritten nodes are gone
 from the graph, so a second run finds nothing to do (``modified=False``).
 """
@@ -27,6 +31,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+from graphopt import ir as gir
 from graphopt.core.build import (
     MS_DOMAIN,
     Namer,
@@ -83,19 +88,21 @@ class QuantizeDynamicPass(GraphoptPass):
     tolerance = Tolerance(max_abs=math.inf, max_rel=math.inf, min_cosine=0.99)
     summary = "dynamic int8 quantization of MatMul/Gemm into com.microsoft.DynamicQuantizeMatMul"
     constant_weights = True
+    enters_subgraphs = True
 
     def run(self, model: ir.Model) -> bool:
-        graph = model.graph
-        self._namer = Namer(graph)
+        self._namer = Namer.for_model(model)
         # one quantized copy per (weight, transposed?, alpha) even if several nodes share it
         self._weights: dict[tuple[int, bool, float], tuple[ir.Value, ir.Value, ir.Value]] = {}
         changed = False
-        for node in list(graph):
-            plan = self._plan(node)
-            if plan is None:
-                continue
-            self._rewrite(graph, node, *plan)
-            changed = True
+        for graph, scope in list(gir.iter_scopes(model)):
+            for node in list(graph):
+                plan = self._plan(node)
+                if plan is None:
+                    continue
+                self._rewrite(graph, node, *plan)
+                self.count_scope(scope)
+                changed = True
         if changed:
             ensure_ms_opset(model)
             return True
@@ -108,7 +115,7 @@ class QuantizeDynamicPass(GraphoptPass):
 
     # ----------------------------------------------------------------- matching
     def render_notes(self) -> list[str]:
-        return self.left_alone_notes("left in float")
+        return self.subgraph_notes("quantized") + self.left_alone_notes("left in float")
 
     def _plan(self, node: ir.Node) -> tuple[bool, float, np.ndarray | None] | None:
         """(transpose weight?, alpha, bias or None) for a target, None (counted) otherwise."""
@@ -121,7 +128,7 @@ class QuantizeDynamicPass(GraphoptPass):
             return None
         a, w = node.inputs[0], node.inputs[1]
         wa = _const(w)
-        if wa is None or w.name not in node.graph.initializers:  # type: ignore[union-attr]
+        if wa is None or not w.is_initializer():  # an outer scope's initializer too
             self.leave(node, not_constant(w))
             return None
         if wa.dtype != np.float32:
@@ -179,11 +186,12 @@ class QuantizeDynamicPass(GraphoptPass):
             qmax = 63 if self.options.reduce_range else 127
             q, scale = quantize_symmetric_int8(wa, self.options.per_channel, qmax)
             base = w.name or "weight"
+            home = w.graph or graph  # the scope that holds the float weight
             self._weights[key] = (
-                add_initializer(graph, self._namer(f"{base}_quantized"), q),
-                add_initializer(graph, self._namer(f"{base}_scale"), scale),
+                add_initializer(home, self._namer(f"{base}_quantized"), q),
+                add_initializer(home, self._namer(f"{base}_scale"), scale),
                 add_initializer(
-                    graph, self._namer(f"{base}_zero_point"), np.zeros(scale.shape, np.int8)
+                    home, self._namer(f"{base}_zero_point"), np.zeros(scale.shape, np.int8)
                 ),
             )
             self.count("weights_quantized")
@@ -208,11 +216,13 @@ class QuantizeDynamicPass(GraphoptPass):
                 inputs.append(old_bias)  # already the 1-D float bias: share it
             else:
                 base = old_bias.name or "bias"
-                inputs.append(add_initializer(graph, self._namer(f"{base}_1d"), bias))
+                home = old_bias.graph or graph
+                inputs.append(add_initializer(home, self._namer(f"{base}_1d"), bias))
         name = self._namer(f"{node.name or node.op_type}_DynamicQuantizeMatMul")
         new = self.mark(ir.Node(MS_DOMAIN, "DynamicQuantizeMatMul", inputs, name=name))
         new.outputs[0].dtype = ir.DataType.FLOAT
         replace_node(graph, node, new)
-        drop_if_unused(graph, w)
-        drop_if_unused(graph, old_bias)
+        drop_if_unused(w.graph or graph, w)
+        if old_bias is not None:
+            drop_if_unused(old_bias.graph or graph, old_bias)
         self.count(f"quantized:{node.op_type}")

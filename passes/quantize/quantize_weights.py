@@ -28,7 +28,8 @@ use the same operator; no DequantizeLinear fallback is needed.
 ``accuracy_level`` is passed through: 0 (default) computes in float, 4 lets ONNX Runtime
 quantize ``A`` block-wise to int8 internally (faster on CPUs with int8 dot products, a little
 less accurate). Skipped nodes are counted per reason; rewritten MatMuls are gone, so a second
-run changes nothing.
+run changes nothing. MatMuls inside If/Loop/Scan bodies are rewritten too, their packed
+weights kept in the scope that held the float ones (report: ``subgraphs``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+from graphopt import ir as gir
 from graphopt.core.build import (
     MS_DOMAIN,
     Namer,
@@ -175,16 +177,18 @@ class QuantizeWeightsPass(GraphoptPass):
     tolerance = Tolerance(max_abs=math.inf, max_rel=math.inf, min_cosine=0.95)
     summary = "weight-only block-wise int4/int8 MatMul quantization (com.microsoft.MatMulNBits)"
     constant_weights = True
+    enters_subgraphs = True
 
     def run(self, model: ir.Model) -> bool:
-        graph = model.graph
-        self._namer = Namer(graph)
+        self._namer = Namer.for_model(model)
         self._weights: dict[int, tuple[ir.Value, ir.Value, ir.Value | None]] = {}
         changed = False
-        for node in list(graph):
-            if self._is_target(node):
-                self._rewrite(graph, node)
-                changed = True
+        for graph, scope in list(gir.iter_scopes(model)):  # If/Loop bodies: no data needed
+            for node in list(graph):
+                if self._is_target(node):
+                    self._rewrite(graph, node)
+                    self.count_scope(scope)
+                    changed = True
         if changed:
             ensure_ms_opset(model)
             return True
@@ -196,7 +200,7 @@ class QuantizeWeightsPass(GraphoptPass):
 
     # ----------------------------------------------------------------- matching
     def render_notes(self) -> list[str]:
-        return self.left_alone_notes("left in float")
+        return self.subgraph_notes("quantized") + self.left_alone_notes("left in float")
 
     def _is_target(self, node: ir.Node) -> bool:
         if node.domain not in ("", "ai.onnx") or node.op_type != "MatMul":
@@ -208,7 +212,7 @@ class QuantizeWeightsPass(GraphoptPass):
         if a is None or w is None:
             return False
         wa = _const(w)
-        if wa is None or w.name not in node.graph.initializers:  # type: ignore[union-attr]
+        if wa is None or not w.is_initializer():  # an outer scope's initializer too
             self.leave(node, not_constant(w))
             return False
         if wa.dtype != np.float32:
@@ -232,12 +236,13 @@ class QuantizeWeightsPass(GraphoptPass):
             o = self.options
             codes, scales, zp = quantize_blockwise(wa, o.bits, o.block_size, o.symmetric)
             base = w.name or "weight"
-            b = add_initializer(graph, self._namer(f"{base}_q{o.bits}"), pack_codes(codes, o.bits))
-            s = add_initializer(graph, self._namer(f"{base}_scales"), scales)
+            home = w.graph or graph  # the scope that holds the float weight
+            b = add_initializer(home, self._namer(f"{base}_q{o.bits}"), pack_codes(codes, o.bits))
+            s = add_initializer(home, self._namer(f"{base}_scales"), scales)
             z = None
             if zp is not None:
                 zp_name = self._namer(f"{base}_zero_points")
-                z = add_initializer(graph, zp_name, pack_codes(zp, o.bits))
+                z = add_initializer(home, zp_name, pack_codes(zp, o.bits))
             self._weights[id(w)] = (b, s, z)
             self.count("weights_quantized")
         return self._weights[id(w)]
@@ -261,5 +266,5 @@ class QuantizeWeightsPass(GraphoptPass):
         new = self.mark(ir.Node(MS_DOMAIN, "MatMulNBits", inputs, attributes=attrs, name=name))
         new.outputs[0].dtype = ir.DataType.FLOAT
         replace_node(graph, node, new)
-        drop_if_unused(graph, w)
+        drop_if_unused(w.graph or graph, w)
         self.count("quantized:MatMul")

@@ -107,11 +107,11 @@ class ClusterWeightsPass(GraphoptPass):
     tolerance = Tolerance(max_abs=math.inf, max_rel=math.inf, min_cosine=0.9)
     min_opset = _MIN_OPSET
     constant_weights = True
+    enters_subgraphs = True
     summary = "share k values per layer (k-means), stored as codebook + 4/8-bit indices"
 
     def run(self, model: ir.Model) -> bool:
         o = self.options
-        graph = model.graph
         opset = gir.ai_onnx_opset(model)
         self.details = {"k": o.k, "layers": {}, "dense_bytes": 0, "stored_bytes": 0}
         if opset < _MIN_OPSET:
@@ -119,11 +119,12 @@ class ClusterWeightsPass(GraphoptPass):
             return self.decline(
                 f"its decoder needs ai.onnx opset {_MIN_OPSET}, the model is at {opset}"
             )
-        namer = Namer(graph)
-        first = graph.node(0) if len(graph) else None
-        shared: dict[str, ir.Value] = {}
+        namer = Namer.for_model(model)
+        shared: dict[tuple[int, str], ir.Value] = {}  # (scope, key) -> decoder constant
         done: set[str] = set()
-        for node in list(graph):
+        scopes = list(gir.iter_scopes(model))
+        label = {id(graph): scope for graph, scope in scopes}
+        for node in [n for graph, _ in scopes for n in graph]:
             if node.domain not in ("", "ai.onnx") or node.name in o.exclude:
                 continue
             if node.op_type in _WEIGHTED and len(node.inputs) > 1:
@@ -143,18 +144,19 @@ class ClusterWeightsPass(GraphoptPass):
                 arr.dtype != np.float32
                 or arr.size < max(o.min_size, 1)
                 or w.name in done
-                or w.name not in graph.initializers
+                or not w.is_initializer()
                 or w.is_graph_output()
             ):
                 continue
+            home = w.graph  # the decoder sits in the scope that held the weight
+            assert home is not None
             codebook, index = kmeans_1d(arr, o.k, keep_zero=True)
             decoded = codebook[index]
-            nodes = self._decoder(graph, namer, shared, w.name, codebook, index)
-            assert first is not None
-            graph.insert_before(first, nodes)
-            out = nodes[-1].outputs[0]
+            decoder = self._decoder(home, namer, shared, w.name, codebook, index)
+            home.insert_before(home.node(0), decoder)
+            out = decoder[-1].outputs[0]
             w.replace_all_uses_with(out)
-            graph.initializers.pop(w.name)
+            home.initializers.pop(w.name)
             out.name = w.name  # the decoded weight keeps the weight's name
             done.add(w.name)
             err = float(np.linalg.norm(decoded - arr) / max(np.linalg.norm(arr), 1e-30))
@@ -170,6 +172,7 @@ class ClusterWeightsPass(GraphoptPass):
             self.details["dense_bytes"] += arr.nbytes
             self.details["stored_bytes"] += stored
             self.count("weights_clustered")
+            self.count_scope(label[id(home)])  # where the decoder went
         if done:
             return True
         ops = set(_WEIGHTED) | ({"Gather"} if o.embeddings else set())
@@ -180,11 +183,14 @@ class ClusterWeightsPass(GraphoptPass):
             ops,
         )
 
+    def render_notes(self) -> list[str]:
+        return self.subgraph_notes("weights shared")
+
     def _decoder(
         self,
         graph: ir.Graph,
         namer: Namer,
-        shared: dict[str, ir.Value],
+        shared: dict[tuple[int, str], ir.Value],
         name: str,
         codebook: np.ndarray,
         index: np.ndarray,
@@ -193,9 +199,10 @@ class ClusterWeightsPass(GraphoptPass):
             return add_initializer(graph, namer(f"{name}_{suffix}"), arr)
 
         def common(key: str, arr: np.ndarray) -> ir.Value:
-            if key not in shared:
-                shared[key] = add_initializer(graph, namer(f"cluster_decode_{key}"), arr)
-            return shared[key]
+            if (id(graph), key) not in shared:
+                value = add_initializer(graph, namer(f"cluster_decode_{key}"), arr)
+                shared[id(graph), key] = value
+            return shared[id(graph), key]
 
         nodes: list[ir.Node] = []
 
@@ -203,6 +210,8 @@ class ClusterWeightsPass(GraphoptPass):
             node = ir.node(op_type, inputs, attributes=attrs, name=namer(f"{name}_decode"))
             self.mark(node)  # also what keeps fold-constants off the decoder
             nodes.append(node)
+            # named from the model-wide namer: onnx_ir's own names repeat across If branches
+            node.outputs[0].name = namer(f"{name}_{op_type.lower()}")
             return node.outputs[0]
 
         flat = index.ravel().astype(np.uint8)

@@ -70,6 +70,7 @@ from graphopt.passes.sparsify.sparsity_patterns import (
     nm_holds,
 )
 
+from graphopt import ir as gir
 from graphopt.core.ops import WEIGHTED
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
@@ -164,6 +165,7 @@ class SparsifyWeightsPass(GraphoptPass):
     # it stays empty and run() raises DataError when those criteria have no data.
     summary = "zero the least important Conv/Gemm/MatMul weights (unstructured or N:M)"
     constant_weights = True
+    enters_subgraphs = True
 
     def run(self, model: ir.Model) -> bool:
         o = self.options
@@ -175,7 +177,7 @@ class SparsifyWeightsPass(GraphoptPass):
             "skipped": {},
             "already_sparse": [],
         }
-        targets = self._targets(model.graph)
+        targets = self._targets(model)
         nm = o.nm
         pending = [t for t in targets if not self._at_target(t, nm)]
         if o.scope == "global" and targets:
@@ -223,7 +225,7 @@ class SparsifyWeightsPass(GraphoptPass):
             }
         self.details["overall_sparsity"] = zeros / size if size else 0.0
         all_size = all_zeros = 0
-        for v in model.graph.initializers.values():
+        for v in (v for g in gir.iter_graphs(model) for v in g.initializers.values()):
             a = _const(v)
             if a is not None and a.dtype == np.float32:
                 all_size += a.size
@@ -267,10 +269,12 @@ class SparsifyWeightsPass(GraphoptPass):
         self.details["skipped"][what] = reason
         self.findings.leave(what, finding or reason)
 
-    def _targets(self, graph: ir.Graph) -> list[_Target]:
+    def _targets(self, model: ir.Model) -> list[_Target]:
+        """The weights to sparsify, in execution order, If/Loop/Scan bodies included (their
+        activations are read through the control flow, ``graphopt.calib.expose``)."""
         o = self.options
         weighted = []
-        for node in graph:
+        for node in gir.iter_nodes(model):
             if node.domain not in ("", "ai.onnx") or node.op_type not in WEIGHTED:
                 continue
             if len(node.inputs) < 2 or node.inputs[1] is None or node.inputs[0] is None:
@@ -291,7 +295,7 @@ class SparsifyWeightsPass(GraphoptPass):
                 self._skip(label, "excluded")
             elif node in edge:
                 self._skip(label, "first_or_last")
-            elif w.name not in graph.initializers or graph.initializers[w.name] is not w:
+            elif not w.is_initializer():
                 self._skip(label, "weight_not_initializer")
             elif a.dtype != np.float32:
                 self._skip(label, "weight_dtype")
@@ -311,14 +315,17 @@ class SparsifyWeightsPass(GraphoptPass):
                 else:
                     targets.append(t)
         if o.embeddings:
-            targets += self._tables(graph)
+            targets += self._tables(model)
+        for t in targets:
+            if t.node.graph is not model.graph:
+                self.count("in_subgraphs")
         return targets
 
-    def _tables(self, graph: ir.Graph) -> list[_Target]:
+    def _tables(self, model: ir.Model) -> list[_Target]:
         """Gather tables (embeddings) as targets; their importance is always the magnitude."""
         o = self.options
         out = []
-        for node in graph:
+        for node in gir.iter_nodes(model):
             if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or not node.inputs:
                 continue
             w = node.inputs[0]
@@ -328,7 +335,7 @@ class SparsifyWeightsPass(GraphoptPass):
             label = node.name or node.op_type
             if node.name and node.name in o.exclude:
                 self._skip(label, "excluded")
-            elif w.name not in graph.initializers or len(w.uses()) != 1 or w.is_graph_output():
+            elif not w.is_initializer() or len(w.uses()) != 1 or w.is_graph_output():
                 self._skip(label, "shared_weight")
             else:
                 out.append(_Target(node, w, np.array(a, dtype=np.float32)))
@@ -350,4 +357,6 @@ class SparsifyWeightsPass(GraphoptPass):
             f"{d['overall_sparsity']:.1%} of the weights of {len(d['layers'])} targets are zero",
             self.findings.left_alone_note("left dense", "layers"),
         ]
+        if self.stats.get("in_subgraphs"):
+            notes.append(f"{self.stats['in_subgraphs']} of the targets sit in If/Loop/Scan bodies")
         return [n for n in notes if n]
