@@ -145,7 +145,6 @@ def markdown(results: list[dict[str, Any]], env: dict[str, Any], rounds: int) ->
     for res in results:
         lines.append(f"- **{res['model']}** (cpu-fp32 {res['fp32_ms']:.1f} ms):")
         lines += [f"  - {n}" for n in res["rows"]["cpu-int8"]["build"]["notes"]]
-        lines += [f"  - {n}" for n in res["rows"]["cpu-fp32"]["build"]["notes"] if "carried" in n]
     return "\n".join(lines) + "\n"
 
 
