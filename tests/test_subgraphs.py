@@ -353,3 +353,14 @@ def test_sparsify_reaches_branch_layers(criterion: str) -> None:
     assert {"then_conv1", "then_conv2", "else_conv"} <= layers.keys()
     assert all(s >= 0.49 for s in layers.values())
     assert p.stats["in_subgraphs"] == 3
+
+
+def test_the_budget_tells_trials_apart_by_their_bodies() -> None:
+    """Trials that differ only inside a branch are measured each (the trial cache once keyed
+    on the main graph alone: every node looked harmless and the budget failed)."""
+    model = _branchy()
+    feeds = _branchy_feeds([True, False] * 4)
+    _, p = pt.run_pass(model, "qdq-insert", data=feeds, budget="cosine>=0.9999999")
+    budget = p.details["budget"]
+    assert any(v > 0 for v in budget["sensitivity"].values()), budget
+    assert budget["met"] and budget["final"] > budget["quantized_all"]

@@ -16,7 +16,7 @@ from graphopt.passes.quantize import qdq_emit
 from graphopt.passes.quantize.qdq_plan import REQUANT, SHARED, QdqRun
 
 from graphopt import acceptance, runtime
-from graphopt.ir import Pristine
+from graphopt.ir import Pristine, iter_nodes
 
 
 def latency_guard(
@@ -67,7 +67,7 @@ def _structure(trial: ir.Model) -> str:
     included). Trials are built afresh, so tensor identities differ even when nothing else
     does; their scales follow from the same calibration wherever the structure is the same."""
     h = hashlib.blake2b(digest_size=16)
-    for node in trial.graph:
+    for node in iter_nodes(trial):  # If/Loop bodies too: trials differ inside them
         ins = [v.name if v is not None else "" for v in node.inputs]
         h.update(repr((node.op_type, ins, [v.name for v in node.outputs])).encode())
     return h.hexdigest()
