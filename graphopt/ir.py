@@ -387,6 +387,13 @@ def iter_nodes(model: ir.Model) -> Iterator[ir.Node]:
     yield from ir.traversal.RecursiveGraphIterator(model.graph)
 
 
+def defining_graph(value: ir.Value) -> ir.Graph | None:
+    """The graph that defines ``value``: its producer's, or the one it is an input or
+    initializer of (a body node may read a value of an enclosing graph)."""
+    producer = value.producer()
+    return producer.graph if producer is not None else value.graph
+
+
 def const_array(value: ir.Value | None) -> np.ndarray | None:
     """The value's constant data, or None if it is computed or a (overridable) graph input."""
     if value is None or value.const_value is None or value.is_graph_input():

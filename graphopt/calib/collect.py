@@ -235,7 +235,15 @@ class LiftedSession:
         ]
 
     def run_with_ort_values(self, names: Sequence[str] | None, feed: Any, *args: Any) -> Any:
-        return self._sess.run_with_ort_values(self._names(names), feed, *args)
+        """:meth:`run` for ml_dtypes tensors (bfloat16 models): lifted ones merged alike."""
+        wanted = [o.name for o in self.get_outputs()] if names is None else list(names)
+        got = self._sess.run_with_ort_values(self._names(wanted), feed, *args)
+        return [
+            runtime.to_ortvalue(merge_iterations(runtime.from_ortvalue(v), self._exposed[n][1]))
+            if n in self._exposed
+            else v
+            for n, v in zip(wanted, got, strict=True)
+        ]
 
 
 def _progress(enabled: bool, label: str = "calibrating") -> Any:

@@ -21,7 +21,7 @@ and says why.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -123,19 +123,19 @@ def _unliftable(scope: _Scope) -> str:
     return ""
 
 
-def _lift(name: str, scope: _Scope, elem: int, fresh: object) -> tuple[str, int]:
+def _lift(name: str, scope: _Scope, elem: int, fresh: Callable[[str], str]) -> tuple[str, int]:
     """Carry ``name`` out of each enclosing body up to the main graph."""
     levels = 0
     while scope.owner is not None:
         g, node = scope.graph, scope.owner
-        inner = fresh(f"{name}_lifted")  # type: ignore[operator]
+        inner = fresh(f"{name}_lifted")
         g.node.append(onnx.helper.make_node("Identity", [name], [inner]))
         g.output.append(onnx.helper.make_tensor_value_info(inner, elem, None))
-        outer = fresh(f"{name}_lifted")  # type: ignore[operator]
+        outer = fresh(f"{name}_lifted")
         if node.op_type == "If":
             other = next(a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH
                          and a.name != scope.attr)  # fmt: skip
-            empty = fresh(f"{name}_not_taken")  # type: ignore[operator]
+            empty = fresh(f"{name}_not_taken")
             tensor = onnx.helper.make_tensor(empty, elem, [0], [])
             other.node.append(onnx.helper.make_node("Constant", [], [empty], value=tensor))
             other.output.append(onnx.helper.make_tensor_value_info(empty, elem, None))

@@ -8,6 +8,7 @@ from onnx_ir.passes.common.identity_elimination import IdentityEliminationPass
 from graphopt.core.adapter import IrPassAdapter
 from graphopt.core.pass_base import Tolerance
 from graphopt.core.registry import register_pass
+from graphopt.ir import defining_graph
 
 
 class _SafeIdentityElimination(IdentityEliminationPass):
@@ -24,15 +25,9 @@ class _SafeIdentityElimination(IdentityEliminationPass):
     def _try_eliminate_identity_node(self, node: ir.Node) -> bool:
         if node.op_type == "Identity" and node.inputs and node.inputs[0] is not None:
             x, y = node.inputs[0], node.outputs[0]
-            if y.is_graph_output() and (x.is_graph_output() or _owner(x) is not node.graph):
+            if y.is_graph_output() and (x.is_graph_output() or defining_graph(x) is not node.graph):
                 return False
         return super()._try_eliminate_identity_node(node)
-
-
-def _owner(value: ir.Value) -> object:
-    """The graph that defines ``value`` (its producer's, or the graph it is an input of)."""
-    producer = value.producer()
-    return producer.graph if producer is not None else value.graph
 
 
 @register_pass

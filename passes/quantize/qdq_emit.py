@@ -29,7 +29,7 @@ from graphopt.passes.quantize.qdq_params import (
 from graphopt.passes.quantize.qdq_plan import QdqPlan, QdqRun, plan_model
 
 from graphopt.core.build import Namer, add_initializer
-from graphopt.ir import Pristine, iter_nodes
+from graphopt.ir import Pristine, defining_graph, iter_nodes
 from graphopt.ir import attr_value as _attr
 from graphopt.ir import const_array as _const
 
@@ -117,7 +117,7 @@ class Emitter:
                     dq = self.dq[v, _graph(n)]
                 else:
                     # a tensor of an outer scope gets its pair in the reader's body
-                    outer = _defined_in(v) is not _graph(n)
+                    outer = defining_graph(v) is not _graph(n)
                     p = params(v, _graph(n))
                     assert p is not None and (v not in quantized_out or outer)
                     dq = self.qdq(v, p, readers=[], into=_graph(n) if outer else None)
@@ -322,7 +322,7 @@ class Emitter:
         output) switch to DQ; readers in other scopes keep ``x``."""
         assert x.name is not None
         mark = self.run.mark
-        graph = into if into is not None else _defined_in(x)
+        graph = into if into is not None else defining_graph(x)
         assert graph is not None
         s, z = pair
         base = x.name
@@ -487,10 +487,3 @@ class Emitter:
 def _graph(node: ir.Node) -> ir.Graph:
     assert node.graph is not None
     return node.graph
-
-
-def _defined_in(v: ir.Value) -> ir.Graph | None:
-    """The graph that defines ``v``: its producer's, or the one it is an input or
-    initializer of."""
-    p = v.producer()
-    return p.graph if p is not None else v.graph
