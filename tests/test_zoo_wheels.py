@@ -38,6 +38,7 @@ FLOOR = {
     "silero-vad": ("clip_acc", 0.9),  # 1.0 (12/12 clips)
     "silero-vad-op15": ("clip_acc", 0.9),  # 1.0 (12/12 clips)
     "eeg-seizure": ("f1", 0.65),  # 0.753 (per-column seizure F1 over 16 windows)
+    "lac-gru": ("seg_f1", 0.70),  # 0.755 (word segmentation F1, 96 sentences)
 }
 PINNED = {
     "ddddocr-common": wheels.DDDDOCR_COMMON,
@@ -52,6 +53,7 @@ PINNED = {
     "silero-vad": wheels.SILERO_VAD,
     "silero-vad-op15": wheels.SILERO_VAD_OP15,
     "eeg-seizure": recurrent.EEG_SEIZURE,
+    "lac-gru": recurrent.LAC_ENCODER,
 }
 NPZ_LIMIT = 30 * 1024 * 1024
 

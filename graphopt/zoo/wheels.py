@@ -949,13 +949,19 @@ def _picodet_boxes(
     return found
 
 
-def _layout_eval(path: Path, data: Path) -> dict[str, float]:
-    """Layout blocks found: same class, one-to-one at IoU 0.5, score over 0.5."""
-    feeds, extras = feeds_of(path, data, batch=1)
+def layout_scores(
+    outputs: Sequence[Sequence[np.ndarray]], extras: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """Layout blocks found: same class, one-to-one at IoU 0.5, score over 0.5 (one output
+    list per batch-1 feed, in DATA's order)."""
     return detection_scores(
-        (_gt_boxes(extras, i), _picodet_boxes(outs))
-        for i, outs in enumerate(run_model(path, feeds))
+        (_gt_boxes(extras, i), _picodet_boxes(outs)) for i, outs in enumerate(outputs)
     )
+
+
+def _layout_eval(path: Path, data: Path) -> dict[str, float]:
+    feeds, extras = feeds_of(path, data, batch=1)
+    return layout_scores(run_model(path, feeds), extras)
 
 
 register(
@@ -1229,10 +1235,12 @@ def _db_boxes(
     return found
 
 
-def _ppocr_det_eval(path: Path, data: Path) -> dict[str, float]:
-    """Text lines found (ICDAR-style): one-to-one matches at IoU 0.5."""
-    feeds, extras = feeds_of(path, data, batch=4)
-    probs = np.concatenate([out[0] for out in run_model(path, feeds)])
+def ppocr_det_scores(
+    outputs: Sequence[Sequence[np.ndarray]], extras: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """Text lines found (ICDAR-style): one-to-one matches at IoU 0.5 (one output list per
+    feed of any batch, in DATA's order)."""
+    probs = np.concatenate([np.asarray(out[0]) for out in outputs])
     matched = n_gt = n_det = 0
     for i, prob in enumerate(probs):
         gt = _gt_boxes(extras, i)
@@ -1241,6 +1249,11 @@ def _ppocr_det_eval(path: Path, data: Path) -> dict[str, float]:
         n_gt += len(gt)
         n_det += len(det)
     return _detection_scores(matched, n_gt, n_det)
+
+
+def _ppocr_det_eval(path: Path, data: Path) -> dict[str, float]:
+    feeds, extras = feeds_of(path, data, batch=4)
+    return ppocr_det_scores(run_model(path, feeds), extras)
 
 
 register(
@@ -1314,16 +1327,22 @@ def _ppocr_rec_data(path: Path, split: str) -> dict[str, np.ndarray]:
     return {"x": np.stack(xs), "text": np.array(texts), "charset": np.array(_ppocr_charset(path))}
 
 
-def _ppocr_rec_eval(path: Path, data: Path) -> dict[str, float]:
+def ppocr_rec_scores(
+    outputs: Sequence[Sequence[np.ndarray]], extras: dict[str, np.ndarray]
+) -> dict[str, float]:
     """Exact match of the greedy-CTC text, spaces ignored (PP-OCR drops or adds them)."""
-    feeds, extras = feeds_of(path, data, batch=8)
     charset = [str(c) for c in extras["charset"]]
-    probs = np.concatenate([out[0] for out in run_model(path, feeds)])
+    probs = np.concatenate([np.asarray(out[0]) for out in outputs])
     hits = [
         ctc_greedy(p, charset).replace(" ", "") == str(t).replace(" ", "")
         for p, t in zip(probs, extras["text"])
     ]
     return {"exact_match": float(np.mean(hits))}
+
+
+def _ppocr_rec_eval(path: Path, data: Path) -> dict[str, float]:
+    feeds, extras = feeds_of(path, data, batch=8)
+    return ppocr_rec_scores(run_model(path, feeds), extras)
 
 
 register(
@@ -1519,12 +1538,13 @@ def _vad_data(path: Path, split: str) -> dict[str, np.ndarray]:
     }
 
 
-def _vad_eval(path: Path, data: Path) -> dict[str, float]:
+def vad_scores(
+    outputs: Sequence[Sequence[np.ndarray]], extras: dict[str, np.ndarray]
+) -> dict[str, float]:
     """Clip accuracy (mean speech probability over the clip against VAD_CLIP_THRESHOLD) and
     the gap between the mean probability on speech and on other clips (a weakened detector
     narrows it before it misses a clip). States are the float model's (teacher forced)."""
-    feeds, extras = feeds_of(path, data)
-    probs = np.array([float(np.asarray(out[0]).reshape(-1)[0]) for out in run_model(path, feeds)])
+    probs = np.array([float(np.asarray(out[0]).reshape(-1)[0]) for out in outputs])
     labels, clips = np.asarray(extras["label"]), np.asarray(extras["clip"])
     hits, mean_by_label = [], {0: [], 1: []}
     for clip in np.unique(clips):
@@ -1534,6 +1554,11 @@ def _vad_eval(path: Path, data: Path) -> dict[str, float]:
         mean_by_label[label].append(score)
     gap = float(np.mean(mean_by_label[1]) - np.mean(mean_by_label[0]))
     return {"clip_acc": float(np.mean(hits)), "speech_gap": gap}
+
+
+def _vad_eval(path: Path, data: Path) -> dict[str, float]:
+    feeds, extras = feeds_of(path, data)
+    return vad_scores(run_model(path, feeds), extras)
 
 
 _VAD_NOTES = (
