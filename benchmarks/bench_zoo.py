@@ -19,8 +19,8 @@ is then classified:
   those too.)
 
 Declines and refusals must give one of the documented reasons (:data:`DOCUMENTED`, also in
-README); any other reason is flagged ``undocumented``. ``tests/test_zoo_matrix.py`` (slow) runs
-this and fails on crashes, silent no-ops and undocumented reasons.
+docs/corpus.md); any other reason is flagged ``undocumented``. ``tests/test_zoo_matrix.py``
+(slow) runs this and fails on crashes, silent no-ops and undocumented reasons.
 
     python benchmarks/bench_zoo.py [--models a,b] [--pipelines cpu-int8,sparsify]
         [--no-latency] [--timeout 900] [--out benchmarks/results]
@@ -60,7 +60,7 @@ LOSSY = (
 NO_DATA = "cleanup/no-data"
 PIPELINES = (NO_DATA, *PRESETS, *LOSSY)
 
-#: Why a pass may leave a model alone or graphopt may refuse it (regex -> label), as README
+#: Why a pass may leave a model alone or graphopt may refuse it (regex -> label), as docs/corpus.md
 #: documents them. A reason outside this list is a finding to look at.
 DOCUMENTED: list[tuple[str, str]] = [
     (r"already quantized", "already quantized"),

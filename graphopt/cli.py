@@ -238,11 +238,17 @@ def optimize(
 
 @cli.command("passes")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def passes_cmd(as_json: bool) -> None:
+@click.option("--markdown", "as_md", is_flag=True, help="The reference page (docs/passes.md).")
+def passes_cmd(as_json: bool, as_md: bool) -> None:
     """List every pass with its options, types, defaults and docs, and the presets."""
     from graphopt.core import registry
     from graphopt.core.pipeline import PRESET_DOCS, PRESETS
 
+    if as_md:
+        from graphopt.core.reference import markdown
+
+        click.echo(markdown(), nl=False)
+        return
     listing = registry.catalog()
     if as_json:
         import json
