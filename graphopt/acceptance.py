@@ -55,10 +55,11 @@ class BudgetProbe:
     def of(
         cls, budget: Budget, model: ir.Model, samples: Any, count: int, ep: str = "cpu"
     ) -> BudgetProbe:
-        """Reference outputs of the float ``model`` (unoptimized) on DATA's first ``count``."""
-        feeds = samples.feeds[:count]
+        """Reference outputs of the float ``model`` (unoptimized) on DATA's first ``count``
+        feeds; a task metric sees those feeds' rows of DATA's extras (labels, clip ids)."""
+        first = samples.subset(range(min(count, len(samples.feeds))))
         sess = runtime.make_session(model, ep=ep, optimize=False)
-        return cls(budget, feeds, runtime.run_feeds(sess, feeds), samples, ep)
+        return cls(budget, first.feeds, runtime.run_feeds(sess, first.feeds), first, ep)
 
     def __call__(self, model: ir.Model) -> float:
         """The metric of ``model`` as deployed (an optimized session: fused kernels)."""

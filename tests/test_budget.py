@@ -18,7 +18,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from graphopt import data, demo, runtime
+from graphopt import acceptance, data, demo, runtime
 from graphopt import ir as gir
 from graphopt.budget import Budget, top1
 from graphopt.core import get_pass, run_pipeline
@@ -241,3 +241,27 @@ def test_fall_back_puts_the_rest_back_when_helping_nodes_are_not_enough() -> Non
     assert kept == ["a", "b", "c"] and info["met"] and info["final"] == 1.0
     assert "passed_over" not in info
     assert calls == [["a"], ["a", "b"], ["a", "b"], ["a", "b", "c"]]
+
+
+def test_budget_probe_hands_the_metric_its_feeds_rows_of_extras(tmp_path, monkeypatch) -> None:
+    """A task metric reading per-feed extras (clip ids, labels) on the probe's first feeds
+    must get those feeds' rows, not all of DATA's (Silero VAD's clip metric crashed on
+    8 outputs against 230 clip ids inside qdq-insert's budget search)."""
+    (tmp_path / "probe_metric_mod.py").write_text(
+        "import numpy as np\n"
+        "def per_clip(outputs, samples):\n"
+        "    clip = np.asarray(samples.extras['clip'])\n"
+        "    got = np.array([float(np.asarray(o[0]).reshape(-1)[0]) for o in outputs])\n"
+        "    return float(np.mean([got[clip == c].mean() for c in np.unique(clip)]))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model, samples = _demo()
+    feeds = [{k: v[:1] for k, v in f.items()} for f in samples.feeds] * 3
+    many = data.Samples(feeds, "t", {"clip": np.arange(len(feeds)) // 2, "charset": np.arange(3)})
+    probe = acceptance.BudgetProbe.of(
+        Budget.parse("python:probe_metric_mod:per_clip>=0"), model, many, 4
+    )
+    assert len(probe.feeds) == 4
+    assert probe.samples.extras["clip"].tolist() == [0, 0, 1, 1]
+    assert probe.samples.extras["charset"].tolist() == [0, 1, 2]  # not per feed: kept whole
+    assert np.isfinite(probe.perfect())
