@@ -53,6 +53,9 @@ def test_plan_skips_what_cannot_apply_with_the_reason() -> None:
     by = {c.name: c for c in plan}
     assert by["weights-int4"].status == "skipped" and "MatMul" in by["weights-int4"].why
     assert by["int8-static-fallback"].budget == "top1>=0.9"
+    # plain int8 is all int8, judged by tune's budget, not by qdq-insert's cosine floor
+    assert "qdq-insert{budget=none," in by["int8-static"].pipeline
+    assert by["int8-static"].budget == ""
     lean = by["int8-static-lean"]  # the cpu-int8 preset without SmoothQuant, under the budget
     assert "smooth=0}" in lean.pipeline and "smooth=0.7" not in lean.pipeline
     assert lean.budget == "top1>=0.9"
