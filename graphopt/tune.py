@@ -81,34 +81,40 @@ Say = Callable[[str], None]
 
 # ----------------------------------------------------------------------------- the store
 class _Store:
-    """Finished candidates of a tune, keyed by what decides their result, so a rerun of the
-    same tune keeps them."""
+    """Finished candidates of a tune, keyed by what decides their result (the model, DATA,
+    budget and target, and each candidate's own pipeline and fallback budget), so a rerun of
+    the same tune keeps them and a candidate whose definition changed is built again."""
 
     def __init__(self, folder: Path, key: dict[str, Any]) -> None:
         self.folder = folder
-        self.key = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        self.key = _digest(key)
         folder.mkdir(parents=True, exist_ok=True)
 
-    def _path(self, name: str) -> Path:
-        return self.folder / f"{name}.{self.key}.json"
+    def _path(self, cand: Candidate) -> Path:
+        own = _digest({"pipeline": cand.pipeline, "budget": cand.budget})[:8]
+        return self.folder / f"{cand.name}.{self.key}.{own}.json"
 
     def model_path(self, name: str) -> Path:
         return self.folder / f"{name}.onnx"
 
-    def load(self, name: str) -> dict[str, Any] | None:
-        p = self._path(name)
+    def load(self, cand: Candidate) -> dict[str, Any] | None:
+        p = self._path(cand)
         if not p.is_file():
             return None
         rec = json.loads(p.read_text())
         timed = rec.get("status") in ("meets-budget", "slower", "winner")
-        if timed and not self.model_path(name).is_file():
+        if timed and not self.model_path(cand.name).is_file():
             return None  # its model is gone: build it again
         return rec
 
     def save(self, cand: Candidate) -> None:
         from graphopt.report import write_json
 
-        write_json(self._path(cand.name), cand.to_dict())
+        write_json(self._path(cand), cand.to_dict())
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- backends
@@ -277,7 +283,7 @@ class _Search:
         for cand in batch:
             if cand.status != "pending":
                 continue
-            kept = self.store.load(cand.name)
+            kept = self.store.load(cand)
             if kept is not None:
                 for k, v in kept.items():
                     setattr(cand, k, v)

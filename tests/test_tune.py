@@ -352,3 +352,21 @@ def test_ray_backend_gives_the_same_accuracies(tmp_path: Path) -> None:
     acc = {c.name: c.accuracy for c in local.candidates}
     both = {c.name: c.accuracy for c in remote.candidates if c.accuracy and acc.get(c.name)}
     assert len(both) >= 3 and all(acc[k] == v for k, v in both.items())
+
+
+def test_store_keeps_a_candidate_only_while_its_definition_is_the_same(tmp_path: Path) -> None:
+    """A resumed tune must rebuild a candidate whose pipeline or fallback budget changed
+    (int8-static's definition changed once, and a rerun kept its old failed result)."""
+    from graphopt.tune import _Store
+    from graphopt.tune_candidates import Candidate
+
+    store = _Store(tmp_path, {"model": "m", "budget": "top1>=0.9"})
+    done = Candidate("int8-static", "int8", "cpu-int8")
+    done.status, done.why = "over-budget", "top1 0.5 misses"
+    store.save(done)
+    assert store.load(Candidate("int8-static", "int8", "cpu-int8"))["status"] == "over-budget"
+    changed = Candidate("int8-static", "int8", "cleanup,qdq-insert{budget=none}")
+    assert store.load(changed) is None
+    assert store.load(Candidate("int8-static", "int8", "cpu-int8", budget="top1>=0.9")) is None
+    other = _Store(tmp_path, {"model": "m", "budget": "top1>=0.95"})
+    assert other.load(Candidate("int8-static", "int8", "cpu-int8")) is None
