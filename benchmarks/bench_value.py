@@ -240,13 +240,12 @@ def markdown(results: list[dict[str, Any]], env: dict[str, Any], settings: dict)
 
 
 def _cpu_isa() -> str:
-    flags = ""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "?"
-    isa = "AVX-512 VNNI" if "avx512_vnni" in flags else "no AVX-512 VNNI"
-    return isa + (", AMX" if "amx_int8" in flags else ", no AMX")
+    """VNNI and AMX as graphopt's target detection reads them (the int8 scheme follows)."""
+    from graphopt.target import detect_cpu
+
+    cpu = detect_cpu()
+    isa = "AVX-512 VNNI" if cpu.vnni else "no VNNI"
+    return isa + (", AMX" if cpu.amx_int8 else ", no AMX")
 
 
 def main(argv: list[str] | None = None) -> int:
