@@ -243,6 +243,57 @@ def test_fall_back_puts_the_rest_back_when_helping_nodes_are_not_enough() -> Non
     assert calls == [["a"], ["a", "b"], ["a", "b"], ["a", "b", "c"]]
 
 
+def test_fall_back_finds_the_shortest_prefix_of_the_rest_in_log_probes() -> None:
+    """When the helping nodes are not enough, the passed-over ones go back as the shortest
+    prefix (in ranking order) that meets the budget, found in about 2·log2(n) probes, not one
+    session per node (RapidLayout: ~200 sessions)."""
+    from graphopt import acceptance
+
+    names = [f"n{i:03d}" for i in range(200)]
+    need = 37  # the metric meets cosine>=0.99 once n000..n036 are back in float
+    calls: list[int] = []
+    kept: list[str] = []
+
+    def measure(chosen: list[str]) -> float:
+        calls.append(len(chosen))
+        return 0.995 if len(chosen) >= need else 0.98 + len(chosen) * 1e-5
+
+    info = acceptance.fall_back(
+        Budget.parse("cosine>=0.99"),
+        0.97,
+        names,
+        sensitivity=lambda k: 0.97,  # no node helps alone: all are passed over
+        measure=measure,
+        keep=lambda k, gain: kept.append(k),
+        start_key="quantized_all",
+        chosen_key="kept_float",
+    )
+    assert kept == names[:need] == info["kept_float"]
+    assert info["met"] and info["final"] == 0.995
+    assert info["prefix_search"] == {"probes": len(calls), "of": 200}
+    assert len(calls) <= 2 * 8 + 1, calls
+    assert len(set(calls)) == len(calls)  # no prefix measured twice
+
+
+def test_fall_back_prefix_search_ends_at_all_back_when_nothing_meets() -> None:
+    """When even every candidate back in float misses the budget, all are kept float and the
+    record says the budget was not met."""
+    from graphopt import acceptance
+
+    kept: list[str] = []
+    info = acceptance.fall_back(
+        Budget.parse("cosine>=0.99"),
+        0.9,
+        list("abcde"),
+        sensitivity=lambda k: 0.9,
+        measure=lambda chosen: 0.95,
+        keep=lambda k, gain: kept.append(k),
+        start_key="quantized_all",
+        chosen_key="kept_float",
+    )
+    assert kept == list("abcde") and not info["met"] and info["final"] == 0.95
+
+
 def test_budget_probe_hands_the_metric_its_feeds_rows_of_extras(tmp_path, monkeypatch) -> None:
     """A task metric reading per-feed extras (clip ids, labels) on the probe's first feeds
     must get those feeds' rows, not all of DATA's (Silero VAD's clip metric crashed on

@@ -47,7 +47,12 @@ class Namer:
 def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     """Register ``array`` as an initializer named ``name`` (already unique)."""
     array = np.ascontiguousarray(array).reshape(np.shape(array))  # keeps 0-d scalars 0-d
-    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+    # ir.Tensor directly: ir.tensor's type dispatch (Protocol isinstance checks) costs 10x the
+    # tensor itself, and qdq-insert's budget search writes ~1000 constants per trial model
+    tensor = (
+        ir.tensor(array, name=name) if array.dtype.kind in "OSU" else ir.Tensor(array, name=name)
+    )
+    value = ir.Value(name=name, const_value=tensor)
     value.shape = ir.Shape(array.shape)
     value.dtype = ir.DataType.from_numpy(array.dtype)
     graph.register_initializer(value)
