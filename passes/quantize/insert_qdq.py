@@ -54,6 +54,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+import time
+from collections.abc import Callable
 from typing import Literal
 
 import onnx_ir as ir
@@ -199,6 +201,7 @@ class InsertQdqPass(GraphoptPass):
     enters_subgraphs = True
     summary = "static int8 QDQ quantization placed for the target's integer kernels (calibrated)"
     _PAYS = acceptance.PAYS  # int8 must be at least 3% faster than float to be kept (guard)
+    _TIME_NOTE_S = 5.0  # a run at least this long says where its time went
 
     #: what the last run quantized in the model: node name -> op type (set when it ends)
     quantized: dict[str, str]
@@ -259,6 +262,7 @@ class InsertQdqPass(GraphoptPass):
         samples = self.context.data
         if samples is None:
             raise DataError("qdq-insert needs calibration data (DATA)")
+        lap = self._step_clock()
         every = plan_model(run, model, set(run.exclude), prune=False)
         names = calibration_tensors(every)
         unread: dict[str, str] = {}  # body tensors calibration could not read, and why
@@ -289,6 +293,7 @@ class InsertQdqPass(GraphoptPass):
             smoothing = smoothing_scales(run, model, samples, opts.smooth, opts.smooth_gain)
             run.smooth = smoothing.scales
             self.details.update(smoothing.record)
+        lap("calibration")
         unnamed = [node for node in iter_nodes(model) if not node.name]
         namer = Namer.for_model(model)
         for node in unnamed:  # trials and the final rewrite must agree on node names
@@ -312,11 +317,14 @@ class InsertQdqPass(GraphoptPass):
                 trial = qdq_emit.trial(run, pristine, kept)
                 after = fusion.check_fusion(trial, run.quantized)
                 self.details["fusion_after_repair"] = after.summary()
+        lap("fusion check")
         timed: dict[str, str] | None = None  # what the guard's decision was timed with
         if guard:  # first: when int8 does not pay, the budget's search would be wasted
             assert pristine is not None
             before = dict(kept)
-            if not self._guard(run, model, pristine, kept, samples.feeds[0]):
+            pays = self._guard(run, model, pristine, kept, samples.feeds[0])
+            lap("latency guard")
+            if not pays:
                 return self._declined_by_guard(unnamed)
             timed = dict(kept)
             if kept != before:  # only the anchors pay: the budget measures that plan
@@ -326,9 +334,12 @@ class InsertQdqPass(GraphoptPass):
             budget = Budget.parse(budget_text)
             probe = acceptance.BudgetProbe.of(budget, model, samples, opts.budget_samples)
             self.details["budget"] = qdq_accept.apply_budget(run, probe, pristine, trial, kept)
+            lap("budget search")
         if guard and kept != timed:  # the budget kept nodes float: time that plan again
             assert pristine is not None
-            if not self._guard(run, model, pristine, kept, samples.feeds[0]):
+            pays = self._guard(run, model, pristine, kept, samples.feeds[0])
+            lap("latency guard")
+            if not pays:
                 return self._declined_by_guard(unnamed)
         stats_so_far = collections.Counter(self.stats)
         self.stats = collections.Counter()
@@ -341,6 +352,7 @@ class InsertQdqPass(GraphoptPass):
             self.details["fusion_final"] = final.summary()
             self.count("fused", len(final.fused))
             self.count("unfused", len(final.unfused))
+        lap("rewrite")
         for g, scope in iter_scopes(model):  # where inside If/Loop bodies int8 went
             for node in g:
                 if node.name in run.quantized:
@@ -404,7 +416,23 @@ class InsertQdqPass(GraphoptPass):
                 f"latency guard: {guard['decision']} (int8 {timing.get('int8_ms', 0):.3g} ms vs "
                 f"float {timing.get('float_ms', 0):.3g} ms on DATA's first feed)"
             )
+        seconds = d.get("seconds", {})
+        if sum(seconds.values()) >= self._TIME_NOTE_S:  # where a long run spent its time
+            notes.append("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
         return [n for n in notes if n]
+
+    def _step_clock(self) -> Callable[[str], None]:
+        """``lap(step)`` adds the seconds since the last lap to ``details["seconds"][step]``:
+        the report says where a long run went (the budget search, the guard, calibration)."""
+        seconds = self.details.setdefault("seconds", {})
+        last = [time.perf_counter()]
+
+        def lap(step: str) -> None:
+            now = time.perf_counter()
+            seconds[step] = round(seconds.get(step, 0.0) + now - last[0], 3)
+            last[0] = now
+
+        return lap
 
     def _guard(
         self, run: QdqRun, model: ir.Model, pristine: Pristine, kept: dict[str, str], feed: dict
