@@ -108,7 +108,7 @@ def apply_budget(
         kept[name] = "sensitivity"
         run.count(f"kept_float:{ops[name]}")
 
-    return acceptance.fall_back(
+    info = acceptance.fall_back(
         probe.budget,
         start,
         candidates,
@@ -119,3 +119,6 @@ def apply_budget(
         chosen_key="kept_float",
         progress="qdq-insert sensitivity",
     )
+    # what the search cost: one ONNX Runtime session per distinct trial model
+    info.update(candidates=len(candidates), trials_measured=len(measured))
+    return info
