@@ -169,27 +169,39 @@ def commands(model: Path, out_dir: Path, baseline: Path | None) -> dict[str, lis
     return cmds
 
 
-def measure(model: Path, rounds: int, baseline: Path | None) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        cmds = commands(model, Path(tmp), baseline)
-        names = list(cmds)
-        rows: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
-        for r in range(rounds):
-            order = names[r % len(names) :] + names[: r % len(names)]
-            for name in order:
-                rows[name].append(_timed(cmds[name]))
-                print(f"  round {r + 1} {name}: {rows[name][-1][0]:.2f} s, "
-                      f"{rows[name][-1][1]:.0f} MB", flush=True)  # fmt: skip
-    ort = rows["ort-load"]
-    result: dict[str, Any] = {"size_mb": model.stat().st_size / 2**20, "rounds": rounds}
-    for name in names:
-        result[name] = {
+def _rounds(
+    cmds: dict[str, list[str]], rounds: int, reference: str, cwd: str
+) -> tuple[dict[str, dict[str, float]], dict[str, list[str]]]:
+    """Run every command once per round (order rotated), each in its own process in ``cwd``:
+    per command the medians and the medians of per-round ratios to ``reference``, and what
+    qdq-insert said in each run."""
+    names = list(cmds)
+    rows: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    said: dict[str, list[str]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            lines: list[str] = []
+            rows[name].append(_timed(cmds[name], lines, cwd=cwd))
+            said[name].append(_decisions(lines))
+            print(f"  round {r + 1} {name}: {rows[name][-1][0]:.2f} s, "
+                  f"{rows[name][-1][1]:.0f} MB {said[name][-1]}", flush=True)  # fmt: skip
+    ref = rows[reference]
+    summary = {
+        name: {
             "seconds": statistics.median(w for w, _ in rows[name]),
             "peak_mb": statistics.median(m for _, m in rows[name]),
-            "time_vs_ort": statistics.median(w / o[0] for (w, _), o in zip(rows[name], ort)),
-            "memory_vs_ort": statistics.median(m / o[1] for (_, m), o in zip(rows[name], ort)),
+            "time_vs_ort": statistics.median(w / o[0] for (w, _), o in zip(rows[name], ref)),
+            "memory_vs_ort": statistics.median(m / o[1] for (_, m), o in zip(rows[name], ref)),
         }
-    return result
+        for name in names
+    }
+    return summary, said
+
+
+def measure(model: Path, rounds: int, baseline: Path | None) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        summary, _ = _rounds(commands(model, Path(tmp), baseline), rounds, "ort-load", tmp)
+    return {"size_mb": model.stat().st_size / 2**20, "rounds": rounds, **summary}
 
 
 def measure_int8(entry: str, rounds: int, baseline: Path | None) -> dict[str, Any]:
@@ -207,25 +219,8 @@ def measure_int8(entry: str, rounds: int, baseline: Path | None) -> dict[str, An
                 out = f"{tmp}/{name}.onnx"
                 cmds[name] = [py, "-c", _GRAPHOPT, str(root), "optimize", str(model), "-o", out]
                 cmds[name] += ["-p", "cpu-int8", "--data", str(calib)]
-        names = list(cmds)
-        rows: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
-        said: dict[str, list[str]] = {n: [] for n in names}
-        for r in range(rounds):
-            for name in names[r % len(names) :] + names[: r % len(names)]:
-                lines: list[str] = []
-                rows[name].append(_timed(cmds[name], lines, cwd=tmp))
-                said[name].append(_decisions(lines))
-                print(f"  round {r + 1} {name}: {rows[name][-1][0]:.2f} s, "
-                      f"{rows[name][-1][1]:.0f} MB {said[name][-1]}", flush=True)  # fmt: skip
-    ort = rows["ort-quantize-static"]
-    result: dict[str, Any] = {"entry": entry, "rounds": rounds, "decisions": said}
-    for name in names:
-        result[name] = {
-            "seconds": statistics.median(w for w, _ in rows[name]),
-            "peak_mb": statistics.median(m for _, m in rows[name]),
-            "time_vs_ort": statistics.median(w / o[0] for (w, _), o in zip(rows[name], ort)),
-            "memory_vs_ort": statistics.median(m / o[1] for (_, m), o in zip(rows[name], ort)),
-        }
+        summary, said = _rounds(cmds, rounds, "ort-quantize-static", tmp)
+    result: dict[str, Any] = {"entry": entry, "rounds": rounds, "decisions": said, **summary}
     g, o = result["graphopt"], result["ort-quantize-static"]
     result["time_goal"] = g["seconds"] <= max(3 * o["seconds"], o["seconds"] + 10)
     result["memory_goal"] = g["memory_vs_ort"] <= 1.5
