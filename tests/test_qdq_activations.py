@@ -264,3 +264,31 @@ def test_split_keeps_the_region_integer() -> None:
     a, c = np.concatenate([r[0].ravel() for r in ref]), np.concatenate([g[0].ravel() for g in got])
     assert float(a @ c / np.linalg.norm(a) / np.linalg.norm(c)) > 0.995
     pt.assert_idempotent(model, "qdq-insert", data=feeds, target="cpu", budget="none")
+
+
+def test_budget_search_writes_each_plan_once_and_decides_the_same(monkeypatch) -> None:
+    """A node of an integer region back in float returns the region to float, so the search's
+    trials repeat plans; a repeated plan is neither written nor measured again, and the
+    nodes that end float are the ones writing every trial picks."""
+    from graphopt.passes.quantize import qdq_accept
+
+    def search(model: ir.Model, feeds: list) -> dict:
+        _, p = pt.run_pass(
+            model, "qdq-insert", data=feeds, target="cpu", budget="cosine>=0.99999", guard=False
+        )
+        return {**p.details["budget"], "kept": p.details.get("kept_float")}
+
+    model, feeds = _cnn()
+    deduped = search(model, feeds)
+    assert deduped["trials_written"] < deduped["trials_planned"], deduped
+    assert deduped["trials_measured"] <= deduped["trials_written"] + 1  # + the whole plan
+
+    def write_every_trial(self, floats: dict, run: QdqRun) -> None:
+        self.asked += 1
+
+    monkeypatch.setattr(qdq_accept._Plans, "get", write_every_trial)
+    model, feeds = _cnn()
+    every = search(model, feeds)
+    assert every["trials_written"] == every["trials_planned"]
+    for key in ("kept_float", "kept", "final", "sensitivity", "met", "trials_measured"):
+        assert deduped[key] == every[key], key

@@ -13,7 +13,14 @@ from typing import Any
 
 import onnx_ir as ir
 from graphopt.passes.quantize import qdq_emit
-from graphopt.passes.quantize.qdq_plan import REQUANT, SHARED, QdqRun
+from graphopt.passes.quantize.qdq_plan import (
+    REQUANT,
+    SHARED,
+    QdqRun,
+    numbering,
+    plan_model,
+    plan_signature,
+)
 
 from graphopt import acceptance, runtime
 from graphopt.ir import Pristine, iter_nodes
@@ -93,15 +100,23 @@ def apply_budget(
     ops = dict(run.quantized)
     candidates = [k for k, op in ops.items() if op not in SHARED or k in run.embeddings]
     # Trials that come out the same model are measured once: a node of an integer region
-    # back in float returns the whole region to float, so its members are one trial.
+    # back in float returns the whole region to float, so its members are one trial. Most
+    # such trials are known before they are written, by their plan (:class:`_Plans`).
     measured: dict[str, float] = {_structure(quantized): start}
+    plans = _Plans(run, pristine)
 
     def back(names: list[str]) -> float:
         floats = {**kept, **dict.fromkeys(names, "sensitivity")}
+        known = plans.get(floats, run)
+        if known is not None:
+            return known
+        whys = dict(run.activation_why)
         trial = qdq_emit.trial(run, pristine, floats)
         key = _structure(trial)
         if key not in measured:
             measured[key] = probe(trial)
+        written = {k: v for k, v in run.activation_why.items() if whys.get(k) != v}
+        plans.add(floats, measured[key], run, written)
         return measured[key]
 
     def keep(name: str, gain: float) -> None:
@@ -119,6 +134,53 @@ def apply_budget(
         chosen_key="kept_float",
         progress="qdq-insert sensitivity",
     )
-    # what the search cost: one ONNX Runtime session per distinct trial model
-    info.update(candidates=len(candidates), trials_measured=len(measured))
+    # what the search cost: the trials it asked for, one rewrite per distinct plan, one ONNX
+    # Runtime session per distinct model (the whole plan's included)
+    info.update(
+        candidates=len(candidates),
+        trials_planned=plans.asked,
+        trials_written=plans.written,
+        trials_measured=len(measured),
+    )
     return info
+
+
+class _Plans:
+    """The budget search's trials by plan: a plan seen before is neither written nor measured.
+
+    A hit also restores what writing that trial would have left in ``run`` (the nodes it
+    quantized, the activations' reasons), so the steps after the search see the run exactly
+    as if every trial had been written.
+    """
+
+    def __init__(self, run: QdqRun, pristine: Pristine) -> None:
+        self.model = pristine.copy()  # planned on, never written (planning reads only)
+        self.ids = numbering(self.model)
+        self.exclude = set(run.exclude)
+        self.seen: dict[tuple, tuple[float, dict[str, str], set[str], dict[str, str]]] = {}
+        self.asked = 0
+        self.written = 0
+
+    def _key(self, run: QdqRun, floats: dict[str, str]) -> tuple:
+        return plan_signature(plan_model(run, self.model, self.exclude | set(floats)), self.ids)
+
+    def get(self, floats: dict[str, str], run: QdqRun) -> float | None:
+        self.asked += 1
+        hit = self.seen.get(self._key(run, floats))
+        if hit is None:
+            return None
+        value, quantized, embeddings, whys = hit
+        run.quantized, run.embeddings = dict(quantized), set(embeddings)
+        run.activation_why.update(whys)
+        return value
+
+    def add(self, floats: dict[str, str], value: float, run: QdqRun, whys: dict[str, str]) -> None:
+        """``value``: the metric of the trial just written with ``floats``; ``run`` holds
+        what that rewrite left, ``whys``: the activations' reasons it wrote."""
+        self.written += 1
+        self.seen[self._key(run, floats)] = (
+            value,
+            dict(run.quantized),
+            set(run.embeddings),
+            whys,
+        )

@@ -273,6 +273,44 @@ def plan_model(run: QdqRun, model: ir.Model, excluded: set[str], prune: bool = T
     return merged
 
 
+def plan_signature(plan: QdqPlan, ids: dict[object, int]) -> tuple:
+    """What a rewrite of ``plan`` depends on, by position in the planned model (``ids``: its
+    nodes and values numbered once): equal signatures give the same trial model.
+
+    Why: the budget search plans hundreds of trials that differ by one node kept float, and
+    a node of an integer region back in float returns its whole region to float, so many
+    plans coincide; planning is ~100x cheaper than writing and serializing a trial model.
+    The scales follow from the run's calibration and from these roots, so they coincide too.
+    """
+
+    def key(items: list[ir.Node]) -> tuple[int, ...]:
+        return tuple(sorted(ids[x] for x in items))
+
+    members = set(plan.nodes)
+    return (
+        key(plan.weighted),
+        key(plan.act_matmul),
+        key(plan.embedding),
+        key(plan.region),
+        tuple(sorted((ids[r], ids[n]) for r, n in plan.absorbed.items())),
+        tuple(sorted((ids[n], ids[y]) for n, y in plan.outputs.items())),
+        tuple(sorted((ids[n], tuple(i)) for n, i in plan.inputs.items() if n in members)),
+    )
+
+
+def numbering(model: ir.Model) -> dict[object, int]:
+    """Every node and value of ``model`` (bodies included) numbered in graph order."""
+    ids: dict[object, int] = {}
+    for graph in iter_graphs(model):
+        for v in [*graph.inputs, *graph.initializers.values()]:
+            ids.setdefault(v, len(ids))
+        for node in graph:
+            ids.setdefault(node, len(ids))
+            for v in node.outputs:
+                ids.setdefault(v, len(ids))
+    return ids
+
+
 def calibration_tensors(every: QdqPlan) -> list[str]:
     """Every float tensor any plan (whatever stays float) may need a range for; ``every`` is
     the plan that keeps every candidate (``prune=False``)."""
