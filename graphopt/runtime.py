@@ -305,8 +305,10 @@ def interleaved_latency(
     """Median seconds per run of each session, per round, taking turns so noise hits all.
 
     Each session runs at least ``iters`` times per round, more for fast models so that a
-    round lasts about ``min_round_seconds``. Returns ``rounds`` lists with one median per
-    session: compare sessions round by round (ratios), never across rounds.
+    round lasts about ``min_round_seconds``; each round starts one session later than the
+    last (the first to run after another's caches and clocks is not always the same one).
+    Returns ``rounds`` lists with one median per session, in ``sessions`` order: compare
+    sessions round by round (ratios), never across rounds.
     """
     import time
 
@@ -319,15 +321,16 @@ def interleaved_latency(
     if slowest > 0:
         iters = max(iters, min(1000, int(min_round_seconds / slowest) + 1))
     out = []
-    for _ in range(rounds):
-        medians = []
-        for sess in sessions:
+    n = len(sessions)
+    for r in range(rounds):
+        medians = [0.0] * n
+        for k in [(r + j) % n for j in range(n)]:
             times = []
             for _ in range(iters):
                 t0 = time.perf_counter()
-                sess.run(None, feed)
+                sessions[k].run(None, feed)
                 times.append(time.perf_counter() - t0)
-            medians.append(float(np.median(times)))
+            medians[k] = float(np.median(times))
         out.append(medians)
     return out
 

@@ -268,6 +268,10 @@ class AssignPrecisionPass(GraphoptPass):
             info["decision"] = f"fp32: no candidate loads on {run.provider}"
             return None
         timing = acceptance.compare_latency(base, sessions, feed)
+        timing = acceptance.settle(  # near the threshold: twice the rounds decide
+            timing, _PAYS, lambda: acceptance.compare_latency(base, sessions, feed)
+        )
+        info["retimed"] = timing.retimed
         for k, fmt in enumerate(order):
             info[SHORT[fmt]] = {
                 "ms": timing.ms[k],
