@@ -301,11 +301,13 @@ def interleaved_latency(
     rounds: int = 5,
     iters: int = 10,
     min_round_seconds: float = 0.05,
+    max_round_seconds: float | None = None,
 ) -> list[list[float]]:
     """Median seconds per run of each session, per round, taking turns so noise hits all.
 
     Each session runs at least ``iters`` times per round, more for fast models so that a
-    round lasts about ``min_round_seconds``; each round starts one session later than the
+    round lasts about ``min_round_seconds``, fewer (but 3) for slow ones where
+    ``max_round_seconds`` caps a session's round; each round starts one session later than the
     last (the first to run after another's caches and clocks is not always the same one).
     Returns ``rounds`` lists with one median per session, in ``sessions`` order: compare
     sessions round by round (ratios), never across rounds.
@@ -320,6 +322,8 @@ def interleaved_latency(
             slowest = max(slowest, time.perf_counter() - t0)
     if slowest > 0:
         iters = max(iters, min(1000, int(min_round_seconds / slowest) + 1))
+        if max_round_seconds is not None:
+            iters = max(3, min(iters, int(max_round_seconds / slowest) + 1))
     out = []
     n = len(sessions)
     for r in range(rounds):

@@ -41,7 +41,7 @@ def _fake_timings(monkeypatch: pytest.MonkeyPatch, ratios: list[float]) -> list[
     calls: list[float] = []
     todo = list(ratios)
 
-    def fake(sessions, feed, *, rounds=3, iters=10):
+    def fake(sessions, feed, *, rounds=3, **_):
         assert len(sessions) == 2
         r = todo.pop(0)
         calls.append(r)
@@ -114,6 +114,25 @@ def test_interleaved_latency_rotates_who_runs_first() -> None:
     assert len(rows) == 3 and all(len(r) == 3 for r in rows)
     timed = order[6:]  # after two warm-up runs each
     assert timed == [0, 1, 2, 1, 2, 0, 2, 0, 1]
+
+
+def test_interleaved_latency_caps_slow_rounds() -> None:
+    """A session slower than the cap runs 3 times a round, not ``iters``; without a cap the
+    count stays (benchmarks ask for theirs)."""
+    import time
+
+    runs: list[int] = []
+
+    class Slow:
+        def run(self, outputs: object, feed: object) -> None:
+            runs.append(1)
+            time.sleep(0.02)
+
+    runtime.interleaved_latency([Slow()], {}, rounds=2, iters=10, max_round_seconds=0.01)
+    assert len(runs) == 2 + 2 * 3
+    runs.clear()
+    runtime.interleaved_latency([Slow()], {}, rounds=1, iters=10, min_round_seconds=0)
+    assert len(runs) == 2 + 10
 
 
 def _node_ops(model: ir.Model) -> dict[str, str]:

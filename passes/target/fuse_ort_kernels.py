@@ -273,17 +273,21 @@ class FuseOrtKernelsPass(GraphoptPass):
             feeds = self._feeds(model)
         except DataError as exc:
             return self.decline(f"cannot prove a fusion without inputs: {exc}")
-        pristine = Pristine(model)
         original = runtime.run_feeds(runtime.make_session(model, optimize=False), feeds)
         measure = opts.decide == "measure" and self.context.target == "cpu"
         current: ir.Model | None = None  # the best trial so far (None: the model as it is)
         current_sess = runtime.make_session(model, optimize=True) if measure else None
         sets: dict[str, dict[str, Any]] = {}
         prepared: Pristine | None = None  # the model as the rules need it, made once
+        trial: ir.Model | None = None
+        sess: Any = None
         for rule_set in wanted:
+            # a set not kept lets go of its model and session before the next is made: at
+            # MiniLM's 86 MB each copy and each session's packed weights count in peak memory
+            trial = sess = None
             if current is None:
                 if prepared is None:
-                    trial = pristine.copy()
+                    trial = Pristine(model).copy()
                     _prepare(trial)
                     prepared = Pristine(trial)
                 trial = prepared.copy()
@@ -313,7 +317,8 @@ class FuseOrtKernelsPass(GraphoptPass):
                     continue
                 current_sess = sess
             record["kept"] = True
-            current = trial
+            current, prepared = trial, None  # later sets start from the kept one
+        trial = sess = current_sess = prepared = None
         self.details["sets"] = sets
         self.details["feed"] = {k: list(np.shape(v)) for k, v in feeds[0].items()}
         if current is None:
