@@ -35,13 +35,15 @@ PRESETS: dict[str, str] = {
     # avoid-slow-fusions keeps ORT from fused kernels that are slower on this CPU (timed);
     # fuse-qdq-sibling-matmuls runs the q/k/v projections as one GEMM; fuse-qdq-matmul-bias
     # writes the int8 kernel with the bias ORT leaves as a separate Add; quantize-recurrent
-    # runs LSTMs as ORT's int8 kernel where that times faster. fuse-ort-kernels writes the
-    # exporters' attention/LayerNorm/GELU idioms ORT does not fuse as its kernels (proven,
-    # timed); before fold-attention-biases, whose folds would hide the biases it packs.
+    # runs LSTMs as ORT's int8 kernel where that times faster; quantize-attention runs the
+    # fused Attention's packed q/k/v projection as ORT's QAttention where that does.
+    # fuse-ort-kernels writes the exporters' attention/LayerNorm/GELU idioms ORT does not
+    # fuse as its kernels (proven, timed); before fold-attention-biases, whose folds would
+    # hide the biases it packs.
     "cpu-fp32": "cleanup,fuse-ort-kernels,fold-attention-biases,avoid-slow-fusions",
     "cpu-int8": (
         "cleanup,fuse-ort-kernels,fold-attention-biases,move-stride-to-channels,"
-        "qdq-insert{target=cpu,guard=true,smooth=0.7},quantize-recurrent,"
+        "qdq-insert{target=cpu,guard=true,smooth=0.7},quantize-attention,quantize-recurrent,"
         "fuse-qdq-sibling-matmuls,fuse-qdq-matmul-bias,avoid-slow-fusions,sort-topologically"
     ),
     "cuda-int8": "cleanup,qdq-insert{target=cuda},sort-topologically",
@@ -52,7 +54,7 @@ PRESET_DOCS: dict[str, str] = {
     "cpu-fp32": "cleanup, then ORT's attention/LayerNorm/GELU kernels and the graph form that "
     "time fastest here",
     "cpu-int8": "cleanup, then static int8 QDQ placed for ONNX Runtime's CPU EP on this CPU, "
-    "LSTMs as its int8 kernel",
+    "fused attention and LSTMs as its int8 kernels",
     "cuda-int8": "cleanup, then symmetric static int8 QDQ for the CUDA/TensorRT EPs",
 }
 MAX_REPEAT = 100
