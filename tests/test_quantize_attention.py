@@ -20,16 +20,27 @@ from graphopt import runtime
 SEQ, HIDDEN, HEADS = 16, 32, 4
 
 
-def _model(bias: str = "mask", fill: float = -10000.0) -> ir.Model:
+def _model(bias: str = "mask", fill: float = -10000.0, concat: bool = False) -> ir.Model:
     """x [1, SEQ, HIDDEN], mask [1, SEQ] int64 -> Attention -> MatMul -> y. ``bias``: "mask"
-    (the padding-mask chain), "causal" (a constant causal bias) or "none"."""
+    (the padding-mask chain), "causal" (a constant causal bias) or "none"; ``concat``: the
+    q/k/v weights and biases packed by Concat nodes, as fuse-ort-kernels leaves dynamo's."""
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((HIDDEN, 3 * HIDDEN)) / np.sqrt(HIDDEN)).astype(np.float32)
     w[:, 3] *= 8.0  # an outlier column, as LayerNorm outputs meet them
     b = (rng.standard_normal(3 * HIDDEN) * 0.1).astype(np.float32)
     wo = (rng.standard_normal((HIDDEN, 8)) / np.sqrt(HIDDEN)).astype(np.float32)
-    inits = [pt.init("w", w), pt.init("b", b), pt.init("wo", wo)]
+    inits = [pt.init("wo", wo)]
     nodes = []
+    if concat:
+        for k, part in enumerate("qkv"):
+            cols = slice(k * HIDDEN, (k + 1) * HIDDEN)
+            inits += [pt.init(f"w{part}", w[:, cols]), pt.init(f"b{part}", b[cols])]
+        nodes += [
+            pt.node("Concat", ["wq", "wk", "wv"], ["w"], axis=1),
+            pt.node("Concat", ["bq", "bk", "bv"], ["b"], axis=0),
+        ]
+    else:
+        inits += [pt.init("w", w), pt.init("b", b)]
     attention_inputs = ["x", "w", "b"]
     if bias == "mask":
         inits += [
@@ -44,6 +55,19 @@ def _model(bias: str = "mask", fill: float = -10000.0) -> ir.Model:
             pt.node("Mul", ["inv", "fill"], ["add"]),
             pt.node("Unsqueeze", ["add", "axes"], ["add4"]),
             pt.node("Expand", ["add4", "shape"], ["bias"]),
+        ]
+        attention_inputs += ["", "", "bias"]
+    elif bias == "zeros":  # the dynamo exporter's all-true SDPA mask: zeros from shapes
+        inits += [
+            pt.init("zero", np.zeros((1, 1, 1, 1), np.float32)),
+            pt.init("axes", np.array([0, 1], np.int64)),
+        ]
+        nodes += [
+            pt.node("Shape", ["x"], ["xs"], start=1, end=2),
+            pt.node("Concat", ["xs", "xs"], ["ss"], axis=0),
+            pt.node("Unsqueeze", ["ss", "axes"], ["ss4"]),  # not a shape: exercise the walk
+            pt.node("Expand", ["zero", "ss"], ["bias0"]),
+            pt.node("Identity", ["bias0"], ["bias"]),
         ]
         attention_inputs += ["", "", "bias"]
     elif bias == "causal":
@@ -152,7 +176,7 @@ def test_a_causal_bias_is_not_taken_for_a_mask() -> None:
     result, p = pt.run_pass(model, "quantize-attention", data=_feeds(), decide="always")
     assert not result.modified and pt.to_bytes(model) == before
     assert "attention_bias_not_a_padding_mask" in p.declined
-    assert "integer" in p.details["masks"]["bias"]["not_a_padding_mask"]
+    assert "constant" in p.details["masks"]["bias"]["not_a_padding_mask"]
 
 
 def test_no_mask_converts_without_data() -> None:
@@ -183,3 +207,28 @@ def test_declines_without_attention() -> None:
     )
     result, p = pt.run_pass(model, "quantize-attention")
     assert not result.modified and "fuse-ort-kernels" in p.declined
+
+
+def test_weights_packed_by_concat_are_read_as_constants() -> None:
+    model, feeds = _model(concat=True), _feeds()
+    original = pt.copy_model(model)
+    result, p = pt.run_pass(model, "quantize-attention", data=feeds, decide="always")
+    assert result.modified, p.declined
+    ops = pt.op_counts(model)
+    assert ops["QAttention"] == 1 and not ops["Concat"], ops  # the packing went with it
+    assert min(_unmasked_cosines(original, model, feeds)) > 0.995
+
+
+def test_a_bias_of_zeros_from_shapes_means_no_mask() -> None:
+    model, feeds = _model(bias="zeros"), _feeds()
+    original = pt.copy_model(model)
+    result, p = pt.run_pass(model, "quantize-attention", data=feeds, decide="always")
+    assert result.modified, p.declined
+    (qa,) = pt.nodes_of(model, "QAttention")
+    assert len(qa.inputs) < 6 or qa.inputs[5] is None
+    assert p.stats["zero_bias_dropped"] == 1 and p.details["masks"]["bias"]["source"] == ""
+    ref = pt.run_model(original, feeds)[1]
+    got = pt.run_model(model, feeds)[1]
+    for a, b in zip(ref, got, strict=True):
+        a, b = a[0].ravel(), b[0].ravel()
+        assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.995

@@ -110,7 +110,9 @@ class QuantizeAttentionPass(GraphoptPass):
     def render_notes(self) -> list[str]:
         notes = []
         for value, mask in self.details.get("masks", {}).items():
-            if "source" in mask:
+            if mask.get("source") == "":
+                notes.append(f"mask: '{value}' is all zeros (from shapes only): no mask")
+            elif "source" in mask:
                 notes.append(
                     f"mask: '{value}' is a padding mask of '{mask['source']}' "
                     f"(fill {mask['fill']:.3g}, proven on {mask['probes']} probe feeds)"
@@ -130,7 +132,7 @@ class QuantizeAttentionPass(GraphoptPass):
         if node.name in self.options.exclude:
             self.leave(node, "excluded")
             return False
-        w, b = _const(ins[1]), _const(ins[2]) if ins[2] is not None else None
+        w, b = _packed(ins[1]), _packed(ins[2]) if ins[2] is not None else None
         if w is None or w.dtype != np.float32 or w.ndim != 2 or w.shape[1] % 3:
             self.leave(node, "weight_not_constant_packed_qkv")
             return False
@@ -198,15 +200,24 @@ class QuantizeAttentionPass(GraphoptPass):
         """The graph input whose zeros the bias adds ``c`` for, proven on probe feeds; the
         first of the integer [batch, sequence] inputs it is computed from that passes (token
         ids reach a mask through its shape only, and fail)."""
+        constant = _const(bias)
+        if constant is not None:
+            if np.any(constant):
+                raise _NotAMask("it is a constant (a causal or position bias?)")
+            return _Mask("", 0.0), 0
         sources = _integer_sources(model, bias)
-        if not sources:
-            raise _NotAMask("it is not computed from an integer [batch, sequence] graph input")
         feed = self._feed(model)
         probe = Pristine(model).copy()
         probe.graph.outputs.append(
             next(v for n in probe.graph for v in n.outputs if v.name == bias.name)
         )
         sess = runtime.make_session(probe, optimize=False)
+        if not sources:
+            # the dynamo exporter's SDPA writes an all-true mask as a bias of zeros, computed
+            # from shapes only: no mask at all
+            if _shape_only(model, bias) and not np.any(sess.run([bias.name], feed)[0]):
+                return _Mask("", 0.0), 1
+            raise _NotAMask("it is not computed from an integer [batch, sequence] graph input")
         why = ""
         for source in sources:
             m = np.asarray(feed[source.name])
@@ -261,7 +272,7 @@ class QuantizeAttentionPass(GraphoptPass):
                 amax[name] = np.maximum(amax.get(name, a), a)
         scales = {}
         for node in layers:
-            x, w = node.inputs[0], _const(node.inputs[1])
+            x, w = node.inputs[0], _packed(node.inputs[1])
             if x.name not in amax or w is None:
                 continue
             wmax = np.abs(w).max(axis=1)
@@ -292,8 +303,10 @@ class QuantizeAttentionPass(GraphoptPass):
                 node.inputs[2] if len(node.inputs) > 2 else None,
             )
             assert x is not None and w is not None
-            wa = _const(w)
+            wa = _packed(w)
             assert wa is not None
+            if b is not None and _const(b) is None:  # a packed Concat: one constant now
+                b = add_initializer(graph, namer(f"{node.name}_qkv_bias"), _packed(b))
             if node.name in smooth:  # x / s into the projection, W * s: the same product
                 s = smooth[node.name]
                 wa = (wa.astype(np.float64) * s[:, None]).astype(np.float32)
@@ -316,7 +329,9 @@ class QuantizeAttentionPass(GraphoptPass):
             attrs = [a for k, a in node.attributes.items() if k in _SHARED_ATTRS]
             mask: ir.Value | None = node.inputs[3] if len(node.inputs) > 3 else None
             bias = node.inputs[5] if len(node.inputs) > 5 else None
-            if bias is not None:
+            if bias is not None and masks[bias.name or ""].source == "":  # type: ignore[union-attr]
+                self.count("zero_bias_dropped")
+            elif bias is not None:
                 proven = masks[bias.name or ""]
                 assert isinstance(proven, _Mask)
                 if proven.source not in mask_index:
@@ -405,6 +420,29 @@ class QuantizeAttentionPass(GraphoptPass):
         return acceptance.fastest_that_pays(timing, threshold) is not None
 
 
+def _packed(value: ir.Value | None, depth: int = 4) -> np.ndarray | None:
+    """The constant value of ``value``, also where it is a Concat/Transpose of constants:
+    fuse-ort-kernels packs the dynamo exporter's q/k/v weights that way (ORT folds it when
+    a session loads)."""
+    array = _const(value)
+    if array is not None or value is None or depth == 0:
+        return array
+    node = value.producer()
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type not in ("Concat", "Transpose", "Identity"):
+        return None
+    parts = [_packed(v, depth - 1) for v in node.inputs]
+    if not parts or any(p is None for p in parts):
+        return None
+    if node.op_type == "Concat":
+        return np.concatenate(parts, axis=int(_attr(node, "axis", 0)))  # type: ignore[arg-type]
+    if node.op_type == "Transpose":
+        perm = _attr(node, "perm", None)
+        return np.transpose(parts[0], None if perm is None else list(perm))  # type: ignore[arg-type]
+    return parts[0]
+
+
 class _NotAMask(Exception):
     """An attention_bias that is not (provably) a padding mask; the message says why."""
 
@@ -428,6 +466,24 @@ def _integer_sources(model: ir.Model, value: ir.Value) -> list[ir.Value]:
         if producer is not None:
             stack.extend(i for i in producer.inputs if i is not None)
     return found
+
+
+def _shape_only(model: ir.Model, value: ir.Value) -> bool:
+    """Whether ``value`` reads the graph's inputs through their shapes only (Shape nodes)."""
+    inputs = set(model.graph.inputs)
+    seen: set[ir.Value] = set()
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        if v in inputs:
+            return False
+        producer = v.producer()
+        if producer is not None and producer.op_type != "Shape":
+            stack.extend(i for i in producer.inputs if i is not None)
+    return True
 
 
 def _padding_patterns(shape: tuple[int, ...]) -> list[np.ndarray]:
