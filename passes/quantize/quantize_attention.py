@@ -90,6 +90,8 @@ class QuantizeAttentionPass(GraphoptPass):
                 "exporters' attention; run it first)"
             )
         layers = [n for n in nodes if self._convertible(n)]
+        read = {v.name for n in layers for v in (n.inputs[0], _bias(n)) if v is not None}
+        self._probe = _Probe(model, read)  # one session for the masks and the smoothing
         masks = self._prove_masks(model, layers)
         layers = [n for n in layers if self._mask_ok(n, masks)]
         if not layers:
@@ -161,7 +163,7 @@ class QuantizeAttentionPass(GraphoptPass):
         return True
 
     def _mask_ok(self, node: ir.Node, masks: dict[str, _Mask | str]) -> bool:
-        bias = node.inputs[5] if len(node.inputs) > 5 else None
+        bias = _bias(node)
         if bias is None:
             return True
         if node.inputs[3] is not None:
@@ -176,11 +178,7 @@ class QuantizeAttentionPass(GraphoptPass):
     # ----------------------------------------------------------------- masks
     def _prove_masks(self, model: ir.Model, layers: list[ir.Node]) -> dict[str, _Mask | str]:
         """Each distinct attention_bias of ``layers``: the padding mask it is (or why not)."""
-        biases = {
-            n.inputs[5].name: n.inputs[5]
-            for n in layers
-            if len(n.inputs) > 5 and n.inputs[5] is not None and n.inputs[5].name
-        }
+        biases = {b.name: b for n in layers if (b := _bias(n)) is not None and b.name}
         found: dict[str, _Mask | str] = {}
         record: dict[str, dict[str, Any]] = {}
         for name, value in biases.items():
@@ -207,11 +205,7 @@ class QuantizeAttentionPass(GraphoptPass):
             return _Mask("", 0.0), 0
         sources = _integer_sources(model, bias)
         feed = self._feed(model)
-        probe = Pristine(model).copy()
-        probe.graph.outputs.append(
-            next(v for n in probe.graph for v in n.outputs if v.name == bias.name)
-        )
-        sess = runtime.make_session(probe, optimize=False)
+        sess = self._probe
         if not sources:
             # the dynamo exporter's SDPA writes an all-true mask as a bias of zeros, computed
             # from shapes only: no mask at all
@@ -256,16 +250,11 @@ class QuantizeAttentionPass(GraphoptPass):
         samples = self.context.data
         if alpha == 0.0 or samples is None or not samples.feeds:
             return {}
-        probe = Pristine(model).copy()
-        by_name = {v.name: v for n in probe.graph for v in n.outputs}
         names = {n.inputs[0].name for n in layers}
-        wanted = sorted(names & set(by_name))  # computed inputs; graph inputs are in the feeds
-        for name in wanted:
-            probe.graph.outputs.append(by_name[name])
-        sess = runtime.make_session(probe, optimize=False) if wanted else None
+        wanted = sorted(names & self._probe.computed)  # graph inputs are in the feeds
         amax: dict[str, np.ndarray] = {}
         for feed in samples.feeds[:8]:
-            values = dict(zip(wanted, sess.run(wanted, feed), strict=True)) if sess else {}
+            values = dict(zip(wanted, self._probe.run(wanted, feed), strict=True))
             values.update({k: v for k, v in feed.items() if k in names})
             for name, x in values.items():
                 a = np.abs(np.asarray(x, np.float32)).reshape(-1, np.shape(x)[-1]).max(axis=0)
@@ -328,7 +317,7 @@ class QuantizeAttentionPass(GraphoptPass):
             xq, xs, xz = quantized_inputs[x]
             attrs = [a for k, a in node.attributes.items() if k in _SHARED_ATTRS]
             mask: ir.Value | None = node.inputs[3] if len(node.inputs) > 3 else None
-            bias = node.inputs[5] if len(node.inputs) > 5 else None
+            bias = _bias(node)
             if bias is not None and masks[bias.name or ""].source == "":  # type: ignore[union-attr]
                 self.count("zero_bias_dropped")
             elif bias is not None:
@@ -418,6 +407,32 @@ class QuantizeAttentionPass(GraphoptPass):
             "retimed": timing.retimed,
         }
         return acceptance.fastest_that_pays(timing, threshold) is not None
+
+
+class _Probe:
+    """An unoptimized session of the model that also returns the values the pass reads (the
+    biases it proves, the inputs it smooths): built once per run, when first needed."""
+
+    def __init__(self, model: ir.Model, names: set[str | None]) -> None:
+        self.model = model
+        self.computed = {v.name for n in model.graph for v in n.outputs if v.name in names}
+        self.sess: Any = None
+
+    def run(self, wanted: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if not wanted:
+            return []
+        if self.sess is None:
+            probe = Pristine(self.model).copy()
+            by_name = {v.name: v for n in probe.graph for v in n.outputs}
+            for name in sorted(self.computed):  # type: ignore[type-var]
+                probe.graph.outputs.append(by_name[name])
+            self.sess = runtime.make_session(probe, optimize=False)
+        return self.sess.run(wanted, feed)
+
+
+def _bias(node: ir.Node) -> ir.Value | None:
+    """An Attention's ``attention_bias`` input (None where it has none)."""
+    return node.inputs[5] if len(node.inputs) > 5 else None
 
 
 def _packed(value: ir.Value | None, depth: int = 4) -> np.ndarray | None:
