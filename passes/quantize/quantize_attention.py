@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx_ir as ir
+from graphopt.passes.quantize.attention_masks import NotAMask, PaddingMask, Probe, prove
 from graphopt.passes.quantize.quantize_dynamic import quantize_symmetric_int8
 
 from graphopt import acceptance, data, runtime
@@ -64,14 +65,6 @@ class QuantizeAttentionOptions:
             raise ValueError(f"smooth must be in [0, 1], got {self.smooth}")
 
 
-@dataclasses.dataclass(frozen=True)
-class _Mask:
-    """A proven padding mask: the integer graph input and the value its zeros add."""
-
-    source: str
-    fill: float
-
-
 @register_pass
 class QuantizeAttentionPass(GraphoptPass):
     name = "quantize-attention"
@@ -91,7 +84,7 @@ class QuantizeAttentionPass(GraphoptPass):
             )
         layers = [n for n in nodes if self._convertible(n)]
         read = {v.name for n in layers for v in (n.inputs[0], _bias(n)) if v is not None}
-        self._probe = _Probe(model, read)  # one session for the masks and the smoothing
+        self._probe = Probe(model, read)  # one session for the masks and the smoothing
         masks = self._prove_masks(model, layers)
         layers = [n for n in layers if self._mask_ok(n, masks)]
         if not layers:
@@ -162,7 +155,7 @@ class QuantizeAttentionPass(GraphoptPass):
             return False
         return True
 
-    def _mask_ok(self, node: ir.Node, masks: dict[str, _Mask | str]) -> bool:
+    def _mask_ok(self, node: ir.Node, masks: dict[str, PaddingMask | str]) -> bool:
         bias = _bias(node)
         if bias is None:
             return True
@@ -170,21 +163,21 @@ class QuantizeAttentionPass(GraphoptPass):
             self.leave(node, "mask_index_and_attention_bias")
             return False
         proven = masks.get(bias.name or "")
-        if not isinstance(proven, _Mask):
+        if not isinstance(proven, PaddingMask):
             self.leave(node, "attention_bias_not_a_padding_mask")
             return False
         return True
 
     # ----------------------------------------------------------------- masks
-    def _prove_masks(self, model: ir.Model, layers: list[ir.Node]) -> dict[str, _Mask | str]:
+    def _prove_masks(self, model: ir.Model, layers: list[ir.Node]) -> dict[str, PaddingMask | str]:
         """Each distinct attention_bias of ``layers``: the padding mask it is (or why not)."""
         biases = {b.name: b for n in layers if (b := _bias(n)) is not None and b.name}
-        found: dict[str, _Mask | str] = {}
+        found: dict[str, PaddingMask | str] = {}
         record: dict[str, dict[str, Any]] = {}
         for name, value in biases.items():
             try:
-                mask, probes = self._prove(model, value)
-            except (DataError, RuntimeFailure, _NotAMask) as exc:
+                mask, probes = prove(model, value, self._feed(model), self._probe.run)
+            except (DataError, RuntimeFailure, NotAMask) as exc:
                 found[name] = str(exc)
                 record[name] = {"not_a_padding_mask": str(exc)}
                 continue
@@ -193,42 +186,6 @@ class QuantizeAttentionPass(GraphoptPass):
         if record:
             self.details["masks"] = record
         return found
-
-    def _prove(self, model: ir.Model, bias: ir.Value) -> tuple[_Mask, int]:
-        """The graph input whose zeros the bias adds ``c`` for, proven on probe feeds; the
-        first of the integer [batch, sequence] inputs it is computed from that passes (token
-        ids reach a mask through its shape only, and fail)."""
-        constant = _const(bias)
-        if constant is not None:
-            if np.any(constant):
-                raise _NotAMask("it is a constant (a causal or position bias?)")
-            return _Mask("", 0.0), 0
-        sources = _integer_sources(model, bias)
-        feed = self._feed(model)
-        sess = self._probe
-        if not sources:
-            # the dynamo exporter's SDPA writes an all-true mask as a bias of zeros, computed
-            # from shapes only: no mask at all
-            if _shape_only(model, bias) and not np.any(sess.run([bias.name], feed)[0]):
-                return _Mask("", 0.0), 1
-            raise _NotAMask("it is not computed from an integer [batch, sequence] graph input")
-        why = ""
-        for source in sources:
-            m = np.asarray(feed[source.name])
-            patterns = _padding_patterns(m.shape)
-            try:
-                fill: float | None = None
-                for pattern in patterns:
-                    (got,) = sess.run([bias.name], {**feed, source.name: pattern.astype(m.dtype)})
-                    fill = _check_padding(np.asarray(got), pattern, fill)
-            except _NotAMask as exc:
-                why = f"'{source.name}': {exc}"
-                continue
-            if fill is None or fill == 0.0 or not np.isfinite(fill):
-                why = f"'{source.name}': its zeros do not add one finite non-zero value"
-                continue
-            return _Mask(source.name or "", fill), len(patterns)
-        raise _NotAMask(f"not a padding mask of any integer input ({why})")
 
     def _feed(self, model: ir.Model) -> dict[str, np.ndarray]:
         samples = self.context.data
@@ -277,7 +234,7 @@ class QuantizeAttentionPass(GraphoptPass):
         self,
         model: ir.Model,
         names: set[str],
-        masks: dict[str, _Mask | str],
+        masks: dict[str, PaddingMask | str],
         smooth: dict[str, np.ndarray],
     ) -> None:
         graph = model.graph
@@ -322,7 +279,7 @@ class QuantizeAttentionPass(GraphoptPass):
                 self.count("zero_bias_dropped")
             elif bias is not None:
                 proven = masks[bias.name or ""]
-                assert isinstance(proven, _Mask)
+                assert isinstance(proven, PaddingMask)
                 if proven.source not in mask_index:
                     cast = self.mark(
                         ir.Node("", "Cast", [inputs[proven.source]],
@@ -409,27 +366,6 @@ class QuantizeAttentionPass(GraphoptPass):
         return acceptance.fastest_that_pays(timing, threshold) is not None
 
 
-class _Probe:
-    """An unoptimized session of the model that also returns the values the pass reads (the
-    biases it proves, the inputs it smooths): built once per run, when first needed."""
-
-    def __init__(self, model: ir.Model, names: set[str | None]) -> None:
-        self.model = model
-        self.computed = {v.name for n in model.graph for v in n.outputs if v.name in names}
-        self.sess: Any = None
-
-    def run(self, wanted: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        if not wanted:
-            return []
-        if self.sess is None:
-            probe = Pristine(self.model).copy()
-            by_name = {v.name: v for n in probe.graph for v in n.outputs}
-            for name in sorted(self.computed):  # type: ignore[type-var]
-                probe.graph.outputs.append(by_name[name])
-            self.sess = runtime.make_session(probe, optimize=False)
-        return self.sess.run(wanted, feed)
-
-
 def _bias(node: ir.Node) -> ir.Value | None:
     """An Attention's ``attention_bias`` input (None where it has none)."""
     return node.inputs[5] if len(node.inputs) > 5 else None
@@ -456,78 +392,3 @@ def _packed(value: ir.Value | None, depth: int = 4) -> np.ndarray | None:
         perm = _attr(node, "perm", None)
         return np.transpose(parts[0], None if perm is None else list(perm))  # type: ignore[arg-type]
     return parts[0]
-
-
-class _NotAMask(Exception):
-    """An attention_bias that is not (provably) a padding mask; the message says why."""
-
-
-def _integer_sources(model: ir.Model, value: ir.Value) -> list[ir.Value]:
-    """The integer or bool rank-2 graph inputs ``value`` is computed from."""
-    inputs = set(model.graph.inputs)
-    seen: set[ir.Value] = set()
-    stack, found = [value], []
-    while stack:
-        v = stack.pop()
-        if v in seen:
-            continue
-        seen.add(v)
-        if v in inputs:
-            integer = v.dtype is not None and (v.dtype.is_integer() or v.dtype == ir.DataType.BOOL)
-            if integer and v.shape is not None and len(v.shape) == 2:
-                found.append(v)
-            continue
-        producer = v.producer()
-        if producer is not None:
-            stack.extend(i for i in producer.inputs if i is not None)
-    return found
-
-
-def _shape_only(model: ir.Model, value: ir.Value) -> bool:
-    """Whether ``value`` reads the graph's inputs through their shapes only (Shape nodes)."""
-    inputs = set(model.graph.inputs)
-    seen: set[ir.Value] = set()
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if v in seen:
-            continue
-        seen.add(v)
-        if v in inputs:
-            return False
-        producer = v.producer()
-        if producer is not None and producer.op_type != "Shape":
-            stack.extend(i for i in producer.inputs if i is not None)
-    return True
-
-
-def _padding_patterns(shape: tuple[int, ...]) -> list[np.ndarray]:
-    """Masks of ``shape`` [batch, sequence]: none padded, the last quarter padded, every other
-    position after the first padded (a mask need not be a suffix)."""
-    seq = shape[1]
-    full = np.ones(shape, np.int64)
-    tail = full.copy()
-    tail[:, seq - max(1, seq // 4) :] = 0 if seq > 1 else 1
-    holes = full.copy()
-    holes[:, 1::2] = 0
-    return [full, tail, holes]
-
-
-def _check_padding(bias: np.ndarray, mask: np.ndarray, fill: float | None) -> float | None:
-    """The fill value of ``bias`` as the additive form of ``mask`` (checked exactly, broadcast
-    over heads and query positions); raises :class:`_NotAMask` where it is not."""
-    if bias.ndim != 4 or bias.shape[0] not in (1, mask.shape[0]) or bias.shape[-1] != mask.shape[1]:
-        raise _NotAMask(f"its shape {list(bias.shape)} is not [batch, heads, query, key]")
-    if bias.shape[0] != mask.shape[0] and mask.shape[0] != 1:
-        raise _NotAMask("it does not vary with the batch")
-    masked = (mask == 0)[:, None, None, :]
-    masked = np.broadcast_to(masked, (mask.shape[0], *bias.shape[1:]))
-    full = np.broadcast_to(bias, masked.shape)
-    if np.any(full[~masked] != 0):
-        raise _NotAMask("it is not 0 where the mask is 1 (a causal or position bias?)")
-    values = np.unique(full[masked])
-    if values.size == 0:
-        return fill
-    if values.size != 1 or (fill is not None and values[0] != fill):
-        raise _NotAMask("it does not add one value where the mask is 0")
-    return float(values[0])
