@@ -161,13 +161,16 @@ def test_measure_keeps_only_what_is_faster() -> None:
 
 def _scripted_latency(monkeypatch, per_round: list[tuple[float, float]]) -> list[int]:
     """interleaved_latency replaced by scripted (without, with) seconds per round, handed
-    back in the order the pair was timed; returns the list of rounds timed so far."""
+    back in the order of ``sessions``; returns the list of rounds timed so far."""
     timed: list[int] = []
 
-    def fake(sessions, feed, **_):
-        without, with_ = per_round[len(timed)]
-        timed.append(1)
-        return [[without, with_] if sessions[0] == "without" else [with_, without]]
+    def fake(sessions, feed, *, rounds=5, **_):
+        rows = []
+        for _ in range(rounds):
+            without, with_ = per_round[len(timed)]
+            timed.append(1)
+            rows.append([without, with_] if sessions[0] == "without" else [with_, without])
+        return rows
 
     monkeypatch.setattr(fuse_ort_kernels.runtime, "interleaved_latency", fake)
     return timed

@@ -182,18 +182,15 @@ def _settle(model: ir.Model) -> None:
 
 
 def _pair_rows(
-    without: Any, with_: Any, feed: dict[str, np.ndarray], rounds: int, first: int = 0
+    without: Any, with_: Any, feed: dict[str, np.ndarray], rounds: int
 ) -> list[tuple[float, float]]:
-    """(seconds without, seconds with) per round, interleaved, the order swapped every round
-    (whichever runs second pays for the first's cache traffic)."""
-    rows = []
-    for r in range(first, first + rounds):
-        pair = [without, with_] if r % 2 == 0 else [with_, without]
-        (times,) = runtime.interleaved_latency(
-            pair, feed, rounds=1, iters=5, min_round_seconds=0.15
-        )
-        rows.append((times[0], times[1]) if r % 2 == 0 else (times[1], times[0]))
-    return rows
+    """(seconds without, seconds with) per round, interleaved; ``interleaved_latency``
+    swaps which runs first every round (whichever runs second pays for the first's cache
+    traffic) and warms both up once."""
+    rows = runtime.interleaved_latency(
+        [without, with_], feed, rounds=rounds, iters=5, min_round_seconds=0.15
+    )
+    return [(r[0], r[1]) for r in rows]
 
 
 def _summary(rows: list[tuple[float, float]]) -> tuple[float, float, float]:
@@ -214,7 +211,7 @@ def _time_pair(
     rows = _pair_rows(without, with_, feed, rounds)
     without_ms, with_ms, ratio = _summary(rows)
     if (ratio <= 1.0 - margin) != (with_ms < without_ms):
-        rows += _pair_rows(without, with_, feed, rounds, first=rounds)
+        rows += _pair_rows(without, with_, feed, rounds)
         without_ms, with_ms, ratio = _summary(rows)
     return without_ms, with_ms, ratio, len(rows)
 
