@@ -128,7 +128,7 @@ def apply_budget(
         if key not in measured:
             measured[key] = probe(trial)
         written = {k: v for k, v in run.activation_why.items() if whys.get(k) != v}
-        plans.add(floats, measured[key], run, written)
+        plans.add(measured[key], run, written)
         return measured[key]
 
     def keep(name: str, gain: float) -> None:
@@ -172,13 +172,13 @@ class _Plans:
         self.seen: dict[tuple, tuple[float, dict[str, str], set[str], dict[str, str]]] = {}
         self.asked = 0
         self.written = 0
-
-    def _key(self, run: QdqRun, floats: dict[str, str]) -> tuple:
-        return plan_signature(plan_model(run, self.model, self.exclude | set(floats)), self.ids)
+        self._last: tuple = ()  # the plan get() looked up last, which add() then records
 
     def get(self, floats: dict[str, str], run: QdqRun) -> float | None:
         self.asked += 1
-        hit = self.seen.get(self._key(run, floats))
+        plan = plan_model(run, self.model, self.exclude | set(floats))
+        self._last = plan_signature(plan, self.ids)
+        hit = self.seen.get(self._last)
         if hit is None:
             return None
         value, quantized, embeddings, whys = hit
@@ -186,11 +186,11 @@ class _Plans:
         run.activation_why.update(whys)
         return value
 
-    def add(self, floats: dict[str, str], value: float, run: QdqRun, whys: dict[str, str]) -> None:
-        """``value``: the metric of the trial just written with ``floats``; ``run`` holds
-        what that rewrite left, ``whys``: the activations' reasons it wrote."""
+    def add(self, value: float, run: QdqRun, whys: dict[str, str]) -> None:
+        """``value``: the metric of the trial just written for the plan :meth:`get` missed;
+        ``run`` holds what that rewrite left, ``whys``: the activations' reasons it wrote."""
         self.written += 1
-        self.seen[self._key(run, floats)] = (
+        self.seen[self._last] = (
             value,
             dict(run.quantized),
             set(run.embeddings),

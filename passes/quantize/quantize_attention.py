@@ -84,12 +84,13 @@ class QuantizeAttentionPass(GraphoptPass):
             )
         layers = [n for n in nodes if self._convertible(n)]
         read = {v.name for n in layers for v in (n.inputs[0], _bias(n)) if v is not None}
-        self._probe = Probe(model, read)  # one session for the masks and the smoothing
-        masks = self._prove_masks(model, layers)
+        probe = Probe(model, read)  # one session for the masks and the smoothing
+        masks = self._prove_masks(model, layers, probe)
         layers = [n for n in layers if self._mask_ok(n, masks)]
         if not layers:
             return self.decline(f"no Attention QAttention can run ({self.skip_counts()})")
-        smooth = self._smoothing(model, layers)
+        smooth = self._smoothing(model, layers, probe)
+        del probe  # its session (and arena) goes before the timing sessions come
         trial = Pristine(model).copy()
         self._rewrite(trial, {n.name for n in layers}, masks, smooth)
         if self.options.decide == "measure" and not self._pays(model, trial):
@@ -169,14 +170,16 @@ class QuantizeAttentionPass(GraphoptPass):
         return True
 
     # ----------------------------------------------------------------- masks
-    def _prove_masks(self, model: ir.Model, layers: list[ir.Node]) -> dict[str, PaddingMask | str]:
+    def _prove_masks(
+        self, model: ir.Model, layers: list[ir.Node], probe: Probe
+    ) -> dict[str, PaddingMask | str]:
         """Each distinct attention_bias of ``layers``: the padding mask it is (or why not)."""
         biases = {b.name: b for n in layers if (b := _bias(n)) is not None and b.name}
         found: dict[str, PaddingMask | str] = {}
         record: dict[str, dict[str, Any]] = {}
         for name, value in biases.items():
             try:
-                mask, probes = prove(model, value, self._feed(model), self._probe.run)
+                mask, probes = prove(model, value, self._feed(model), probe.run)
             except (DataError, RuntimeFailure, NotAMask) as exc:
                 found[name] = str(exc)
                 record[name] = {"not_a_padding_mask": str(exc)}
@@ -196,7 +199,9 @@ class QuantizeAttentionPass(GraphoptPass):
         ).feeds[0]
 
     # ----------------------------------------------------------------- rewriting
-    def _smoothing(self, model: ir.Model, layers: list[ir.Node]) -> dict[str, np.ndarray]:
+    def _smoothing(
+        self, model: ir.Model, layers: list[ir.Node], probe: Probe
+    ) -> dict[str, np.ndarray]:
         """Attention name -> per-input-channel SmoothQuant scale s (x / s, W * s), from the
         input's per-channel max |x| over DATA's feeds and the weight rows' max |w|.
 
@@ -208,10 +213,10 @@ class QuantizeAttentionPass(GraphoptPass):
         if alpha == 0.0 or samples is None or not samples.feeds:
             return {}
         names = {n.inputs[0].name for n in layers}
-        wanted = sorted(names & self._probe.computed)  # graph inputs are in the feeds
+        wanted = sorted(names & probe.computed)  # graph inputs are in the feeds
         amax: dict[str, np.ndarray] = {}
         for feed in samples.feeds[:8]:
-            values = dict(zip(wanted, self._probe.run(wanted, feed), strict=True))
+            values = dict(zip(wanted, probe.run(wanted, feed), strict=True))
             values.update({k: v for k, v in feed.items() if k in names})
             for name, x in values.items():
                 a = np.abs(np.asarray(x, np.float32)).reshape(-1, np.shape(x)[-1]).max(axis=0)
