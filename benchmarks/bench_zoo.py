@@ -92,6 +92,9 @@ DOCUMENTED: list[tuple[str, str]] = [
     (r"give real inputs with --data DATA", "no DATA: random inputs do not run; asks for --data"),
     (r"changed the outputs beyond its tolerance", "lossy pass beyond its tolerance at defaults"),
     (r"every channel group is left alone", "no prunable channel group"),
+    (r"no com\.microsoft Attention node", "no fused Attention to quantize"),
+    (r"QAttention is not faster here", "int8 not faster here (guard)"),
+    (r"no Attention QAttention can run", "no fused Attention to quantize"),
 ]
 
 
