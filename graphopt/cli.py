@@ -831,7 +831,7 @@ def demo(pipeline_text: str, output: Path | None, report_path: Path | None) -> N
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: maps every error to one line and an exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = _debug_first(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in args or os.environ.get("GRAPHOPT_DEBUG") == "1"
     try:
         cli.main(args=args, prog_name="graphopt", standalone_mode=False)
@@ -864,6 +864,16 @@ def main(argv: list[str] | None = None) -> int:
             soft_wrap=True,
         )
         return errors.EXIT_INTERNAL
+
+
+def _debug_first(args: list[str]) -> list[str]:
+    """``--debug`` where a user types it (``graphopt optimize m.onnx --debug``, as the
+    internal-error message suggests) moved to the front, where the group option reads it;
+    arguments after ``--`` are left as they are."""
+    end = args.index("--") if "--" in args else len(args)
+    if "--debug" not in args[:end]:
+        return args
+    return ["--debug", *[a for a in args[:end] if a != "--debug"], *args[end:]]
 
 
 def entry() -> None:

@@ -1056,6 +1056,25 @@ def test_debug_shows_traceback(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     assert "graphopt: error: model file not found" in res.err
 
 
+@pytest.mark.parametrize("command", ["optimize", "inspect", "run"])
+def test_debug_after_the_command(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: str
+) -> None:
+    """Where users type it, after the command and its arguments (the internal-error message
+    tells them to add it): accepted on every command, the traceback shown."""
+    extra = ["-o", tmp_path / "o.onnx"] if command == "optimize" else []
+    res = cli(capsys, command, tmp_path / "nope.onnx", *extra, "--debug")
+    assert res.code == errors.EXIT_INPUT, res.err
+    assert "Traceback" in res.err and "No such option" not in res.err
+
+
+def test_debug_after_double_dash_is_an_argument() -> None:
+    from graphopt.cli import _debug_first
+
+    assert _debug_first(["run", "m.onnx", "--", "--debug"]) == ["run", "m.onnx", "--", "--debug"]
+    assert _debug_first(["run", "--debug", "m.onnx"]) == ["--debug", "run", "m.onnx"]
+
+
 def test_debug_from_environment(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
