@@ -280,11 +280,11 @@ class QuantizeAttentionPass(GraphoptPass):
             attrs = [a for k, a in node.attributes.items() if k in _SHARED_ATTRS]
             mask: ir.Value | None = node.inputs[3] if len(node.inputs) > 3 else None
             bias = _bias(node)
-            if bias is not None and masks[bias.name or ""].source == "":  # type: ignore[union-attr]
+            proven = masks[bias.name or ""] if bias is not None else None
+            assert proven is None or isinstance(proven, PaddingMask)  # others were left float
+            if proven is not None and proven.source == "":  # zeros from shapes: no mask
                 self.count("zero_bias_dropped")
-            elif bias is not None:
-                proven = masks[bias.name or ""]
-                assert isinstance(proven, PaddingMask)
+            elif proven is not None:
                 if proven.source not in mask_index:
                     cast = self.mark(
                         ir.Node("", "Cast", [inputs[proven.source]],
