@@ -8,27 +8,22 @@ falls back to CPU with a warning, so what ran is always read back from the sessi
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import os
-import shutil
-import tempfile
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
-from graphopt import ir as gir
 from graphopt.errors import RuntimeFailure, UsageError
+from graphopt.snapshot import Snapshot as Snapshot  # re-exported: runtime.Snapshot
 
 EP_NAMES = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
-_SMALL_MODEL_BYTES = 1_500_000_000
 
 
 def ort() -> Any:
@@ -72,53 +67,6 @@ def providers_for(ep: str) -> list[str]:
     if ep != "cpu":
         names.append(EP_NAMES["cpu"])
     return names
-
-
-@dataclasses.dataclass
-class Snapshot:
-    """A model frozen for ONNX Runtime: bytes when small, a saved file when large."""
-
-    data: bytes | None = None
-    path: Path | None = None
-    _tmpdir: Path | None = None
-
-    @classmethod
-    def of(cls, model: ir.Model) -> Snapshot:
-        if not gir.has_external_tensors(model) and gir.tensor_bytes(model) < _SMALL_MODEL_BYTES:
-            return cls(data=gir.serialize(model))
-        tmp = Path(tempfile.mkdtemp(prefix="graphopt-snap-"))
-        path = tmp / "model.onnx"
-        gir.save_model(model, path, external_data=True)
-        return cls(path=path, _tmpdir=tmp)
-
-    @property
-    def size(self) -> int:
-        """Serialized size in bytes (model file plus its external data)."""
-        if self.data is not None:
-            return len(self.data)
-        assert self.path is not None
-        return sum(p.stat().st_size for p in self.path.parent.iterdir())
-
-    def write(self, dest: Path) -> Path:
-        """Copy to ``dest``; a large snapshot becomes a folder ``dest`` minus suffix."""
-        if self.data is not None:
-            tmp = dest.with_name(dest.name + ".tmp")
-            tmp.write_bytes(self.data)
-            os.replace(tmp, dest)
-            return dest
-        assert self.path is not None
-        folder = dest.with_suffix("")
-        shutil.copytree(self.path.parent, folder, dirs_exist_ok=True)
-        return folder / self.path.name
-
-    def close(self) -> None:
-        if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
-            self._tmpdir = None
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
 
 
 def session_options(
@@ -169,11 +117,7 @@ def make_session(
     snap = model if isinstance(model, Snapshot) else None
     if isinstance(model, ir.Model):
         snap = Snapshot.of(model)
-    source: Any
-    if snap is not None:
-        source = snap.data if snap.data is not None else str(snap.path)
-    else:
-        source = str(model)
+    source = snap.source if snap is not None else str(model)
     so = session_options(optimize=optimize, threads=threads, spin=spin)
     try:
         sess = rt.InferenceSession(source, sess_options=so, providers=providers)
@@ -302,6 +246,8 @@ def interleaved_latency(
     iters: int = 10,
     min_round_seconds: float = 0.05,
     max_round_seconds: float | None = None,
+    clear: Callable[[list[list[float]]], bool] | None = None,
+    min_rounds: int = 3,
 ) -> list[list[float]]:
     """Median seconds per run of each session, per round, taking turns so noise hits all.
 
@@ -310,7 +256,9 @@ def interleaved_latency(
     ``max_round_seconds`` caps a session's round; each round starts one session later than the
     last (the first to run after another's caches and clocks is not always the same one).
     Returns ``rounds`` lists with one median per session, in ``sessions`` order: compare
-    sessions round by round (ratios), never across rounds.
+    sessions round by round (ratios), never across rounds. With ``clear``, timing ends after
+    ``min_rounds`` or any later round once ``clear(rounds so far)`` says the answer cannot be
+    in doubt (every ratio far from the caller's threshold).
     """
     import time
 
@@ -336,6 +284,8 @@ def interleaved_latency(
                 times.append(time.perf_counter() - t0)
             medians[k] = float(np.median(times))
         out.append(medians)
+        if clear is not None and len(out) >= min_rounds and r + 1 < rounds and clear(out):
+            break
     return out
 
 

@@ -37,6 +37,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "graphopt.ir",
             "graphopt.data",
             "graphopt.runtime",
+            "graphopt.snapshot",
             "graphopt.budget",
             "graphopt.calib",
             "graphopt.probe",

@@ -87,8 +87,7 @@ def optimized_graph(model: ir.Model, ep: str = "cpu") -> onnx.ModelProto:
         )
         snap = runtime.Snapshot.of(model)
         try:
-            source = snap.data if snap.data is not None else str(snap.path)
-            rt.InferenceSession(source, sess_options=so, providers=runtime.providers_for(ep))
+            rt.InferenceSession(snap.source, sess_options=so, providers=runtime.providers_for(ep))
         finally:
             snap.close()
         return onnx.load(str(out), load_external_data=False)
