@@ -267,7 +267,7 @@ class AssignPrecisionPass(GraphoptPass):
         if not order:
             info["decision"] = f"fp32: no candidate loads on {run.provider}"
             return None
-        timing = acceptance.compare_latency(base, sessions, feed)
+        timing = acceptance.compare_latency(base, sessions, feed, _PAYS)
         timing = acceptance.settle(  # near the threshold: twice the rounds decide
             timing, _PAYS, lambda: acceptance.compare_latency(base, sessions, feed)
         )

@@ -50,7 +50,7 @@ def latency_guard(
     for label, extra in (("all", {}), ("anchors only", region)):
         trial = qdq_emit.trial(run, pristine, {**kept, **extra})
         timing = acceptance.compare_latency(
-            float_sess, [runtime.make_session(trial, optimize=True)], feed
+            float_sess, [runtime.make_session(trial, optimize=True)], feed, threshold
         )
         timing = acceptance.settle(  # near the threshold: fresh sessions, twice the rounds
             timing,

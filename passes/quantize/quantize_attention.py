@@ -353,8 +353,8 @@ class QuantizeAttentionPass(GraphoptPass):
     def _pays(self, model: ir.Model, trial: ir.Model) -> bool:
         feed = self._feed(model)
         base = runtime.make_session(model, optimize=True)
-        timing = acceptance.compare_latency(base, [runtime.make_session(trial)], feed)
         threshold = 1.0 - self.options.margin
+        timing = acceptance.compare_latency(base, [runtime.make_session(trial)], feed, threshold)
         timing = acceptance.settle(
             timing,
             threshold,
