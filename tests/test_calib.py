@@ -381,3 +381,43 @@ def test_model_hash_follows_content_not_identity(demo: Any, tmp_path: Path) -> N
     s = {"t": TensorStats().update(_growing_data())}
     save_stats(tmp_path / "s.npz", s, key="k")
     _assert_same((load_stats(tmp_path / "s.npz", key="k") or {})["t"], s["t"])
+
+
+def test_minmax_statistics_without_histogram_give_the_same_ranges(demo: Any) -> None:
+    """``minmax`` calibration reads only the extremes: collected without histograms (and
+    without row maxima except where asked), the ranges are exactly those of full statistics;
+    a histogram method on them is refused, never answered from an empty histogram."""
+    _, model, samples = demo
+    full = collect_stats(model, samples, progress=False)
+    some = sorted(full)[:2]
+    lean = collect_stats(model, samples, progress=False, histogram=False, rows=some[:1])
+    assert set(lean) == set(full)
+    for symmetric in (False, True):
+        assert compute_ranges(lean, "minmax", symmetric=symmetric) == compute_ranges(
+            full, "minmax", symmetric=symmetric
+        )
+    for name, s in lean.items():
+        assert (s.count, s.nan_count, s.inf_count) == (full[name].count, 0, 0)
+        assert not s.hist.any()
+    kept, dropped = lean[some[0]], lean[some[1]]
+    assert (kept.row_max_min, kept.row_len) == (full[some[0]].row_max_min, full[some[0]].row_len)
+    assert dropped.row_len == 0
+    with pytest.raises(UsageError, match="without a histogram"):
+        compute_range(kept, "percentile", symmetric=False)
+    with pytest.raises(ValueError, match="not cached"):
+        kept.to_dict()
+    copy = kept.copy()
+    assert (copy.min, copy.max, copy.count, copy.histogram) == (
+        kept.min,
+        kept.max,
+        kept.count,
+        False,
+    )
+    merged = (
+        TensorStats(histogram=False)
+        .update(np.array([-3.0, 2.0]))
+        .merge(TensorStats(histogram=False).update(np.array([5.0])))
+    )
+    assert (merged.min, merged.max, merged.count) == (-3.0, 5.0, 3)
+    with pytest.raises(ValueError, match="with and without a histogram"):
+        merged.merge(TensorStats().update(np.array([1.0])))

@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -227,17 +227,27 @@ def load_or_collect(
     bins: int = DEFAULT_BINS,
     progress: bool = True,
     unread: dict[str, str] | None = None,
+    histogram: bool = True,
+    rows: Collection[str] | None = None,
 ) -> dict[str, TensorStats]:
     """Stats for ``tensors`` (default: every float activation) from the cache when it holds
     them for this model, data and bin count; otherwise collect and update the cache
-    (``unread``: see :func:`graphopt.calib.collect.collect_stats`).
+    (``unread``, ``histogram``, ``rows``: see :func:`graphopt.calib.collect.collect_stats`;
+    with a cache, full statistics are always collected so any method can reuse them).
 
     ``cache`` is a file path, an existing folder (the file is named by the key), or None (no
     cache). An unreadable cache file is treated as a miss and replaced.
     """
     if cache is None:
         return _collect.collect_stats(
-            model, samples, tensors, bins=bins, progress=progress, unread=unread
+            model,
+            samples,
+            tensors,
+            bins=bins,
+            progress=progress,
+            unread=unread,
+            histogram=histogram,
+            rows=rows,
         )
     names, explicit = _collect.resolve_tensors(model, tensors)
     key = cache_key(model, samples, bins=bins)

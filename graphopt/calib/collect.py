@@ -13,7 +13,7 @@ import contextlib
 import difflib
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -313,8 +313,14 @@ def collect_stats(
     bins: int = DEFAULT_BINS,
     progress: bool = True,
     unread: dict[str, str] | None = None,
+    histogram: bool = True,
+    rows: Collection[str] | None = None,
 ) -> dict[str, TensorStats]:
     """Stream ``samples`` through one augmented session; return stats per tensor name.
+
+    ``histogram=False`` keeps only counts, min and max (all ``minmax`` calibration reads);
+    ``rows`` names the tensors whose per-row maxima are kept (default: all; Softmax inputs
+    need them).
 
     ``tensors`` defaults to :func:`default_tensors` (every float activation and graph input).
     Tensors of If/Loop/Scan bodies are read through their control-flow nodes; those that
@@ -326,8 +332,12 @@ def collect_stats(
     _check_samples(model, samples)
     TensorStats(bins)  # validate bins before the (expensive) session
     unread = {} if unread is None else unread
+
+    def kinds(name: str) -> TensorStats:
+        return TensorStats(bins, histogram=histogram, rows=rows is None or name in rows)
+
     try:
-        return _collect(model, samples, names, explicit, bins, progress, unread)
+        return _collect(model, samples, names, explicit, progress, unread, kinds)
     except RuntimeFailure as exc:
         inner = [n for n in names if n in body_values(model)]
         if not inner:
@@ -335,7 +345,9 @@ def collect_stats(
         why = f"ONNX Runtime could not return it from its body ({exc})"
         unread.update(dict.fromkeys(inner, why))
         rest = [n for n in names if n not in unread]
-        return _collect(model, samples, rest, explicit, bins, progress, unread) if rest else {}
+        if not rest:
+            return {}
+        return _collect(model, samples, rest, explicit, progress, unread, kinds)
 
 
 def _collect(
@@ -343,9 +355,9 @@ def _collect(
     samples: Samples,
     names: list[str],
     explicit: bool,
-    bins: int,
     progress: bool,
     unread: dict[str, str],
+    new_stats: Callable[[str], TensorStats],
 ) -> dict[str, TensorStats]:
     with augmented_session(model, names) as sess:
         unread.update(getattr(sess, "unread", {}))
@@ -361,7 +373,7 @@ def _collect(
                     f"tensor '{name}' has type {types.get(name)}; only float tensors can be "
                     "calibrated"
                 )
-        stats = {name: TensorStats(bins) for name in fetch}
+        stats = {name: new_stats(name) for name in fetch}
         if not fetch:
             return stats
         with _progress(progress) as bar:

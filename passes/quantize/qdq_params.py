@@ -136,7 +136,15 @@ def activation_ranges(
     candidates. ``unread`` gets the If/Loop/Scan body tensors that could not be read, and why.
     """
     stats = load_or_collect(
-        model, samples, cache, tensors=names, bins=bins, progress=False, unread=unread
+        model,
+        samples,
+        cache,
+        tensors=names,
+        bins=bins,
+        progress=False,
+        unread=unread,
+        histogram=calibration != "minmax",  # minmax reads the extremes alone
+        rows=softmax_inputs,
     )
     empty = sorted(name for name, s in stats.items() if s.count == 0)
     finite = {name: s for name, s in stats.items() if s.count > 0}
