@@ -45,6 +45,23 @@ def _remove_dir(path: Path, pid: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+_PREFIX = "graphopt-weights-"
+
+
+def _sweep_stale(tmp: Path) -> None:
+    """Remove weights folders of processes that died without cleaning up (killed runs)."""
+    for folder in tmp.glob(f"{_PREFIX}*-*"):
+        pid = folder.name[len(_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # alive, or not ours to signal
+            continue
+
+
 class _Segment:
     """One append-only weights file; deleted once neither the store nor a snapshot uses it."""
 
@@ -105,7 +122,8 @@ class WeightStore:
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.folder = Path(tempfile.mkdtemp(prefix="graphopt-weights-"))
+        _sweep_stale(Path(tempfile.gettempdir()))
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{self.pid}-"))
         weakref.finalize(self, _remove_dir, self.folder, self.pid)
         self._lock = threading.Lock()
         self._entries: dict[int, _Entry] = {}

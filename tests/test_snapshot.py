@@ -10,6 +10,7 @@ copied in, and files deleted once nothing uses them.
 from __future__ import annotations
 
 import gc
+import os
 
 import numpy as np
 import onnx_ir as ir
@@ -143,3 +144,27 @@ def test_a_model_without_large_tensors_stays_bytes(store: snapshot.WeightStore) 
     model = _model(np.ones((4, 4), np.float32))
     snap = snapshot.Snapshot.of(model)
     assert snap.data is not None and store.written == 0
+
+
+def test_a_forked_child_gets_its_own_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child that appended to its parent's file at the parent's offsets would corrupt it;
+    a child's finalizers never delete the parent's files."""
+    parent = snapshot.store()
+    monkeypatch.setattr(snapshot, "_STORE", parent)  # restored after the test
+    monkeypatch.setattr(snapshot.os, "getpid", lambda: parent.pid + 100_000)
+    child = snapshot.store()
+    assert child is not parent and child.folder != parent.folder
+    assert parent.folder.exists()
+    snapshot._remove_dir(parent.folder, parent.pid)  # the parent's finalizer, run in the child
+    assert parent.folder.exists()
+
+
+def test_folders_of_dead_processes_are_swept(tmp_path) -> None:
+    """A killed run leaves its weights folder behind; the next store removes it."""
+    dead = tmp_path / f"{snapshot._PREFIX}999999999-abc"
+    alive = tmp_path / f"{snapshot._PREFIX}{os.getpid()}-abc"
+    other = tmp_path / "unrelated"
+    for folder in (dead, alive, other):
+        folder.mkdir()
+    snapshot._sweep_stale(tmp_path)
+    assert not dead.exists() and alive.exists() and other.exists()
