@@ -227,7 +227,6 @@ class Snapshot:
 
     data: bytes | None = None
     path: Path | None = None
-    _tmpdir: Path | None = None
     _own_file: bool = False
     _segments: list[Any] = dataclasses.field(default_factory=list)
     _size: int | None = None
@@ -293,9 +292,6 @@ class Snapshot:
                 self.path.unlink()
             self._own_file = False
         self._segments = []
-        if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
-            self._tmpdir = None
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
