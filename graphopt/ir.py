@@ -499,10 +499,11 @@ def has_external_tensors(model: ir.Model) -> bool:
 _SMALL_TENSOR_BYTES = 1024  # at most this stays inside the .onnx file when saving externally
 
 
-def _load_small_external_tensors(model: ir.Model) -> None:
+def inline_small_external_tensors(model: ir.Model) -> None:
     """Copy external tensors of at most ``_SMALL_TENSOR_BYTES`` into memory, in place.
 
-    ``ir.save`` would load them itself and close their memory maps, which raises
+    Shape inference reads small constants (axes, shapes) only from memory; and ``ir.save``
+    would load them itself and close their memory maps, which raises
     ``BufferError`` while a pass still holds an array read from one (exporters such as
     torch's dynamo write even 1 KB biases externally). Copying leaves the maps open.
     """
@@ -540,7 +541,7 @@ def save_model(
         external_data = has_external_tensors(model) or tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
     data_name = out.name + ".data"
     if external_data:
-        _load_small_external_tensors(model)
+        inline_small_external_tensors(model)
     previous_ir = model.ir_version
     model.ir_version = min(model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
     tmp = Path(tempfile.mkdtemp(prefix=".graphopt-", dir=out.parent))

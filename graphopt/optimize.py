@@ -57,9 +57,15 @@ class Result:
 
 
 def _load(model: Any) -> tuple[ir.Model, Path | None]:
-    """The model to rewrite (never the caller's object) and its path when it has one."""
+    """The model to rewrite (never the caller's object) and its path when it has one.
+
+    Small tensors an exporter wrote to external data (a dynamo export's Unsqueeze axes) are
+    read into memory first: shape inference (onnx's, ONNX Runtime's) refuses to read them
+    from a file, and the snapshots sessions load keep only large tensors external."""
     if isinstance(model, (str, os.PathLike)):
-        return gir.load_model(model), Path(model)
+        loaded = gir.load_model(model)
+        gir.inline_small_external_tensors(loaded)
+        return loaded, Path(model)
     if isinstance(model, onnx.ModelProto):
         copy = onnx.ModelProto()
         copy.CopyFrom(model)

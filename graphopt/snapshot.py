@@ -163,29 +163,30 @@ class WeightStore:
         return entry
 
     def freeze(self, model: ir.Model) -> Snapshot:
-        """A snapshot whose large tensors are external data in this store's files."""
-        values = [
-            v
-            for graph in gir.iter_graphs(model)
-            for v in graph.initializers.values()
-            if v.const_value is not None
-            and v.const_value.dtype != ir.DataType.STRING
-            and (
-                v.const_value.nbytes >= _EXTERNAL_MIN_BYTES
-                # a user's external tensor names a file beside the user's model: copy it in
-                or isinstance(v.const_value, ir.ExternalTensor)
-            )
-        ]
-        tensors = [v.const_value for v in values]
+        """A snapshot whose large tensors are external data in this store's files.
+
+        A user's external tensor below the size limit is read into the proto instead: it
+        names a file beside the user's model, and ONNX Runtime's shape inference must read
+        small ones (a dynamo export's Unsqueeze axes) from the proto itself."""
+        stored: list[tuple[ir.Value, ir.TensorProtocol]] = []
+        inlined: list[tuple[ir.Value, ir.TensorProtocol]] = []
+        for graph in gir.iter_graphs(model):
+            for v in graph.initializers.values():
+                t = v.const_value
+                if t is None or t.dtype == ir.DataType.STRING:
+                    continue
+                if t.nbytes >= _EXTERNAL_MIN_BYTES:
+                    stored.append((v, t))
+                elif isinstance(t, ir.ExternalTensor):
+                    inlined.append((v, t))
         with self._lock:
             while self._dead:
                 self._drop(self._dead.pop())
-            entries = [self._entry(t) for t in tensors]
+            entries = [self._entry(t) for _, t in stored]
             self._snapshots += 1
             path = self.folder / f"snapshot-{self._snapshots}.onnx"
         try:
-            for value, tensor, entry in zip(values, tensors, entries, strict=True):
-                assert tensor is not None
+            for (value, tensor), entry in zip(stored, entries, strict=True):
                 value.const_value = ir.ExternalTensor(
                     entry.segment.name,
                     entry.offset,
@@ -195,16 +196,18 @@ class WeightStore:
                     name=value.name or tensor.name or "",
                     base_dir=self.folder,
                 )
+            for value, tensor in inlined:
+                value.const_value = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=value.name)
             proto = ir.to_proto(model)
         finally:
-            for value, tensor in zip(values, tensors, strict=True):
+            for value, tensor in (*stored, *inlined):
                 value.const_value = tensor
         proto.ir_version = min(proto.ir_version or gir.MAX_IR_VERSION, gir.MAX_IR_VERSION)
         data = proto.SerializeToString()
         path.write_bytes(data)
-        stored = sum(t.nbytes for t in tensors if t is not None)
+        size = len(data) + sum(t.nbytes for _, t in stored)
         segments = list({id(e.segment): e.segment for e in entries}.values())
-        return Snapshot(path=path, _own_file=True, _segments=segments, _size=len(data) + stored)
+        return Snapshot(path=path, _own_file=True, _segments=segments, _size=size)
 
 
 _STORE: WeightStore | None = None

@@ -367,6 +367,44 @@ def test_trial_copies_of_a_model_with_external_data_read_its_weights(
         assert res.code == 0, res.err
 
 
+def test_small_external_tensors_are_read_in_before_any_pass(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """The dynamo exporter writes even Unsqueeze's axes to ``model.onnx.data``. Shape
+    inference (onnx's in fuse-ort-kernels' preparation, ONNX Runtime's at load) cannot read
+    those from a file: the first session failed ("Cannot parse data from external tensors",
+    exit 3) once snapshots stopped rewriting the model. They are read in at load."""
+    rng = np.random.default_rng(0)
+    proto = _proto(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"]),
+            helper.make_node("Unsqueeze", ["h", "axes"], ["u"]),
+            helper.make_node("Erf", ["u"], ["y"]),  # fuse-ort-kernels prepares (infers shapes)
+        ],
+        [("x", F, [4, 64])],
+        [("y", F, [1, 4, 64])],
+        [
+            ("w", rng.standard_normal((64, 64)).astype(np.float32)),
+            ("axes", np.array([0], np.int64)),
+        ],
+        opset=17,
+    )
+    folder = tmp_path / "m"
+    folder.mkdir()
+    onnx.save(
+        proto, str(folder / "model.onnx"), save_as_external_data=True, location="model.data",
+        size_threshold=0,
+    )  # fmt: skip
+    data = tmp_path / "d.npz"
+    np.savez(data, x=rng.standard_normal((4, 4, 64)).astype(np.float32))
+    out = tmp_path / "o.onnx"
+    res = cli_testing.cli(
+        capsys, "optimize", folder / "model.onnx", "-o", out, "-p", "cpu-fp32", "--data", data
+    )
+    assert res.code == 0, res.err
+    assert "Shape inference failed" not in caplog.text + res.err
+
+
 def test_reassociation_tolerance_widens_to_the_models_own_noise() -> None:
     """A rewrite that reorders float arithmetic may move an ill-conditioned model's outputs as
     far as ONNX Runtime's own optimizations do (PP-OCRv4 rec: 1.6e-4 on a softmax); exact and

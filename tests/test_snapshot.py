@@ -13,6 +13,7 @@ import gc
 import os
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
 
@@ -119,7 +120,35 @@ def test_a_users_external_data_is_copied_in(store: snapshot.WeightStore, tmp_pat
     snap = snapshot.Snapshot.of(model)
     x = np.ones((1, 64), np.float32)
     np.testing.assert_allclose(_run(snap, x), x @ _weight() + 0.5, rtol=1e-5)
-    assert store.written == 64 * 128 * 4 + 128 * 4  # b too: it was external
+    assert store.written == 64 * 128 * 4  # W; b (512 bytes) is read into the proto
+    b = next(
+        t
+        for t in onnx.load(str(snap.path), load_external_data=False).graph.initializer
+        if t.name == "b"
+    )
+    assert b.data_location == onnx.TensorProto.DEFAULT and len(b.raw_data) == 512
+
+
+def test_a_small_external_tensor_that_shape_inference_reads_is_inline(
+    store: snapshot.WeightStore, tmp_path
+) -> None:
+    """A dynamo export keeps even Unsqueeze's axes in ``model.onnx.data``; ONNX Runtime's
+    shape inference refuses axes it must read from a file ("Cannot parse data from external
+    tensors"), so small external tensors are read into the snapshot."""
+    x = ir.Value(name="x", shape=ir.Shape([3]), type=ir.TensorType(ir.DataType.FLOAT))
+    axes = ir.Value(name="axes", const_value=ir.tensor(np.array([0], np.int64), name="axes"))
+    node = ir.node("Unsqueeze", [x, axes])
+    node.outputs[0].name = "y"
+    graph = ir.Graph(
+        [x], [node.outputs[0]], nodes=[node], initializers=[axes], opset_imports={"": 17}
+    )
+    path = tmp_path / "m.onnx"
+    ir.save(ir.Model(graph, ir_version=9), path, external_data="m.data", size_threshold_bytes=0)
+    model = gir.load_model(path)
+    assert gir.has_external_tensors(model)
+    sess = runtime.make_session(model, optimize=True)
+    assert sess.run(None, {"x": np.ones(3, np.float32)})[0].shape == (1, 3)
+    assert isinstance(model.graph.initializers["axes"].const_value, ir.ExternalTensor)  # unchanged
 
 
 def test_files_go_when_nothing_uses_them(store: snapshot.WeightStore, monkeypatch) -> None:
