@@ -454,22 +454,17 @@ class Pristine:
 
     def __init__(self, model: ir.Model) -> None:
         self.tensors: dict[tuple[int, str], ir.TensorProtocol] = {}
-        swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
-        try:
-            for g, graph in enumerate(iter_graphs(model)):
-                for name, value in graph.initializers.items():
-                    t = value.const_value
-                    if t is None or t.dtype == ir.DataType.STRING:
-                        continue
-                    self.tensors[g, name] = _read_only(t)
-                    swapped.append((value, t))
-                    value.const_value = ir.ExternalTensor(
-                        "pristine", 0, t.nbytes, t.dtype, shape=t.shape, name=name
-                    )
-            self.proto = ir.serde.serialize_model(model)
-        finally:
-            for value, t in swapped:
-                value.const_value = t
+        placeholders: dict[ir.Value, ir.TensorProtocol] = {}
+        for g, graph in enumerate(iter_graphs(model)):
+            for name, value in graph.initializers.items():
+                t = value.const_value
+                if t is None or t.dtype == ir.DataType.STRING:
+                    continue
+                self.tensors[g, name] = _read_only(t)
+                placeholders[value] = ir.ExternalTensor(
+                    "pristine", 0, t.nbytes, t.dtype, shape=t.shape, name=name
+                )
+        self.proto = serialize_with(model, placeholders)
 
     def copy(self) -> ir.Model:
         model = ir.serde.deserialize_model(self.proto)
@@ -479,6 +474,19 @@ class Pristine:
                 if t is not None:
                     value.const_value = t
         return model
+
+
+def serialize_with(model: ir.Model, tensors: dict[ir.Value, ir.TensorProtocol]) -> onnx.ModelProto:
+    """The model's proto with some initializers' tensors replaced (external references,
+    placeholders); the model is left as it was (``ir.save`` does the same swap)."""
+    saved = [(value, value.const_value) for value in tensors]
+    try:
+        for value, tensor in tensors.items():
+            value.const_value = tensor
+        return ir.serde.serialize_model(model)
+    finally:
+        for value, tensor in saved:
+            value.const_value = tensor
 
 
 def _read_only(t: ir.TensorProtocol) -> ir.TensorProtocol:

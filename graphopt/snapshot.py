@@ -185,23 +185,21 @@ class WeightStore:
             entries = [self._entry(t) for _, t in stored]
             self._snapshots += 1
             path = self.folder / f"snapshot-{self._snapshots}.onnx"
-        try:
-            for (value, tensor), entry in zip(stored, entries, strict=True):
-                value.const_value = ir.ExternalTensor(
-                    entry.segment.name,
-                    entry.offset,
-                    tensor.nbytes,
-                    tensor.dtype,
-                    shape=tensor.shape,
-                    name=value.name or tensor.name or "",
-                    base_dir=self.folder,
-                )
-            for value, tensor in inlined:
-                value.const_value = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=value.name)
-            proto = ir.to_proto(model)
-        finally:
-            for value, tensor in (*stored, *inlined):
-                value.const_value = tensor
+        replaced: dict[ir.Value, ir.TensorProtocol] = {
+            value: ir.ExternalTensor(
+                entry.segment.name,
+                entry.offset,
+                tensor.nbytes,
+                tensor.dtype,
+                shape=tensor.shape,
+                name=value.name or tensor.name or "",
+                base_dir=self.folder,
+            )
+            for (value, tensor), entry in zip(stored, entries, strict=True)
+        }
+        for value, tensor in inlined:
+            replaced[value] = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=value.name)
+        proto = gir.serialize_with(model, replaced)
         proto.ir_version = min(proto.ir_version or gir.MAX_IR_VERSION, gir.MAX_IR_VERSION)
         data = proto.SerializeToString()
         path.write_bytes(data)
