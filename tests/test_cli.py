@@ -599,20 +599,33 @@ def test_passes_text_shows_list_options(
 
 
 def test_demo(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The walk-through: cleanup, then cpu-int8 within the pitch budget, then the table of
+    pitch on held-out tones and measured speed, and the tune command to run next."""
     out, report = tmp_path / "demo.onnx", tmp_path / "demo.json"
     res = cli(capsys, "demo", "-o", out, "--report", report)
     assert res.code == 0, res.err
-    assert "fold-batchnorm" in res.out  # the per-pass table
-    assert "passes" in res.out
-    m = re.search(r"test accuracy .*?before ([\d.]+)% after ([\d.]+)%", res.flat_out)
-    assert m, res.out
-    before, after = float(m.group(1)), float(m.group(2))
-    assert before > 90 and abs(after - before) < 1
-    assert out.is_file()
-    data = json.loads(report.read_text())
-    assert data["demo"]["test_samples"] == 450
-    assert data["demo"]["accuracy_before"] == pytest.approx(before / 100, abs=1e-4)
-    assert data["demo"]["accuracy_after"] == pytest.approx(after / 100, abs=1e-4)
+    text = res.flat_out
+    assert "CREPE tiny" in text and "QLinearConv" in text  # the int8 step's findings
+    pitch = dict(re.findall(r"(original|cleanup|cpu-int8)\s+([\d.]+)%", text))
+    assert set(pitch) == {"original", "cleanup", "cpu-int8"}, res.out
+    assert float(pitch["original"]) >= 99 and float(pitch["cpu-int8"]) >= 99
+    assert "graphopt tune " in text and "pitch50>=-1pt" in text
+    rows = {r["name"]: r for r in json.loads(report.read_text())["demo"]["rows"]}
+    assert rows["cpu-int8"]["pitch50"] == pytest.approx(float(pitch["cpu-int8"]) / 100, abs=1e-3)
+    assert rows["original"]["latency_vs_original"] == 1.0
+    assert rows["cpu-int8"]["bytes"] < rows["original"]["bytes"] / 2  # int8 weights
+    ops = {n.op_type for n in onnx.load(out).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # -o is the int8 model
+
+
+def test_demo_with_a_pipeline_prints_its_table(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    res = cli(capsys, "demo", "-p", "cleanup", "-o", tmp_path / "c.onnx")
+    assert res.code == 0, res.err
+    assert "fold-constants" in res.out  # the per-pass table
+    assert re.search(r"cleanup\s+100\.0%", res.flat_out), res.out
+    assert "cpu-int8" not in res.flat_out.split("pipeline:")[0]
 
 
 def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -46,6 +46,7 @@ def test_wheel_maps_passes_and_ships_the_demo(wheel: Path) -> None:
     assert "graphopt/passes/cleanup/fold_batchnorm.py" in names
     assert "graphopt/models/digits_cnn.onnx" in names
     assert "graphopt/models/digits_test.npz" in names
+    assert "graphopt/models/crepe_tiny.onnx" in names  # the demo's model
     assert not any(n.startswith(("passes/", "tests/", "benchmarks/")) for n in names)
     # every package in the source tree is in the wheel (pyproject lists them by hand)
     for init in [*ROOT.glob("graphopt/**/__init__.py"), *ROOT.glob("passes/**/__init__.py")]:
@@ -98,3 +99,14 @@ def test_fresh_venv_imports_graphopt_passes(wheel: Path, tmp_path: Path) -> None
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "fold-batchnorm" in proc.stdout
+    # and so does the demo, from the files the wheel ships
+    proc = subprocess.run(
+        [str(env_dir / "bin" / "graphopt"), "demo"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "cpu-int8" in proc.stdout and "graphopt tune" in proc.stdout

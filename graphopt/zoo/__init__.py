@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from graphopt.models import crepe
+
 __all__ = [
     "CREPE_CENTS_OFFSET",
     "CREPE_CENTS_PER_BIN",
@@ -66,12 +68,11 @@ OPSET = 17
 MAX_IR_VERSION = 10
 MINILM_DIM = 384
 
-CREPE_SAMPLE_RATE = 16000
-CREPE_WINDOW = 1024
-CREPE_PITCH_BINS = 360
-# torchcrepe.convert.bins_to_cents: cents = 20 * bin + 1997.3794084376191
-CREPE_CENTS_PER_BIN = 20.0
-CREPE_CENTS_OFFSET = 1997.3794084376191
+CREPE_SAMPLE_RATE = crepe.SAMPLE_RATE
+CREPE_WINDOW = crepe.WINDOW
+CREPE_PITCH_BINS = crepe.PITCH_BINS
+CREPE_CENTS_PER_BIN = crepe.CENTS_PER_BIN
+CREPE_CENTS_OFFSET = crepe.CENTS_OFFSET
 
 _EXTRA_HINT = "pip install 'graphopt[models]'"
 
@@ -418,65 +419,10 @@ def export_crepe(path: str | Path, capacity: str = "full") -> Path:
     )
 
 
-def crepe_frames(
-    freqs_hz: Sequence[float] | np.ndarray,
-    sample_rate: int = CREPE_SAMPLE_RATE,
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Synthesize one CREPE input frame per frequency: a harmonic tone, normalised.
-
-    Each frame is 1024 samples of a fundamental plus up to three harmonics (amplitudes 1, 1/2,
-    1/3, 1/4, random phases, none above Nyquist), then normalised like torchcrepe's
-    ``preprocess`` (zero mean, unit std). Returns (frames float32 [n, 1024], freqs float64 [n]).
-    """
-    freqs = np.asarray(freqs_hz, dtype=np.float64).reshape(-1)
-    rng = np.random.default_rng(seed)
-    t = np.arange(CREPE_WINDOW, dtype=np.float64) / float(sample_rate)
-    frames = np.zeros((freqs.size, CREPE_WINDOW), dtype=np.float64)
-    for i, f0 in enumerate(freqs):
-        for k in range(1, 5):
-            if k * f0 >= sample_rate / 2:
-                break
-            phase = rng.uniform(0.0, 2.0 * np.pi)
-            frames[i] += np.sin(2.0 * np.pi * k * f0 * t + phase) / k
-    frames -= frames.mean(axis=1, keepdims=True)
-    frames /= np.maximum(frames.std(axis=1, keepdims=True), 1e-10)
-    return frames.astype(np.float32), freqs
-
-
-def crepe_bin_frequencies() -> np.ndarray:
-    """Centre frequency in Hz of each of the 360 CREPE pitch bins (torchcrepe's mapping)."""
-    cents = CREPE_CENTS_PER_BIN * np.arange(CREPE_PITCH_BINS) + CREPE_CENTS_OFFSET
-    return 10.0 * 2.0 ** (cents / 1200.0)
-
-
-def _crepe_decode_cents(probs: np.ndarray, window: int = 4) -> np.ndarray:
-    """Pitch in cents per frame: probability-weighted mean of bins within ±window of argmax."""
-    probs = np.asarray(probs, dtype=np.float64).reshape(-1, CREPE_PITCH_BINS)
-    bins = np.arange(CREPE_PITCH_BINS)
-    centre = probs.argmax(axis=1)
-    near = np.abs(bins[None, :] - centre[:, None]) <= window
-    weights = np.where(near, probs, 0.0)
-    total = weights.sum(axis=1)
-    local = (weights * bins[None, :]).sum(axis=1) / np.where(total > 0, total, 1.0)
-    best = np.where(total > 0, local, centre.astype(np.float64))
-    return CREPE_CENTS_PER_BIN * best + CREPE_CENTS_OFFSET
-
-
-def crepe_pitch_accuracy(
-    probs: np.ndarray, true_freqs: Sequence[float] | np.ndarray, cents: float = 50.0
-) -> float:
-    """Fraction of frames whose decoded pitch is within ``cents`` of ``true_freqs``.
-
-    ``probs`` is the model output [n, 360]; pitch is decoded by a weighted local average of
-    bins around the argmax (as CREPE does), using torchcrepe's bin -> cents mapping.
-    """
-    true = np.asarray(true_freqs, dtype=np.float64).reshape(-1)
-    pred_cents = _crepe_decode_cents(probs)
-    if pred_cents.shape != true.shape:
-        raise ValueError(f"{pred_cents.size} frames of probabilities but {true.size} freqs")
-    true_cents = 1200.0 * np.log2(true / 10.0)
-    return float(np.mean(np.abs(pred_cents - true_cents) <= cents))
+# the demo ships CREPE tiny; its tones, decoding and metric live beside it in the package
+crepe_frames = crepe.tones
+crepe_bin_frequencies = crepe.bin_frequencies
+crepe_pitch_accuracy = crepe.pitch_accuracy
 
 
 # --------------------------------------------------------------------------- CLI

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from graphopt import zoo
+from graphopt.models import crepe
 from graphopt.zoo.recurrent import chars2vec_scores, eeg_scores, lac_scores
 from graphopt.zoo.wheels import (
     ctc_greedy,
@@ -28,11 +28,8 @@ from graphopt.zoo.wheels import (
 Outputs = Sequence[Sequence[np.ndarray]]
 
 
-def crepe_pitch50(outputs: Outputs, samples: Any) -> float:
-    """CREPE: fraction of frames whose decoded pitch is within 50 cents of ``label`` (Hz)."""
-    probs = np.concatenate([np.asarray(o[0]).reshape(-1, zoo.CREPE_PITCH_BINS) for o in outputs])
-    freqs = np.asarray(samples.extras["label"], np.float64).reshape(-1)
-    return zoo.crepe_pitch_accuracy(probs, freqs[: len(probs)])
+#: CREPE: fraction of frames whose decoded pitch is within 50 cents of ``label`` (Hz)
+crepe_pitch50 = crepe.pitch50
 
 
 def ocr_exact_match(outputs: Outputs, samples: Any) -> float:
