@@ -103,7 +103,7 @@ def worker(args: argparse.Namespace) -> None:
     if args.tool == "graphopt":
         from graphopt import ir as gir
         from graphopt.calib import collect_stats, compute_ranges
-        from graphopt.data import from_arrays
+        from graphopt.inputs.data import from_arrays
     else:
         from onnxruntime.quantization import (
             CalibrationDataReader,

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from graphopt import runtime
+from graphopt.core.report import write_json
 from graphopt.optimize import optimize
-from graphopt.report import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

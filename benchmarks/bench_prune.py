@@ -48,10 +48,11 @@ from bench_quant import CALIB_SENTENCES, _clean, _cosine_rows, machine
 from graphopt.passes.sparsify.prune_channels import layer_macs
 from graphopt.passes.sparsify.sparsity_patterns import _Target, nm_holds
 
-from graphopt import data, runtime
 from graphopt import ir as gir
+from graphopt import runtime
 from graphopt.core import run_pipeline
 from graphopt.core.pass_base import PassContext
+from graphopt.inputs import data
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CRITERION = "second-order"

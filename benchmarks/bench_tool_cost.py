@@ -375,7 +375,7 @@ def main() -> None:
     args = ap.parse_args()
     import json
 
-    from graphopt.report import write_json
+    from graphopt.core.report import write_json
 
     stored_path = RESULTS / "tool_cost.json"
     stored = json.loads(stored_path.read_text()) if stored_path.is_file() else {}

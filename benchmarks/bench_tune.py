@@ -118,7 +118,7 @@ def _log(text: str) -> None:
 def run_case(case: Case, out: Path, time_limit: str, rounds: int) -> dict[str, Any]:
     import graphopt
     from graphopt import runtime
-    from graphopt.budget import Budget
+    from graphopt.accuracy.budget import Budget
     from graphopt.tune_build import load_samples, runoff
 
     work = out / case.key
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from graphopt import runtime
     from graphopt.bench.report import write_text
-    from graphopt.report import write_json
+    from graphopt.core.report import write_json
 
     args.out.mkdir(parents=True, exist_ok=True)
     results = []

@@ -80,7 +80,7 @@ def _log(text: str) -> None:
 def run_row(row: Row, work: Path, time_limit: str, rounds: int) -> dict[str, Any]:
     import graphopt
     from graphopt import runtime
-    from graphopt.budget import Budget
+    from graphopt.accuracy.budget import Budget
     from graphopt.tune_build import load_samples, runoff
     from graphopt.zoo import corpus
 
@@ -241,7 +241,7 @@ def markdown(results: list[dict[str, Any]], env: dict[str, Any], settings: dict)
 
 def _cpu_isa() -> str:
     """VNNI and AMX as graphopt's target detection reads them (the int8 scheme follows)."""
-    from graphopt.target import detect_cpu
+    from graphopt.runtime.target import detect_cpu
 
     cpu = detect_cpu()
     isa = "AVX-512 VNNI" if cpu.vnni else "no VNNI"
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from graphopt import runtime
     from graphopt.bench.report import write_text
-    from graphopt.report import write_json
+    from graphopt.core.report import write_json
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     rows = [r for r in ROWS if (not names or r.entry in names)]

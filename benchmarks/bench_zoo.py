@@ -56,7 +56,7 @@ LOSSY = (
     "reconstruct",
 )
 #: cleanup without DATA: verification inputs come from test data beside the model or the
-#: sizes graphopt finds the model runs with (graphopt.probe)
+#: sizes graphopt finds the model runs with (graphopt.inputs.probe)
 NO_DATA = "cleanup/no-data"
 PIPELINES = (NO_DATA, *PRESETS, *LOSSY)
 
@@ -200,7 +200,8 @@ def _session(path: Path) -> Any:
 
 
 def _outputs(sess: Any, feeds: list[dict[str, np.ndarray]]) -> Any:
-    from graphopt import runtime, verify
+    from graphopt import runtime
+    from graphopt.accuracy import verify
 
     return verify.Outputs([o.name for o in sess.get_outputs()], runtime.run_feeds(sess, feeds))
 
@@ -209,7 +210,8 @@ def measure(
     cell: Cell, entry: Any, original: Path, optimized: Path, eval_data: Path, ref: Any,
     feeds: list, latency: bool, rounds: int,
 ) -> None:  # fmt: skip
-    from graphopt import runtime, verify
+    from graphopt import runtime
+    from graphopt.accuracy import verify
 
     sess = _session(optimized)
     got = _outputs(sess, feeds)
@@ -417,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
 
     from graphopt import runtime
-    from graphopt.report import write_json
+    from graphopt.core.report import write_json
 
     names = args.models.split(",") if args.models else None
     with tempfile.TemporaryDirectory(prefix="graphopt-zoo-") as tmp:

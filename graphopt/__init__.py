@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
+import types
+import warnings
 from pathlib import Path
 
 __version__ = "0.1.0"
 
-#: The Python API. Each is a module that is also a function (see graphopt._callable):
+#: The Python API. Each is a module that is also a function (see graphopt.core.callable):
 #: ``graphopt.optimize(model, "cpu-int8", data=...)`` returns a ``graphopt.optimize.Result``,
 #: ``graphopt.bench([...])`` the bench report, ``graphopt.passes()`` the pass catalog.
 _API = ("optimize", "bench", "passes", "tune")
@@ -19,8 +23,6 @@ __all__ = ["__version__", *_API]
 def __getattr__(name: str) -> object:
     """Import an API module on first use (``import graphopt`` stays cheap for the CLI)."""
     if name in _API:
-        import importlib
-
         return importlib.import_module(f"graphopt.{name}")
     raise AttributeError(f"module 'graphopt' has no attribute {name!r}")
 
@@ -50,3 +52,46 @@ class _SourcePassesFinder:
 
 if not any(f is _SourcePassesFinder for f in sys.meta_path):
     sys.meta_path.append(_SourcePassesFinder)
+
+
+#: Modules that moved into the package's layer folders: the old path still imports the same
+#: module object, with a DeprecationWarning naming the new one.
+MOVED = {
+    "graphopt.metrics": "graphopt.accuracy.metrics",
+    "graphopt.budget": "graphopt.accuracy.budget",
+    "graphopt.acceptance": "graphopt.accuracy.acceptance",
+    "graphopt.verify": "graphopt.accuracy.verify",
+    "graphopt.data": "graphopt.inputs.data",
+    "graphopt.probe": "graphopt.inputs.probe",
+    "graphopt.snapshot": "graphopt.runtime.snapshot",
+    "graphopt.target": "graphopt.runtime.target",
+    "graphopt.report": "graphopt.core.report",
+    "graphopt._callable": "graphopt.core.callable",
+}
+
+
+class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """``import graphopt.data`` (an old path) gives ``graphopt.inputs.data`` itself."""
+
+    def find_spec(
+        self, fullname: str, path: object = None, target: object = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in MOVED:
+            return None
+        return importlib.machinery.ModuleSpec(fullname, self)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        new = MOVED[spec.name]
+        warnings.warn(
+            f"{spec.name} moved to {new}; import it from there",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return importlib.import_module(new)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        """The module is already executed under its new name."""
+
+
+if not any(type(f).__name__ == "_MovedModuleFinder" for f in sys.meta_path):
+    sys.meta_path.append(_MovedModuleFinder())

@@ -24,7 +24,7 @@ from rich.table import Table
 import graphopt
 from graphopt import errors, runtime
 from graphopt import ir as gir
-from graphopt.report import human_bytes
+from graphopt.core.report import human_bytes
 
 # Piped output (CI logs, files) gets a wide fixed width instead of rich's 80 columns.
 _console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
@@ -42,9 +42,9 @@ def _inputs_for(
     seed: int,
     batch: int,
 ):
-    """Inputs to run ``model`` on: DATA when given, else what graphopt.probe finds."""
-    from graphopt import data as gdata
-    from graphopt import probe
+    """Inputs to run ``model`` on: DATA when given, else what graphopt.inputs.probe finds."""
+    from graphopt.inputs import data as gdata
+    from graphopt.inputs import probe
 
     dim_map = gdata.parse_dims(dims)
     if data:
@@ -93,12 +93,12 @@ def optimize_and_print(
 ) -> dict[str, Any]:
     """``graphopt.optimize`` with a progress bar on a terminal, then the report printed."""
     from graphopt.core.pipeline import parse
+    from graphopt.core.report import print_run
     from graphopt.optimize import optimize as run
-    from graphopt.report import print_run
 
     total = sum(1 for _ in parse(pipeline_text).steps())
     if kwargs.get("budget"):  # name the flag in the message
-        from graphopt.budget import Budget
+        from graphopt.accuracy.budget import Budget
 
         try:
             Budget.parse(kwargs["budget"])
@@ -288,7 +288,7 @@ def passes_cmd(as_json: bool, as_md: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def inspect(model: Path, as_json: bool) -> None:
     """Opset, inputs/outputs, ops, parameters, bytes by dtype, sparsity, Q/DQ, external data."""
-    from graphopt.report import inspect_tables
+    from graphopt.core.report import inspect_tables
 
     m = gir.load_model(model)
     summary = gir.summarize(m, sparsity=True)
@@ -462,9 +462,9 @@ def bench(
     Models run interleaved round-robin on the same inputs; ratios to the reference are taken
     round by round. Accuracy compares each model's outputs with the reference's.
     """
-    from graphopt import data as gdata
     from graphopt.bench import BenchSettings, run_bench
     from graphopt.bench import report as brep
+    from graphopt.inputs import data as gdata
 
     for path, what in ((json_path, "--json"), (md_path, "--md"), (html_path, "--html")):
         _writable(path, what)
@@ -842,7 +842,7 @@ def demo(pipeline_text: str | None, output: Path | None, report_path: Path | Non
     )
     _console.print(f"  {setup.tune_command()}", markup=False, soft_wrap=True, highlight=False)
     if report_path is not None:
-        from graphopt.report import write_json
+        from graphopt.core.report import write_json
 
         report = dict(rows[-1].report or {})
         report["demo"] = {"model": "crepe-tiny", "rows": [r.to_dict() for r in rows]}

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from graphopt import runtime
-from graphopt.data import Samples
+from graphopt.inputs.data import Samples
 from graphopt.models import crepe
 
 DEMO_MODEL = "digits_cnn.onnx"

@@ -447,7 +447,7 @@ class Pristine:
 
     The structure is kept as a proto without tensor data; every copy gets the same tensor
     objects back (read-only views where a tensor holds an array), so a copy costs no weight
-    bytes, and the snapshot store (:mod:`graphopt.snapshot`), which knows tensors by
+    bytes, and the snapshot store (:mod:`graphopt.runtime.snapshot`), which knows tensors by
     identity, writes a weight once for all of a budget search's trials instead of once per
     trial (PP-OCR det: ~100 trials). A copy's passes replace tensors, never write into them.
     """

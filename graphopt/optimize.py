@@ -26,7 +26,7 @@ import onnx_ir as ir
 
 from graphopt import errors
 from graphopt import ir as gir
-from graphopt._callable import make_callable
+from graphopt.core.callable import make_callable
 
 Listener = Callable[[str, dict[str, Any]], None]
 
@@ -112,23 +112,24 @@ def optimize(
     """Run ``pipeline`` (pipeline text, e.g. ``"cpu-int8"``) on ``model`` and verify it.
 
     ``data`` calibrates the passes that need it and is what verification runs on; without
-    it, verification inputs are chosen by :mod:`graphopt.probe` (``dims`` as ``NAME=SIZE``
+    it, verification inputs are chosen by :mod:`graphopt.inputs.probe` (``dims`` as ``NAME=SIZE``
     fixes dynamic dims). ``budget`` (``"cosine>=0.99"``, ``"top1>=0.98"``) bounds the lossy
     passes. With ``output`` the model is written there (and ``report_path`` gets the JSON
     report). ``calib_cache`` (a folder) keeps calibration statistics for later runs on the
     same model and DATA. Raises a :class:`graphopt.errors.GraphoptError` with a hint on any
     user error.
     """
-    from graphopt import data as gdata
-    from graphopt import probe, runtime
+    from graphopt import runtime
     from graphopt.core.pass_base import PassContext
     from graphopt.core.pipeline import parse
+    from graphopt.core.report import add_files, write_json
     from graphopt.core.runner import Runner
-    from graphopt.report import add_files, write_json
+    from graphopt.inputs import data as gdata
+    from graphopt.inputs import probe
 
     plan = parse(pipeline)  # usage errors first, before any heavy work
     if budget:
-        from graphopt.budget import Budget
+        from graphopt.accuracy.budget import Budget
 
         try:
             Budget.parse(budget)

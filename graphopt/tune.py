@@ -45,7 +45,7 @@ from typing import Any
 
 from graphopt import errors
 from graphopt import ir as gir
-from graphopt._callable import make_callable
+from graphopt.core.callable import make_callable
 from graphopt.tune_build import (
     build_and_score,
     build_shipped,
@@ -108,7 +108,7 @@ class _Store:
         return rec
 
     def save(self, cand: Candidate) -> None:
-        from graphopt.report import write_json
+        from graphopt.core.report import write_json
 
         write_json(self._path(cand), cand.to_dict())
 
@@ -502,9 +502,9 @@ def tune(
     winner to ``output``, or the original's copy when nothing pays (the reason is in the
     report).
     """
-    from graphopt import data as gdata
     from graphopt import runtime
-    from graphopt.budget import Budget
+    from graphopt.accuracy.budget import Budget
+    from graphopt.inputs import data as gdata
 
     say = say or (lambda text: None)
     started = time.perf_counter()
@@ -628,7 +628,7 @@ def tune(
 
 def _write_reports(report: dict[str, Any], json_path: Any, md_path: Any, html_path: Any) -> None:
     from graphopt.bench.report import write_text
-    from graphopt.report import write_json
+    from graphopt.core.report import write_json
     from graphopt.tune_report import html_page, markdown
 
     if json_path is not None:
@@ -643,7 +643,7 @@ def _original_misses(absolute: str, value: float, feeds: int, given: TuneBudget)
     """What to tell a user whose absolute budget the original model itself does not meet on
     the held-out feeds (empty when it does): no candidate is likely to, and a budget relative
     to the original is what they meant."""
-    from graphopt.budget import Budget
+    from graphopt.accuracy.budget import Budget
 
     if Budget.parse(absolute).holds(value):
         return ""

@@ -67,7 +67,7 @@ def save_samples(path: Path, samples: Any, outputs: Sequence[Sequence[np.ndarray
 
 def load_samples(path: Path, source: str) -> tuple[Any, list[list[np.ndarray]]]:
     """(Samples, reference outputs) from :func:`save_samples`'s file."""
-    from graphopt.data import Samples
+    from graphopt.inputs.data import Samples
 
     feeds: dict[int, dict[str, np.ndarray]] = {}
     outs: dict[int, dict[int, np.ndarray]] = {}
@@ -109,7 +109,7 @@ def build_and_score(spec: dict[str, Any], files: dict[str, bytes] | None = None)
                 result["model_bytes"] = out.read_bytes()
             return result
     from graphopt import runtime
-    from graphopt.budget import Budget
+    from graphopt.accuracy.budget import Budget
     from graphopt.optimize import optimize
 
     judge = Budget.parse(spec["judge"])

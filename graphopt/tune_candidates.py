@@ -37,7 +37,7 @@ class TuneBudget:
 
     @classmethod
     def parse(cls, text: str) -> TuneBudget:
-        from graphopt.budget import Budget
+        from graphopt.accuracy.budget import Budget
 
         m = _RELATIVE.match(text)
         if m:

@@ -6,7 +6,7 @@ package is callable: ``graphopt.passes()`` lists every registered pass with its 
 
 from graphopt.passes import cleanup, precision, quantize, sparsify, target  # noqa: F401
 
-from graphopt._callable import make_callable
+from graphopt.core.callable import make_callable
 from graphopt.core.registry import catalog
 
 make_callable(__name__, catalog)

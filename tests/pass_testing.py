@@ -18,17 +18,18 @@ import onnx
 import onnx_ir as ir
 from onnx import helper, numpy_helper
 
-from graphopt import data, runtime
-from graphopt import data as data_mod  # the module, where a parameter is called data
 from graphopt import ir as gir
+from graphopt import runtime
+from graphopt.accuracy.tolerance import compare_arrays
 from graphopt.core.pass_base import (
     PROVENANCE_KEY,
     GraphoptPass,
     PassContext,
     Tolerance,
-    compare_arrays,
 )
 from graphopt.core.registry import get_pass
+from graphopt.inputs import data
+from graphopt.inputs import data as data_mod
 
 OPSET = 17
 IR_VERSION = 8

@@ -15,10 +15,10 @@ import onnx
 import pytest
 
 import graphopt
-from graphopt import data as gdata
 from graphopt import ir as gir
 from graphopt.demo import demo_files
 from graphopt.errors import DataError, UsageError
+from graphopt.inputs import data as gdata
 
 
 def _demo_feeds(n: int = 8, batch: int = 10) -> list[dict[str, np.ndarray]]:

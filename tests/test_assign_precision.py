@@ -12,10 +12,11 @@ import pytest
 from onnx import helper
 from pass_testing import init, node, vi
 
-from graphopt import data, demo, runtime
+from graphopt import demo, runtime
 from graphopt import ir as gir
 from graphopt.core.pass_base import PassContext
 from graphopt.core.registry import get_pass
+from graphopt.inputs import data
 
 FP16 = ir.DataType.FLOAT16
 BF16 = ir.DataType.BFLOAT16

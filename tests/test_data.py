@@ -1,4 +1,4 @@
-"""Unit tests of graphopt.data: the DATA contract (.npz, test_data_set_* folders, random)."""
+"""Unit tests of graphopt.inputs.data: the DATA contract (.npz, test_data_set_* folders, random)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
 
-from graphopt import data as gdata
 from graphopt.errors import DataError, UsageError
+from graphopt.inputs import data as gdata
 
 MakeModel = Callable[..., onnx.ModelProto]
 F, I64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL

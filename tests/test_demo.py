@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graphopt import data, demo, runtime
-from graphopt.budget import Budget
+from graphopt import demo, runtime
+from graphopt.accuracy.budget import Budget
+from graphopt.inputs import data
 from graphopt.models import crepe
 
 

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from graphopt import ir as gir
 from graphopt.core import run_pipeline
-from graphopt.data import Samples
+from graphopt.inputs.data import Samples
 
 F = TensorProto.FLOAT
 
@@ -409,7 +409,7 @@ def test_reassociation_tolerance_widens_to_the_models_own_noise() -> None:
     """A rewrite that reorders float arithmetic may move an ill-conditioned model's outputs as
     far as ONNX Runtime's own optimizations do (PP-OCRv4 rec: 1.6e-4 on a softmax); exact and
     lossy tolerances are not widened."""
-    from graphopt import verify
+    from graphopt.accuracy import verify
     from graphopt.core.pass_base import Tolerance
 
     want = verify.Outputs(["y"], [[np.full(8, 0.5, np.float32)]])

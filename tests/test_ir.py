@@ -122,7 +122,7 @@ def test_model_over_2gb_round_trips(tmp_path: Path) -> None:
     gir.save_model(model, src)
     assert (tmp_path / "big.onnx.data").stat().st_size > 2**31
     loaded = gir.load_model(src)
-    from graphopt.data import random_feeds
+    from graphopt.inputs.data import random_feeds
 
     result = run_pipeline(loaded, "cleanup", samples=random_feeds(loaded, count=1))
     assert result.report["after"]["initializer_bytes"] > 2**31

@@ -1,9 +1,11 @@
-"""Import layering: cli → optimize/bench → passes → core → ir/data/runtime, no cycle anywhere.
+"""Import layering: the package's folders are its layers, each importing only those below.
 
 Every ``import`` in ``graphopt/`` and ``passes/`` (also the ones inside functions) is read with
-``ast``; a module may import only modules of its own layer or below, passes import only the
-framework's helpers, and the import graph has no cycle. A new module must be given a layer
-here, so the map stays complete.
+``ast``. A module's layer is its folder's (``graphopt/<folder>/...``, or a top-level module by
+its name): it may import modules of its own layer or below, passes import only the
+framework's helpers, and the import graph has no cycle. A new folder or top-level module must
+be given its place in ``ORDER``, so the map stays complete; the package's top holds at most
+six modules.
 """
 
 from __future__ import annotations
@@ -15,69 +17,36 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: (layer, module prefixes). A module belongs to the entry with the longest matching prefix.
-LAYERS: list[tuple[int, tuple[str, ...]]] = [
-    # 0: leaves that know nothing of models
-    (
-        0,
-        (
-            "graphopt",
-            "graphopt._callable",
-            "graphopt.errors",
-            "graphopt.metrics",
-            "graphopt.target",
-            "graphopt.report",
-            "graphopt.models",
-        ),
-    ),
-    # 1: models, data and ONNX Runtime
-    (
-        1,
-        (
-            "graphopt.ir",
-            "graphopt.data",
-            "graphopt.runtime",
-            "graphopt.snapshot",
-            "graphopt.budget",
-            "graphopt.calib",
-            "graphopt.probe",
-            "graphopt.acceptance",
-        ),
-    ),
-    # 2: the pass framework
-    (2, ("graphopt.core", "graphopt.verify")),
-    # 3: the passes
-    (3, ("graphopt.passes",)),
-    # 4: orchestration and measurement
-    (
-        4,
-        (
-            "graphopt.optimize",
-            "graphopt.bench",
-            "graphopt.demo",
-            "graphopt.tune",
-            "graphopt.tune_build",
-            "graphopt.tune_candidates",
-            "graphopt.tune_report",
-        ),
-    ),
-    # 5: the command line, and the model corpus (tooling for tests and benchmarks)
-    (5, ("graphopt.cli", "graphopt.__main__", "graphopt.zoo")),
+#: The layers, bottom first: each entry is a folder of ``graphopt/`` (or a top-level module)
+#: and may import the entries on its own line or above it.
+ORDER: list[tuple[str, ...]] = [
+    ("graphopt", "errors", "models"),  # leaves that know nothing of models
+    ("ir",),  # onnx_ir helpers
+    ("runtime",),  # ONNX Runtime sessions, snapshots, the CPU's int8 capability
+    ("inputs",),  # DATA and probing
+    ("calib", "accuracy"),  # statistics; tolerances, metrics, budgets, verification
+    ("core",),  # the pass framework
+    ("passes",),  # the pass library
+    ("optimize",),  # the one orchestration and the Python API
+    ("bench",),  # measurement and sweeps
+    ("tune", "tune_build", "tune_candidates", "tune_report"),
+    ("cli", "demo", "__main__"),  # the command line
+    ("zoo",),  # the model corpus (tooling for tests and benchmarks)
 ]
+LAYER = {unit: i for i, units in enumerate(ORDER) for unit in units}
 
 #: what a pass may import from the framework: its public helpers, nothing that orchestrates
 PASS_MAY_IMPORT = (
     "graphopt.core",
     "graphopt.ir",
-    "graphopt.data",
+    "graphopt.inputs.data",
     "graphopt.runtime",
-    "graphopt.budget",
     "graphopt.calib",
-    "graphopt.target",
     "graphopt.errors",
-    "graphopt.metrics",
-    "graphopt.acceptance",
-    "graphopt._callable",
+    "graphopt.accuracy.metrics",
+    "graphopt.accuracy.budget",
+    "graphopt.accuracy.acceptance",
+    "graphopt.accuracy.tolerance",
     "graphopt.passes",
 )
 
@@ -122,8 +91,10 @@ def _imports(module: str, path: Path) -> set[str]:
                 prefix = ".".join(base + ([node.module] if node.module else []))
             else:
                 prefix = node.module or ""
-            # "from graphopt import ir" imports the module graphopt.ir
-            names = [f"{prefix}.{a.name}" for a in node.names] + [prefix]
+            # "from graphopt import ir" imports the module graphopt.ir (and its package's
+            # __init__, which the package's own layer covers); "from x import name" imports x
+            subs = [f"{prefix}.{a.name}" for a in node.names]
+            names = [n for n in subs if n in MODULES] or [prefix]
         else:
             continue
         for name in names:
@@ -138,25 +109,19 @@ def _imports(module: str, path: Path) -> set[str]:
 GRAPH = {m: _imports(m, p) for m, p in MODULES.items()}
 
 
+def unit_of(module: str) -> str:
+    """The folder (or top-level module) a module belongs to."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
 def layer_of(module: str) -> int:
-    best, layer = -1, None
-    for lv, prefixes in LAYERS:
-        for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
-                best, layer = len(prefix), lv
-    if layer is None:
-        raise KeyError(module)
-    return layer
+    return LAYER[unit_of(module)]
 
 
-def test_every_module_has_a_layer() -> None:
-    missing = []
-    for m in MODULES:
-        try:
-            layer_of(m)
-        except KeyError:
-            missing.append(m)
-    assert not missing, f"give these modules a layer in tests/test_layers.py: {missing}"
+def test_every_folder_has_a_layer() -> None:
+    missing = sorted({unit_of(m) for m in MODULES} - set(LAYER))
+    assert not missing, f"give these folders/modules a place in tests/test_layers.py: {missing}"
 
 
 def test_no_module_imports_a_higher_layer() -> None:
@@ -253,3 +218,20 @@ def test_no_pass_module_exceeds_500_lines(folder: str) -> None:
         if (n := len(p.read_text().splitlines())) > 500
     }
     assert not long, f"split these modules (over 500 lines): {long}"
+
+
+@pytest.mark.parametrize("old", sorted(__import__("graphopt").MOVED))
+def test_old_import_paths_still_work(old: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module moved into a layer folder imports under its old name as the same module
+    object, with a warning that names the new path."""
+    import importlib
+    import sys
+
+    import graphopt
+
+    new = importlib.import_module(graphopt.MOVED[old])
+    monkeypatch.delitem(sys.modules, old, raising=False)
+    with pytest.warns(DeprecationWarning, match=graphopt.MOVED[old].replace(".", r"\.")):
+        assert importlib.import_module(old) is new
+    parent, _, leaf = old.rpartition(".")
+    assert getattr(importlib.import_module(parent), leaf) is new

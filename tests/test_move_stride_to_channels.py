@@ -10,9 +10,9 @@ import onnx_ir as ir
 import pass_testing as pt
 import pytest
 
-from graphopt import data
 from graphopt.core.pass_base import PassContext
 from graphopt.core.registry import get_pass
+from graphopt.inputs import data
 
 PASS = "move-stride-to-channels"
 

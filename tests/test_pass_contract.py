@@ -20,9 +20,9 @@ from graphopt import ir as gir
 from graphopt.core import Tolerance, all_passes
 from graphopt.core.findings import Findings
 from graphopt.core.pass_base import GraphoptPass
-from graphopt.data import random_feeds as samples_for
 from graphopt.demo import demo_files
 from graphopt.errors import DataError
+from graphopt.inputs.data import random_feeds as samples_for
 
 _KEBAB = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 ALL_PASSES = all_passes()

@@ -1,5 +1,5 @@
 """Inputs for models from any exporter: -1 dims, 0-d inputs, test data beside the model, and
-sizes the model runs with when no DATA is given (graphopt.probe)."""
+sizes the model runs with when no DATA is given (graphopt.inputs.probe)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
 
-from graphopt import data as gdata
-from graphopt import errors, probe, runtime
+from graphopt import errors, runtime
 from graphopt.core.pass_base import Tolerance
+from graphopt.inputs import data as gdata
+from graphopt.inputs import probe
 
 MakeModel = Callable[..., onnx.ModelProto]
 F, I64 = TensorProto.FLOAT, TensorProto.INT64

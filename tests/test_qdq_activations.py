@@ -26,7 +26,7 @@ from graphopt.passes.quantize.qdq_params import activation_qparams
 from graphopt.passes.quantize.qdq_plan import DEFAULT_CPU_OPS, DEFAULT_OPS, QdqRun
 
 from graphopt import runtime
-from graphopt.target import int8_scheme
+from graphopt.runtime.target import int8_scheme
 
 U8 = onnx.TensorProto.UINT8
 FUNCS = {

@@ -14,10 +14,11 @@ import graphopt.passes.quantize.insert_qdq as qdq
 import onnx_ir as ir
 import pytest
 
-from graphopt import data, demo, runtime
+from graphopt import demo, runtime
 from graphopt import ir as gir
 from graphopt.core import get_pass, run_pipeline
 from graphopt.core.pass_base import PassContext
+from graphopt.inputs import data
 
 
 def _demo() -> tuple[ir.Model, data.Samples]:

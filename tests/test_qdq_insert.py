@@ -6,7 +6,7 @@
   absorbed Relu, MaxPool/Flatten sharing their input's parameters), the pass's ``details``,
   ONNX Runtime's optimized graph (only integer Conv/Gemm kernels), verify-each, top-1 within
   one point of float, idempotence, exclude, options, the missing-data error and the opset guard;
-* the target-aware scheme (:mod:`graphopt.target`) with fabricated CPUs;
+* the target-aware scheme (:mod:`graphopt.runtime.target`) with fabricated CPUs;
 * small synthetic models: an attention block, an embedding table, a residual CNN block, a
   quantized Conv producing graph outputs;
 * repair of groups ONNX Runtime does not fuse (found empirically and simulated), and
@@ -28,12 +28,13 @@ import pass_testing as pt
 import pytest
 from graphopt.passes.quantize import fusion
 
-import graphopt.target as gtarget
-from graphopt import data, demo
+import graphopt.runtime.target as gtarget
+from graphopt import demo
 from graphopt import ir as gir
 from graphopt.core import get_pass, run_pipeline
 from graphopt.core.pass_base import PROVENANCE_KEY, PassContext
 from graphopt.errors import PipelineError
+from graphopt.inputs import data
 
 PASS = "qdq-insert"
 ABSORBABLE = ("Relu", "Clip")

@@ -16,10 +16,11 @@ import onnx_ir as ir
 import pass_testing as pt
 import pytest
 
-from graphopt import data, runtime
-from graphopt.budget import Budget
+from graphopt import runtime
+from graphopt.accuracy.budget import Budget
 from graphopt.core import get_pass
 from graphopt.core.pass_base import PassContext
+from graphopt.inputs import data
 
 K, N = 64, 32
 

@@ -17,10 +17,12 @@ import onnx_ir as ir
 import pass_testing as pt
 import pytest
 
-from graphopt import data, demo, runtime
+from graphopt import demo, runtime
 from graphopt import ir as gir
+from graphopt.accuracy.tolerance import compare_arrays
 from graphopt.core import get_pass, run_pipeline
-from graphopt.core.pass_base import PROVENANCE_KEY, compare_arrays
+from graphopt.core.pass_base import PROVENANCE_KEY
+from graphopt.inputs import data
 
 PASS = "quantize-dynamic"
 K, H, N = 64, 48, 32

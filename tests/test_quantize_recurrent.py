@@ -17,7 +17,8 @@ import pass_testing as pt
 import pytest
 
 from graphopt import runtime
-from graphopt.core.pass_base import PROVENANCE_KEY, compare_arrays
+from graphopt.accuracy.tolerance import compare_arrays
+from graphopt.core.pass_base import PROVENANCE_KEY
 
 PASS = "quantize-recurrent"
 SIZE, HID = 24, 32

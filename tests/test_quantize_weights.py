@@ -18,12 +18,14 @@ import onnx_ir as ir
 import pass_testing as pt
 import pytest
 
-from graphopt import data, runtime
 from graphopt import ir as gir
+from graphopt import runtime
+from graphopt.accuracy.tolerance import compare_arrays
 from graphopt.core import get_pass, run_pipeline
-from graphopt.core.pass_base import PROVENANCE_KEY, compare_arrays
+from graphopt.core.pass_base import PROVENANCE_KEY
 from graphopt.core.pipeline import parse
 from graphopt.errors import PipelineError
+from graphopt.inputs import data
 
 PASS = "quantize-weights"
 F16 = onnx.TensorProto.FLOAT16

@@ -19,11 +19,12 @@ from graphopt.passes.sparsify.channel_rewrite import apply
 from graphopt.passes.sparsify.reconstruct_fit import conv_patches, masked_solve
 from graphopt.passes.sparsify.reconstruct_layers import Layer
 
-from graphopt import data, demo, runtime
+from graphopt import demo, runtime
 from graphopt import ir as gir
 from graphopt.core import run_pipeline
 from graphopt.core.pass_base import PassContext
 from graphopt.errors import GraphoptError, PipelineError
+from graphopt.inputs import data
 from graphopt.runtime import Snapshot
 
 PASS = "reconstruct"

@@ -17,11 +17,11 @@ from graphopt import ir as gir
 from graphopt import runtime
 from graphopt.core import registry
 from graphopt.core.pass_base import GraphoptPass, PassContext, Tolerance
+from graphopt.core.report import REPORT_SCHEMA
 from graphopt.core.runner import run_pipeline
-from graphopt.data import load_data, random_feeds
 from graphopt.demo import demo_files
 from graphopt.errors import PassFailure, PipelineError, VerificationError
-from graphopt.report import REPORT_SCHEMA
+from graphopt.inputs.data import load_data, random_feeds
 
 
 @pytest.fixture
@@ -216,8 +216,8 @@ def test_model_that_does_not_run_is_reported_before_passes(tmp_path: Path) -> No
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     model = ir.serde.deserialize_model(m)
-    from graphopt.data import Samples
     from graphopt.errors import DataError, RuntimeFailure
+    from graphopt.inputs.data import Samples
 
     with pytest.raises(DataError, match="does not run on graphopt's random inputs"):
         run_pipeline(model, "eliminate-identity", samples=random_feeds(model))
@@ -230,7 +230,7 @@ def test_budget_notes_are_rendered_by_each_pass() -> None:
     """qdq-insert reports quantized_all, assign-precision converted_all (the report once read
     both from the details and crashed); each pass now renders its own notes."""
     from graphopt.core.registry import get_pass
-    from graphopt.report import summary_lines
+    from graphopt.core.report import summary_lines
 
     qdq = get_pass("qdq-insert")()
     qdq.details["budget"] = {"budget": "cosine>=0.99", "quantized_all": 0.98, "final": 0.995}

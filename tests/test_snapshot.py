@@ -18,7 +18,8 @@ import onnx_ir as ir
 import pytest
 
 from graphopt import ir as gir
-from graphopt import runtime, snapshot
+from graphopt import runtime
+from graphopt.runtime import snapshot
 
 
 def _model(weight: np.ndarray) -> ir.Model:

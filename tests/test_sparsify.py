@@ -18,12 +18,14 @@ import pass_testing as pt
 import pytest
 from graphopt.passes.sparsify.compress import compress_sparse_initializers
 
-from graphopt import data, demo, runtime
+from graphopt import demo, runtime
 from graphopt import ir as gir
+from graphopt.accuracy.tolerance import compare_arrays
 from graphopt.core import get_pass, run_pipeline
-from graphopt.core.pass_base import PassContext, compare_arrays
+from graphopt.core.pass_base import PassContext
 from graphopt.core.pipeline import parse
 from graphopt.errors import DataError, PipelineError
+from graphopt.inputs import data
 
 PASS = "sparsify"
 ALL = {"min_size": 0, "skip_first_last": False}  # every weighted layer is a target

@@ -23,7 +23,7 @@ from onnx import helper
 from graphopt import ir as gir
 from graphopt.calib.collect import collect_stats
 from graphopt.calib.expose import body_values, merge_iterations
-from graphopt.data import Samples
+from graphopt.inputs.data import Samples
 
 T, D, H = 6, 24, 32
 BOOL = onnx.TensorProto.BOOL

@@ -12,7 +12,8 @@ import time
 import graphopt.passes.target.fuse_ort_kernels as fok
 import pytest
 
-from graphopt import acceptance, runtime
+from graphopt import runtime
+from graphopt.accuracy import acceptance
 
 
 class _Clock:

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 import graphopt
-from graphopt import data as gdata
 from graphopt import ir as gir
 from graphopt.demo import demo_files
 from graphopt.errors import DataError, UsageError
+from graphopt.inputs import data as gdata
 from graphopt.tune_candidates import (
     Candidate,
     TuneBudget,
@@ -163,7 +163,7 @@ def test_tune_digits_finds_a_model_within_budget_and_resumes(tmp_path: Path) -> 
     for c in res.candidates:  # every candidate ends with a status, and a reason unless it won
         assert c.status in {"winner", "meets-budget", "slower", "over-budget", "failed", "skipped"}
         assert c.status in {"winner", "meets-budget"} or c.why
-    judge = graphopt.budget.Budget.parse(rep["budget"]["absolute"])
+    judge = graphopt.accuracy.budget.Budget.parse(rep["budget"]["absolute"])
     # the written model meets the budget on the held-out feeds (odd feeds of DATA)
     samples = gdata.load_data(gir.load_model(model), data, batch=10)
     held = samples.subset(range(1, len(samples), 2))

@@ -122,8 +122,8 @@ def test_builds_and_runs_on_ort(corpus, cache: Path, name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_data_loads_with_graphopt(corpus, cache: Path, name: str) -> None:
-    from graphopt import data as gdata
     from graphopt import ir as gir
+    from graphopt.inputs import data as gdata
 
     entry = _entry(corpus, name)
     model, calib, evaluation = _built(corpus, name, cache)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from graphopt import data as gdata
 from graphopt import ir as gir
-from graphopt.budget import Budget
+from graphopt.accuracy.budget import Budget
+from graphopt.inputs import data as gdata
 from graphopt.zoo import corpus
 
 pytestmark = pytest.mark.slow

@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 import pytest
 
-from graphopt import data as gdata
 from graphopt import ir as gir
+from graphopt.inputs import data as gdata
 from graphopt.zoo import corpus, recurrent, wheels
 
 pytestmark = pytest.mark.slow

@@ -226,7 +226,7 @@ class Suite:
         self.write()
 
     def write(self) -> None:
-        from graphopt.report import write_json
+        from graphopt.core.report import write_json
 
         doc = self.to_dict()
         self.out.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from graphopt._callable import make_callable
 from graphopt.bench.harness import SCHEMA, BenchSettings, parse_batches, run_bench
+from graphopt.core.callable import make_callable
 
 __all__ = ["SCHEMA", "BenchSettings", "bench", "parse_batches", "run_bench"]
 

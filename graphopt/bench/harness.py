@@ -36,11 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from graphopt import data as gdata
 from graphopt import ir as gir
 from graphopt import runtime
+from graphopt.accuracy.metrics import cosine_rows
 from graphopt.errors import DataError, GraphoptError, RuntimeFailure, UsageError
-from graphopt.metrics import cosine_rows
+from graphopt.inputs import data as gdata
 
 SCHEMA = "graphopt.bench/1"
 Feed = dict[str, np.ndarray]
@@ -89,7 +89,7 @@ def check_metric(metric: str | None, data: str | None) -> None:
     """Fail early on an unknown metric name or one that needs labels without DATA."""
     if not metric:
         return
-    from graphopt.budget import _BUILTIN, Budget
+    from graphopt.accuracy.budget import _BUILTIN, Budget
 
     op = _BUILTIN.get(metric, ">=")
     try:
@@ -186,7 +186,7 @@ def gpu_memory_bytes(device: int = 0) -> int | None:
 
 
 def machine() -> dict[str, Any]:
-    from graphopt.target import detect_cpu
+    from graphopt.runtime.target import detect_cpu
 
     env = runtime.environment()
     env["cpu_features"] = detect_cpu().summary()
@@ -244,7 +244,7 @@ def make_inputs(model: Any, settings: BenchSettings) -> Inputs:
     else:
         # sizes the model runs with for its other dynamic dims (a detector's height and
         # width), then the batch
-        from graphopt import probe
+        from graphopt.inputs import probe
 
         found = probe.choose(model, dims=settings.dims, count=1, seed=settings.seed).dims
         dims = {**found, **settings.dims, **dict.fromkeys(batch_names, biggest)}
@@ -560,7 +560,7 @@ def compare(
 def task_metric(
     metric: str, ref: list[list[np.ndarray]], got: list[list[np.ndarray]], samples: Any
 ) -> float:
-    from graphopt.budget import _BUILTIN, Budget
+    from graphopt.accuracy.budget import _BUILTIN, Budget
 
     budget = Budget(metric, _BUILTIN.get(metric, ">="), 0.0)
     try:

@@ -379,7 +379,7 @@ def _pipeline_entry(chk: _Checker, name: str, value: Any) -> PipelineEntry:
         raise PipelineError(f"recipe {chk.path}: {where}: {exc.message}", hint=exc.hint) from None
     budget = table.get("budget")
     if budget is not None:
-        from graphopt.budget import Budget
+        from graphopt.accuracy.budget import Budget
 
         budget = chk.string(budget, f"{where} budget")
         try:
@@ -437,9 +437,9 @@ def _model_entry(
     pipelines: list[PipelineEntry],
     sha_cache: dict[Path, str],
 ) -> ModelEntry:
-    from graphopt import data as gdata
     from graphopt import ir as gir
     from graphopt.bench.harness import check_metric
+    from graphopt.inputs import data as gdata
 
     where = f"[models.{name}]"
     table = {"path": value} if isinstance(value, str) else chk.table(value, where)

@@ -19,7 +19,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from graphopt.report import human_bytes, write_json
+from graphopt.core.report import human_bytes, write_json
 
 __all__ = [
     "console_tables",

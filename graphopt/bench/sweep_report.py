@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from graphopt.bench import report as brep
-from graphopt.report import human_bytes
+from graphopt.core.report import human_bytes
 
 COLUMNS = (
     "model",

@@ -24,8 +24,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from graphopt.core.report import write_json
 from graphopt.errors import UsageError
-from graphopt.report import write_json
 
 
 class Store:

@@ -29,8 +29,8 @@ import onnx_ir as ir
 
 from graphopt.calib import collect as _collect
 from graphopt.calib.stats import DEFAULT_BINS, TensorStats
-from graphopt.data import Samples
 from graphopt.errors import DataError, GraphoptError
+from graphopt.inputs.data import Samples
 
 CACHE_FORMAT = "graphopt.calib-cache/2"
 

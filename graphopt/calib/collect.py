@@ -26,8 +26,8 @@ from graphopt import ir as gir
 from graphopt import runtime
 from graphopt.calib.expose import Exposed, body_values, expose, merge_iterations
 from graphopt.calib.stats import DEFAULT_BINS, TensorStats
-from graphopt.data import Samples
 from graphopt.errors import DataError, RuntimeFailure
+from graphopt.inputs.data import Samples
 
 FLOAT_TYPES = frozenset(
     {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE}

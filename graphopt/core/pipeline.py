@@ -30,7 +30,7 @@ PRESETS: dict[str, str] = {
         "fold-batchnorm,fuse-hardswish,eliminate-common-subexpressions,deduplicate-initializers,"
         "eliminate-dead-code,infer-shapes),sort-topologically"
     ),
-    # qdq-insert picks types and placement for the CPU it runs on (graphopt.target), checks
+    # qdq-insert picks types and placement for the CPU it runs on (graphopt.runtime.target), checks
     # what ONNX Runtime fuses, and (guard) keeps float whatever int8 does not make faster.
     # avoid-slow-fusions keeps ORT from fused kernels that are slower on this CPU (timed);
     # fuse-qdq-sibling-matmuls runs the q/k/v projections as one GEMM; fuse-qdq-matmul-bias

@@ -22,12 +22,12 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt import ir as gir
-from graphopt import verify
-from graphopt.budget import Budget
+from graphopt.accuracy import verify
+from graphopt.accuracy.budget import Budget
 from graphopt.core import registry
 from graphopt.core.pass_base import GraphoptPass, PassContext
 from graphopt.core.pipeline import PassStep, Pipeline, RepeatGroup
-from graphopt.data import Samples
+from graphopt.core.report import pipeline_report
 from graphopt.errors import (
     DataError,
     GraphoptError,
@@ -36,7 +36,7 @@ from graphopt.errors import (
     RuntimeFailure,
     VerificationError,
 )
-from graphopt.report import pipeline_report
+from graphopt.inputs.data import Samples
 from graphopt.runtime import Snapshot
 
 #: the pass the runner inserts before a pass that needs a newer opset

@@ -196,8 +196,8 @@ def run_model(path: Path, feeds: Sequence[dict[str, np.ndarray]]) -> list[list[n
 
 def feeds_of(path: Path, data: Path, batch: int = 1) -> tuple[list[dict[str, np.ndarray]], dict]:
     """DATA at ``data`` cut into feeds for the model at ``path`` (graphopt's DATA contract)."""
-    from graphopt import data as gdata
     from graphopt import ir as gir
+    from graphopt.inputs import data as gdata
 
     samples = gdata.load_data(gir.load_model(path), data, batch=batch)
     return samples.feeds, samples.extras

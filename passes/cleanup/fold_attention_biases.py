@@ -22,12 +22,13 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from graphopt import data, runtime
 from graphopt import ir as gir
+from graphopt import runtime
 from graphopt.core.build import Namer, add_initializer, drop_if_unused
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import register_pass
 from graphopt.errors import DataError
+from graphopt.inputs import data
 from graphopt.ir import Pristine
 from graphopt.ir import attr_value as _attr
 from graphopt.ir import const_array as _const

@@ -37,7 +37,7 @@ second run changes nothing. Before anything is applied the converted model is lo
 an ONNX Runtime session on the target EP; a node ORT still refuses goes back to float32.
 
 This module is the pass (options, the order of the steps, load check, cost and budget on
-:mod:`graphopt.acceptance`); the per-node analysis lives in :mod:`.precision_plan`, the
+:mod:`graphopt.accuracy.acceptance`); the per-node analysis lives in :mod:`.precision_plan`, the
 rewrite in :mod:`.cast_placement`. A run's state is one :class:`.precision_plan.PrecisionRun`.
 """
 
@@ -64,8 +64,9 @@ from graphopt.passes.precision.precision_plan import (
     record,
 )
 
-from graphopt import acceptance, runtime
-from graphopt.budget import Budget
+from graphopt import runtime
+from graphopt.accuracy import acceptance
+from graphopt.accuracy.budget import Budget
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
 from graphopt.errors import RuntimeFailure
@@ -232,7 +233,7 @@ class AssignPrecisionPass(GraphoptPass):
     def _feed(self, model: ir.Model) -> dict[str, np.ndarray]:
         if self.context.data is not None:
             return self.context.data.feeds[0]
-        from graphopt import data
+        from graphopt.inputs import data
 
         return data.random_feeds(
             model, count=1, seed=self.context.seed, dims=self.context.dims
@@ -242,7 +243,7 @@ class AssignPrecisionPass(GraphoptPass):
         self, run: PrecisionRun, model: ir.Model, pristine: Pristine, plans: dict[ir.DataType, Plan]
     ) -> ir.DataType | None:
         """The fastest format that beats fp32 by ``_PAYS`` on the EP, or None
-        (:func:`graphopt.acceptance.compare_latency`)."""
+        (:func:`graphopt.accuracy.acceptance.compare_latency`)."""
         info: dict[str, Any] = {"threshold": _PAYS}
         self.details["cost"] = info
         if not run.can_probe():
@@ -295,7 +296,7 @@ class AssignPrecisionPass(GraphoptPass):
         low: ir.DataType,
     ) -> None:
         """Return the most sensitive nodes to fp32 until ``budget`` holds (greedy,
-        :func:`graphopt.acceptance.fall_back`); they leave ``plan``."""
+        :func:`graphopt.accuracy.acceptance.fall_back`); they leave ``plan``."""
         count = self.options.budget_samples
         probe = acceptance.BudgetProbe.of(budget, model, run.samples, count, ep=run.ep)
 

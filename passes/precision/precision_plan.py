@@ -41,7 +41,7 @@ class PrecisionRun:
     require_kernels: bool
     headroom: float
     keep_io_types: bool
-    samples: Any  # graphopt.data.Samples, or None without DATA
+    samples: Any  # graphopt.inputs.data.Samples, or None without DATA
     kept: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
 
     @property

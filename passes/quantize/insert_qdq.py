@@ -32,11 +32,12 @@ right after a quantized op is absorbed: its output is the one quantized, and wit
 uint8 its zero point is 0, so ONNX Runtime removes it. A quantized tensor that is a graph
 output keeps its name on the DequantizeLinear output.
 
-Types follow the target (``target=auto|cpu|cuda``, :mod:`graphopt.target`): uint8 activations
-and int8 weights on x86, 7-bit weights where the CPU has no VNNI, symmetric int8 on ARM and
-CUDA. After insertion (``check_fusion``, CPU only) it builds an ONNX Runtime session, reads the
-optimized graph back, and lists which quantized nodes became integer kernels; with ``repair``
-the unfused ones get their float inputs and weights back, so they never pay for Q/DQ.
+Types follow the target (``target=auto|cpu|cuda``, :mod:`graphopt.runtime.target`): uint8
+activations and int8 weights on x86, 7-bit weights where the CPU has no VNNI, symmetric int8
+on ARM and CUDA. After insertion (``check_fusion``, CPU only) it builds an ONNX Runtime
+session, reads the optimized graph back, and lists which quantized nodes became integer
+kernels; with ``repair`` the unfused ones get their float inputs and weights back, so they
+never pay for Q/DQ.
 
 Activation ranges come from one streamed calibration run (:mod:`graphopt.calib`). Per-axis
 DequantizeLinear needs ai.onnx opset 13; older models are left alone (stat ``skipped:opset``).
@@ -45,7 +46,7 @@ Nodes that already read a DequantizeLinear are skipped, so a second run changes 
 This module is the pass (options, the order of the steps, the report); the steps live in
 :mod:`.qdq_plan` (what is quantized), :mod:`.qdq_params` (scales and zero points),
 :mod:`.qdq_smooth` (SmoothQuant), :mod:`.qdq_emit` (writing Q/DQ) and :mod:`.qdq_accept`
-(the budget and the latency guard, on :mod:`graphopt.acceptance`). A run's state is one
+(the budget and the latency guard, on :mod:`graphopt.accuracy.acceptance`). A run's state is one
 :class:`.qdq_plan.QdqRun`.
 """
 
@@ -80,8 +81,8 @@ from graphopt.passes.quantize.qdq_plan import (
 )
 from graphopt.passes.quantize.qdq_smooth import smoothing_scales
 
-from graphopt import acceptance
-from graphopt.budget import Budget
+from graphopt.accuracy import acceptance
+from graphopt.accuracy.budget import Budget
 from graphopt.core.build import Namer
 from graphopt.core.ops import WEIGHTED
 from graphopt.core.pass_base import GraphoptPass, Tolerance
@@ -95,7 +96,7 @@ from graphopt.ir import (
     iter_nodes,
     iter_scopes,
 )
-from graphopt.target import int8_scheme
+from graphopt.runtime.target import int8_scheme
 
 #: the pass and what callers of this module use from the modules it is built of
 __all__ = [

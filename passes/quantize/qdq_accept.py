@@ -1,4 +1,5 @@
-"""qdq-insert's side of :mod:`graphopt.acceptance`: which int8 plans are timed and measured.
+"""qdq-insert's side of :mod:`graphopt.accuracy.acceptance`: which int8 plans are timed and
+measured.
 
 The acceptance rules (the budget's greedy fallback, "int8 must pay") are shared with
 assign-precision; what is qdq-insert's own is what a trial is (a fresh plan with some nodes
@@ -22,7 +23,8 @@ from graphopt.passes.quantize.qdq_plan import (
     plan_signature,
 )
 
-from graphopt import acceptance, runtime
+from graphopt import runtime
+from graphopt.accuracy import acceptance
 from graphopt.ir import Pristine, iter_nodes
 
 
@@ -40,8 +42,8 @@ def latency_guard(
     pooling, data movement: only Conv/Gemm/MatMul/Gather), and keep those float (reason
     ``cost``) if that pays; if that does not pay either, the model stays float. Returns
     whether int8 pays, and the ``details["guard"]`` record. Timing is interleaved round-robin
-    and compared round by round (:func:`graphopt.acceptance.compare_latency`); a ratio near
-    the threshold is timed again with fresh sessions (:func:`graphopt.acceptance.settle`).
+    and compared round by round (:func:`graphopt.accuracy.acceptance.compare_latency`); a ratio near
+    the threshold is timed again with fresh sessions (:func:`graphopt.accuracy.acceptance.settle`).
     """
     float_sess = runtime.make_session(model, optimize=True)
     info: dict[str, Any] = {"threshold": threshold}
@@ -105,8 +107,9 @@ def apply_budget(
     float (a fresh plan without it, so upstream outputs that were quantized only for it
     go back to float too), measured with one ONNX Runtime session per candidate. Nodes
     then go back to float greedily, most sensitive first, each where it improves the
-    metric, until the budget holds (:func:`graphopt.acceptance.fall_back`). Data movement ops
-    follow their neighbours and are not candidates. ``quantized``: the plan as it stands.
+    metric, until the budget holds (:func:`graphopt.accuracy.acceptance.fall_back`). Data
+    movement ops follow their neighbours and are not candidates. ``quantized``: the plan as it
+    stands.
     """
     start = probe(quantized)
     ops = dict(run.quantized)

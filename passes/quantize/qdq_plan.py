@@ -20,7 +20,7 @@ from graphopt.core.ops import INTEGER_OPS, SCALE_PRESERVING, WEIGHTED, is_dequan
 from graphopt.ir import attr_value as _attr
 from graphopt.ir import const_array as _const
 from graphopt.ir import iter_graphs, nodes_in_subgraphs
-from graphopt.target import Int8Scheme
+from graphopt.runtime.target import Int8Scheme
 
 #: node metadata: why qdq-insert left this node in float (unfused, sensitivity, cost)
 KEPT_FLOAT_KEY = "pkg.graphopt.qdq-insert.kept_float"

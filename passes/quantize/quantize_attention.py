@@ -31,11 +31,13 @@ import onnx_ir as ir
 from graphopt.passes.quantize.attention_masks import NotAMask, PaddingMask, Probe, prove
 from graphopt.passes.quantize.quantize_dynamic import quantize_symmetric_int8
 
-from graphopt import acceptance, data, runtime
+from graphopt import runtime
+from graphopt.accuracy import acceptance
 from graphopt.core.build import MS_DOMAIN, Namer, add_initializer, drop_if_unused, ensure_ms_opset
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
 from graphopt.errors import DataError, RuntimeFailure
+from graphopt.inputs import data
 from graphopt.ir import Pristine
 from graphopt.ir import attr_value as _attr
 from graphopt.ir import const_array as _const

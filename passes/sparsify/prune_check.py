@@ -20,8 +20,9 @@ import onnx_ir as ir
 from graphopt.passes.sparsify.channel_layout import Analysis
 
 from graphopt import runtime
-from graphopt.core.pass_base import PassContext, Tolerance, compare_arrays
-from graphopt.data import random_feeds
+from graphopt.accuracy.tolerance import compare_arrays
+from graphopt.core.pass_base import PassContext, Tolerance
+from graphopt.inputs.data import random_feeds
 from graphopt.runtime import Snapshot
 
 #: how far a probed layer output may move, relative to its largest magnitude: the rounding

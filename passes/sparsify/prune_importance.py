@@ -28,8 +28,8 @@ import onnx_ir as ir
 from graphopt.passes.sparsify.channel_layout import Analysis, Layout, Sink
 
 from graphopt.calib.collect import stream_tensors
-from graphopt.data import Samples
 from graphopt.errors import DataError
+from graphopt.inputs.data import Samples
 from graphopt.ir import attr_value, const_array
 
 #: relative damping of the input second moment (``second-order``), as in OBS/SparseGPT

@@ -20,8 +20,8 @@ from graphopt.passes.sparsify.sparsity_patterns import _Target
 
 from graphopt import runtime
 from graphopt.calib.collect import augmented_session
-from graphopt.data import Samples
 from graphopt.errors import DataError
+from graphopt.inputs.data import Samples
 
 #: relative damping added to the Hessian diagonal (``second-order``), as in OBS/SparseGPT
 DAMPING = 0.01

@@ -44,10 +44,12 @@ import numpy as np
 import onnx_ir as ir
 from graphopt.passes.quantize import fusion
 
-from graphopt import acceptance, data, runtime
+from graphopt import runtime
+from graphopt.accuracy import acceptance
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
 from graphopt.errors import DataError, RuntimeFailure
+from graphopt.inputs import data
 from graphopt.ir import Pristine
 
 RuleSet = Literal["rotary", "attention", "layernorm", "skip-layernorm", "gelu"]

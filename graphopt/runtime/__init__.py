@@ -17,7 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt.errors import RuntimeFailure, UsageError
-from graphopt.snapshot import Snapshot as Snapshot  # re-exported: runtime.Snapshot
+from graphopt.runtime.snapshot import Snapshot as Snapshot  # re-exported: runtime.Snapshot
 
 EP_NAMES = {
     "cpu": "CPUExecutionProvider",

@@ -386,7 +386,7 @@ def random_feeds(
 ) -> Samples:
     """Seeded random feeds from the input shapes; dynamic dims come from ``dims`` (else 1).
 
-    Without DATA, :func:`graphopt.probe.choose` picks ``dims`` the model runs with.
+    Without DATA, :func:`graphopt.inputs.probe.choose` picks ``dims`` the model runs with.
 
     Floats are standard normal; integers are drawn from [0, int_high) so they are valid
     indices and masks for most models; booleans are fair coin flips.

@@ -10,7 +10,7 @@ A budget compares a transformed model's outputs with the float model's on the sa
   ``label`` array carried in DATA (an extra key of the .npz), over the budget's samples;
 * ``python:pkg.module:function>=X`` (or ``<=``): ``function(outputs, samples)`` returns a
   task metric (top-1, pitch accuracy, ...) where ``outputs`` is one list of output arrays per
-  sample and ``samples`` the :class:`graphopt.data.Samples` they came from.
+  sample and ``samples`` the :class:`graphopt.inputs.data.Samples` they came from.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from graphopt.metrics import cosine_sample_mean
+from graphopt.accuracy.metrics import cosine_sample_mean
 
 _BUILTIN = {"cosine": ">=", "max_abs": "<=", "max_rel": "<=", "top1": ">="}
 _SYNTAX = re.compile(r"^\s*(?P<metric>[A-Za-z_][\w.:]*)\s*(?P<op>>=|<=)\s*(?P<value>[^\s]+)\s*$")

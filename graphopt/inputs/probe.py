@@ -38,9 +38,9 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from graphopt import data as gdata
 from graphopt import runtime
 from graphopt.errors import DataError, GraphoptError, RuntimeFailure
+from graphopt.inputs import data as gdata
 from graphopt.ir import attr_value
 
 BATCH, SPATIAL, OTHER = "batch", "spatial", "other"
@@ -60,7 +60,7 @@ class Chosen:
 
     #: the feeds; their ``source`` says where they came from and why these sizes
     samples: gdata.Samples
-    #: size of every dynamic dim the inputs use, by :func:`graphopt.data.dim_key`
+    #: size of every dynamic dim the inputs use, by :func:`graphopt.inputs.data.dim_key`
     dims: dict[str, int]
 
 

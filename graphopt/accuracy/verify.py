@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from graphopt import runtime
-from graphopt.core.pass_base import Tolerance, compare_arrays
-from graphopt.data import Feed
+from graphopt.accuracy.tolerance import Tolerance, compare_arrays
 from graphopt.errors import RuntimeFailure
+from graphopt.inputs.data import Feed
 
 
 class Outputs:

@@ -31,7 +31,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt import runtime
-from graphopt.budget import Budget
+from graphopt.accuracy.budget import Budget
 
 #: a lower precision must be at least 3 % faster than float to be kept
 PAYS = 0.97
@@ -49,7 +49,7 @@ class BudgetProbe:
     budget: Budget
     feeds: list[dict[str, np.ndarray]]
     reference: list[list[np.ndarray]]
-    samples: Any  # graphopt.data.Samples: task metrics read labels from it
+    samples: Any  # graphopt.inputs.data.Samples: task metrics read labels from it
     ep: str = "cpu"
 
     @classmethod

@@ -1,0 +1,1 @@
+"""Accuracy: tolerances, output metrics, budgets, acceptance checks and verify-each."""
