@@ -119,7 +119,7 @@ def run_case(case: Case, out: Path, time_limit: str, rounds: int) -> dict[str, A
     import graphopt
     from graphopt import runtime
     from graphopt.accuracy.budget import Budget
-    from graphopt.tune_build import load_samples, runoff
+    from graphopt.tune.build import load_samples, runoff
 
     work = out / case.key
     work.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,7 @@ def run_row(row: Row, work: Path, time_limit: str, rounds: int) -> dict[str, Any
     import graphopt
     from graphopt import runtime
     from graphopt.accuracy.budget import Budget
-    from graphopt.tune_build import load_samples, runoff
+    from graphopt.tune.build import load_samples, runoff
     from graphopt.zoo import corpus
 
     entry = corpus.entries([row.entry])[0]

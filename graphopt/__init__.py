@@ -67,6 +67,9 @@ MOVED = {
     "graphopt.target": "graphopt.runtime.target",
     "graphopt.report": "graphopt.core.report",
     "graphopt._callable": "graphopt.core.callable",
+    "graphopt.tune_build": "graphopt.tune.build",
+    "graphopt.tune_candidates": "graphopt.tune.candidates",
+    "graphopt.tune_report": "graphopt.tune.report",
 }
 
 

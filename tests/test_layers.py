@@ -29,7 +29,7 @@ ORDER: list[tuple[str, ...]] = [
     ("passes",),  # the pass library
     ("optimize",),  # the one orchestration and the Python API
     ("bench",),  # measurement and sweeps
-    ("tune", "tune_build", "tune_candidates", "tune_report"),
+    ("tune",),  # the search for the fastest model within a budget
     ("cli", "demo", "__main__"),  # the command line
     ("zoo",),  # the model corpus (tooling for tests and benchmarks)
 ]

@@ -16,7 +16,7 @@ from graphopt import ir as gir
 from graphopt.demo import demo_files
 from graphopt.errors import DataError, UsageError
 from graphopt.inputs import data as gdata
-from graphopt.tune_candidates import (
+from graphopt.tune.candidates import (
     Candidate,
     TuneBudget,
     pareto_front,
@@ -93,7 +93,7 @@ class _Scripted:
 
 @pytest.mark.parametrize("smoothed", [20, 0])
 def test_search_goes_leaner_when_int8_meets_the_budget(smoothed: int) -> None:
-    from graphopt.tune import _phases
+    from graphopt.tune.search import phases as _phases
 
     s = _Scripted({"int8-static": {"status": "meets-budget", "smoothed": smoothed}})
     _phases(s, "cpu", "cosine>=0.99")  # type: ignore[arg-type]
@@ -107,7 +107,7 @@ def test_search_goes_leaner_when_int8_meets_the_budget(smoothed: int) -> None:
 
 
 def test_search_goes_safer_when_int8_misses_the_budget() -> None:
-    from graphopt.tune import _phases
+    from graphopt.tune.search import phases as _phases
 
     s = _Scripted({"int8-static": {"status": "over-budget", "smoothed": 20}})
     _phases(s, "cpu", "cosine>=0.99")  # type: ignore[arg-type]
@@ -120,7 +120,7 @@ def test_search_goes_safer_when_int8_misses_the_budget() -> None:
 def test_a_finalist_is_judged_on_both_measurements() -> None:
     """ddddocr on this VM: int8 0.72x paired but 0.94x in the runoff, dynamic 0.83x / 0.92x;
     the runoff alone would pick dynamic, which the final rounds then measured at 1.05x."""
-    from graphopt.tune import _evidence
+    from graphopt.tune.search import evidence as _evidence
 
     static = Candidate("s", "int8", "p", ratio_rounds=[0.70, 0.72, 0.74], runoff_rounds=[0.944])
     dynamic = Candidate("d", "int8", "p", ratio_rounds=[0.82, 0.83, 0.84], runoff_rounds=[0.923])
@@ -232,7 +232,7 @@ def test_time_limit_is_respected(tmp_path: Path) -> None:
 def _spec(tmp_path: Path, pipeline: str) -> dict[str, object]:
     """One local build of the digits CNN, as the search hands it to its backend."""
     from graphopt import runtime
-    from graphopt.tune_build import save_samples
+    from graphopt.tune.build import save_samples
 
     model, data = _data()
     samples = gdata.load_data(gir.load_model(model), data).head(4)
@@ -259,7 +259,7 @@ def test_local_builds_run_in_a_worker_the_time_limit_stops(tmp_path: Path) -> No
     the next build gets a fresh worker."""
     import time
 
-    from graphopt.tune import _Local
+    from graphopt.tune.engine import LocalBackend as _Local
 
     spec = _spec(tmp_path, "cleanup,prune-channels{ratio=0.3},reconstruct,cpu-fp32")
     local = _Local()
@@ -283,7 +283,7 @@ def test_a_worker_that_dies_fails_its_build_at_once(tmp_path: Path) -> None:
     import threading
     import time
 
-    from graphopt.tune import _Local
+    from graphopt.tune.engine import LocalBackend as _Local
 
     spec = _spec(tmp_path, "cleanup,prune-channels{ratio=0.3},reconstruct,cpu-fp32")
     local = _Local()
@@ -357,8 +357,8 @@ def test_ray_backend_gives_the_same_accuracies(tmp_path: Path) -> None:
 def test_store_keeps_a_candidate_only_while_its_definition_is_the_same(tmp_path: Path) -> None:
     """A resumed tune must rebuild a candidate whose pipeline or fallback budget changed
     (int8-static's definition changed once, and a rerun kept its old failed result)."""
-    from graphopt.tune import _Store
-    from graphopt.tune_candidates import Candidate
+    from graphopt.tune.candidates import Candidate
+    from graphopt.tune.engine import Store as _Store
 
     store = _Store(tmp_path, {"model": "m", "budget": "top1>=0.9"})
     done = Candidate("int8-static", "int8", "cpu-int8")
