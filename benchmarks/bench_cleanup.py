@@ -31,7 +31,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _models(names: list[str], work: Path) -> list[tuple[str, Path, dict[str, np.ndarray]]]:
-    from graphopt.demo import demo_files
+    from graphopt.cli.demo import demo_files
 
     out = []
     if "demo" in names:

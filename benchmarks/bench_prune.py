@@ -90,7 +90,7 @@ def _first(arrays: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
 
 
 def _demo(quick: bool) -> Case:
-    from graphopt.demo import demo_files
+    from graphopt.cli.demo import demo_files
     from graphopt.models.train_digits import load_split
 
     model, npz = demo_files()

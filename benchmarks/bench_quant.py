@@ -130,7 +130,7 @@ def _cosine_metric(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 
 def _demo_case(quick: bool) -> Case:
-    from graphopt.demo import demo_files
+    from graphopt.cli.demo import demo_files
 
     model, data = demo_files()
     with np.load(data) as npz:

@@ -57,7 +57,7 @@ class Case:
 
 
 def _case(key: str) -> Case:
-    from graphopt.demo import demo_files
+    from graphopt.cli.demo import demo_files
     from graphopt.zoo import corpus
 
     if key == "digits":

@@ -70,6 +70,7 @@ MOVED = {
     "graphopt.tune_build": "graphopt.tune.build",
     "graphopt.tune_candidates": "graphopt.tune.candidates",
     "graphopt.tune_report": "graphopt.tune.report",
+    "graphopt.demo": "graphopt.cli.demo",
 }
 
 

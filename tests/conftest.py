@@ -68,7 +68,7 @@ def save_proto(tmp_path: Path) -> SaveModel:
 @pytest.fixture
 def demo_paths() -> tuple[Path, Path]:
     """(model, data) of the built-in demo: digits CNN, input float32[batch,1,8,8]."""
-    from graphopt.demo import demo_files
+    from graphopt.cli.demo import demo_files
 
     return demo_files()
 

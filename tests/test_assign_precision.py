@@ -12,8 +12,9 @@ import pytest
 from onnx import helper
 from pass_testing import init, node, vi
 
-from graphopt import demo, runtime
 from graphopt import ir as gir
+from graphopt import runtime
+from graphopt.cli import demo
 from graphopt.core.pass_base import PassContext
 from graphopt.core.registry import get_pass
 from graphopt.inputs import data

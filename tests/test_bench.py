@@ -33,7 +33,7 @@ def _top1(model: Path, data: Path) -> float:
 
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from graphopt.demo import demo_files
+    from graphopt.cli.demo import demo_files
 
     tmp = tmp_path_factory.mktemp("bench")
     model, data = demo_files()

@@ -41,7 +41,7 @@ def browser() -> str:
 
 @pytest.fixture(scope="module")
 def bench_page(tmp_path_factory: pytest.TempPathFactory, browser: str) -> Path:
-    from graphopt.demo import demo_files
+    from graphopt.cli.demo import demo_files
 
     tmp = tmp_path_factory.mktemp("render")
     model, data = demo_files()
@@ -111,7 +111,7 @@ def test_the_check_can_fail(
 def test_sweep_page_and_command_line(
     browser: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from graphopt.demo import demo_files
+    from graphopt.cli.demo import demo_files
 
     model, data = demo_files()
     recipe = tmp_path / "r.toml"

@@ -18,10 +18,11 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from graphopt import demo, runtime
 from graphopt import ir as gir
+from graphopt import runtime
 from graphopt.accuracy import acceptance
 from graphopt.accuracy.budget import Budget, top1
+from graphopt.cli import demo
 from graphopt.core import get_pass, run_pipeline
 from graphopt.core.pass_base import PassContext
 from graphopt.errors import DataError

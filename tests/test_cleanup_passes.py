@@ -34,9 +34,9 @@ from pass_testing import (
 )
 
 from graphopt import ir as gir
+from graphopt.cli.demo import demo_files
 from graphopt.core import Tolerance, run_pipeline
 from graphopt.core.pass_base import PROVENANCE_KEY
-from graphopt.demo import demo_files
 from graphopt.inputs.data import random_feeds as samples_for
 
 RNG_SEED = 1234

@@ -136,7 +136,7 @@ def optimized(tmp_path_factory: pytest.TempPathFactory) -> OptimizeRun:
     Module-scoped, so it captures with redirect_stdout/stderr (rich writes to whatever
     sys.stdout/sys.stderr are at print time) instead of the function-scoped capsys.
     """
-    from graphopt.demo import demo_files
+    from graphopt.cli.demo import demo_files
 
     demo_model, data = demo_files()
     root = tmp_path_factory.mktemp("optimize")

@@ -14,8 +14,8 @@ import pass_testing as pt
 import pytest
 from graphopt.passes.sparsify.cluster_weights import kmeans_1d, stored_bytes
 
-from graphopt import demo
 from graphopt import ir as gir
+from graphopt.cli import demo
 from graphopt.core import run_pipeline
 from graphopt.core.pass_base import Tolerance
 

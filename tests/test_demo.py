@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graphopt import demo, runtime
+from graphopt import runtime
 from graphopt.accuracy.budget import Budget
+from graphopt.cli import demo
 from graphopt.inputs import data
 from graphopt.models import crepe
 

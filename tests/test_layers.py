@@ -30,7 +30,7 @@ ORDER: list[tuple[str, ...]] = [
     ("optimize",),  # the one orchestration and the Python API
     ("bench",),  # measurement and sweeps
     ("tune",),  # the search for the fastest model within a budget
-    ("cli", "demo", "__main__"),  # the command line
+    ("cli", "__main__"),  # the command line, one module per command
     ("zoo",),  # the model corpus (tooling for tests and benchmarks)
 ]
 LAYER = {unit: i for i, units in enumerate(ORDER) for unit in units}
@@ -122,6 +122,11 @@ def layer_of(module: str) -> int:
 def test_every_folder_has_a_layer() -> None:
     missing = sorted({unit_of(m) for m in MODULES} - set(LAYER))
     assert not missing, f"give these folders/modules a place in tests/test_layers.py: {missing}"
+
+
+def test_the_top_holds_at_most_six_modules() -> None:
+    top = sorted(p.name for p in ROOT.joinpath("graphopt").glob("*.py"))
+    assert len(top) <= 6, f"move these into the layer folders: {top}"
 
 
 def test_no_module_imports_a_higher_layer() -> None:

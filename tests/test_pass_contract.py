@@ -17,10 +17,10 @@ import pytest
 from pass_testing import assert_same_outputs, copy_model, op_counts, run_pass
 
 from graphopt import ir as gir
+from graphopt.cli.demo import demo_files
 from graphopt.core import Tolerance, all_passes
 from graphopt.core.findings import Findings
 from graphopt.core.pass_base import GraphoptPass
-from graphopt.demo import demo_files
 from graphopt.errors import DataError
 from graphopt.inputs.data import random_feeds as samples_for
 

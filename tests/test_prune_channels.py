@@ -24,8 +24,8 @@ from graphopt.passes.sparsify.channel_shapes import symbolic_shapes
 from graphopt.passes.sparsify.prune_channels import PruneChannelsPass, layer_macs
 from graphopt.passes.sparsify.prune_importance import global_counts, keep_count
 
-from graphopt import demo
 from graphopt import ir as gir
+from graphopt.cli import demo
 from graphopt.core import run_pipeline
 from graphopt.core.pass_base import PassContext
 from graphopt.core.pipeline import parse

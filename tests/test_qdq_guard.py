@@ -14,8 +14,9 @@ import graphopt.passes.quantize.insert_qdq as qdq
 import onnx_ir as ir
 import pytest
 
-from graphopt import demo, runtime
 from graphopt import ir as gir
+from graphopt import runtime
+from graphopt.cli import demo
 from graphopt.core import get_pass, run_pipeline
 from graphopt.core.pass_base import PassContext
 from graphopt.inputs import data

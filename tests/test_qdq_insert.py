@@ -29,8 +29,8 @@ import pytest
 from graphopt.passes.quantize import fusion
 
 import graphopt.runtime.target as gtarget
-from graphopt import demo
 from graphopt import ir as gir
+from graphopt.cli import demo
 from graphopt.core import get_pass, run_pipeline
 from graphopt.core.pass_base import PROVENANCE_KEY, PassContext
 from graphopt.errors import PipelineError

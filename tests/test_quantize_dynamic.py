@@ -17,9 +17,10 @@ import onnx_ir as ir
 import pass_testing as pt
 import pytest
 
-from graphopt import demo, runtime
 from graphopt import ir as gir
+from graphopt import runtime
 from graphopt.accuracy.tolerance import compare_arrays
+from graphopt.cli import demo
 from graphopt.core import get_pass, run_pipeline
 from graphopt.core.pass_base import PROVENANCE_KEY
 from graphopt.inputs import data

@@ -125,7 +125,7 @@ def test_crepe_full_cleanup(zoo, tmp_path: Path) -> None:
 
 
 def test_demo_cleanup(tmp_path: Path) -> None:
-    from graphopt.demo import demo_files
+    from graphopt.cli.demo import demo_files
 
     model, data = demo_files()
     report = _optimize(model, data, tmp_path, ["--batch", "50"])

@@ -19,8 +19,9 @@ from graphopt.passes.sparsify.channel_rewrite import apply
 from graphopt.passes.sparsify.reconstruct_fit import conv_patches, masked_solve
 from graphopt.passes.sparsify.reconstruct_layers import Layer
 
-from graphopt import demo, runtime
 from graphopt import ir as gir
+from graphopt import runtime
+from graphopt.cli import demo
 from graphopt.core import run_pipeline
 from graphopt.core.pass_base import PassContext
 from graphopt.errors import GraphoptError, PipelineError

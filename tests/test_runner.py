@@ -15,11 +15,11 @@ import pytest
 
 from graphopt import ir as gir
 from graphopt import runtime
+from graphopt.cli.demo import demo_files
 from graphopt.core import registry
 from graphopt.core.pass_base import GraphoptPass, PassContext, Tolerance
 from graphopt.core.report import REPORT_SCHEMA
 from graphopt.core.runner import run_pipeline
-from graphopt.demo import demo_files
 from graphopt.errors import PassFailure, PipelineError, VerificationError
 from graphopt.inputs.data import load_data, random_feeds
 

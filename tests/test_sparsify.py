@@ -18,9 +18,10 @@ import pass_testing as pt
 import pytest
 from graphopt.passes.sparsify.compress import compress_sparse_initializers
 
-from graphopt import demo, runtime
 from graphopt import ir as gir
+from graphopt import runtime
 from graphopt.accuracy.tolerance import compare_arrays
+from graphopt.cli import demo
 from graphopt.core import get_pass, run_pipeline
 from graphopt.core.pass_base import PassContext
 from graphopt.core.pipeline import parse

@@ -271,7 +271,7 @@ def test_relative_paths_and_dry_run(
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One sweep of the demo (none, cleanup) x cpu x (1, 4) with the local backend."""
-    from graphopt.demo import demo_files
+    from graphopt.cli.demo import demo_files
 
     tmp = tmp_path_factory.mktemp("sweep")
     model, data = demo_files()

@@ -49,7 +49,7 @@ calib_batch = 50
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from graphopt.demo import demo_files
+    from graphopt.cli.demo import demo_files
 
     model, data = demo_files()
     path = tmp_path_factory.mktemp("recipe") / "slow.toml"

@@ -15,7 +15,8 @@ import warnings
 import onnx
 
 import graphopt
-from graphopt import demo, runtime
+from graphopt import runtime
+from graphopt.cli import demo
 from graphopt.core.pipeline import PRESETS
 
 CPU_INT8 = PRESETS["cpu-int8"].replace("guard=true", "guard=false")

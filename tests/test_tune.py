@@ -13,7 +13,7 @@ import pytest
 
 import graphopt
 from graphopt import ir as gir
-from graphopt.demo import demo_files
+from graphopt.cli.demo import demo_files
 from graphopt.errors import DataError, UsageError
 from graphopt.inputs import data as gdata
 from graphopt.tune.candidates import (

@@ -840,7 +840,7 @@ def _tf2onnx_digits_transformer(path: Path) -> Path:
 
 
 def _unnamed_nodes(path: Path) -> Path:
-    from graphopt.demo import demo_files
+    from graphopt.cli.demo import demo_files
 
     model = onnx.load(str(demo_files()[0]))
     _clear_node_names(model.graph)

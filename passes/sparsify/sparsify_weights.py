@@ -151,7 +151,7 @@ class SparsifyWeightsPass(GraphoptPass):
     name = "sparsify"
     Options = SparsifyWeightsOptions
     # Pruning is lossy by design, and elementwise bounds mean nothing for outputs near 0; the
-    # outputs must keep their direction. Measured on the demo CNN (graphopt.demo: 450 test
+    # outputs must keep their direction. Measured on the demo CNN (graphopt.cli.demo: 450 test
     # digits in batches of 50; /3/Conv, /7/Conv, /12/Gemm pruned, first and last layers and
     # the BatchNorms left as they are), cosine of the logits on the worst batch / top-1
     # (float: 0.996): 50% magnitude 0.940 / 0.971, 2:4 0.917 / 0.978, global 0.963 / 0.980,

@@ -1,0 +1,5 @@
+"""``python -m graphopt.cli``."""
+
+from graphopt.cli import entry
+
+entry()
