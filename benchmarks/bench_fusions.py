@@ -64,7 +64,7 @@ def _preset_before() -> str:
 
 
 def _build(name: str, pipeline: str, out: Path) -> dict[str, Any]:
-    from graphopt.zoo.corpus import optimize_entry
+    from zoo.corpus import optimize_entry
 
     result, seconds = optimize_entry(name, pipeline, out)
     return {
@@ -81,8 +81,7 @@ def _build(name: str, pipeline: str, out: Path) -> dict[str, Any]:
 
 def _ort_transformers(name: str, out: Path) -> dict[str, Any]:
     from onnxruntime.transformers import optimizer
-
-    from graphopt.zoo import corpus
+    from zoo import corpus
 
     logging.disable(logging.WARNING)
     t0 = time.perf_counter()
@@ -133,9 +132,10 @@ def _max_abs(path: Path, base: Path, feeds: list[dict[str, Any]]) -> float:
 def run_model(name: str, work: Path, rounds: int) -> dict[str, Any]:
     import shutil
 
+    from zoo import corpus
+
     from graphopt import runtime
     from graphopt.bench.harness import rotated_ratios
-    from graphopt.zoo import corpus
 
     entry = corpus.entries([name])[0]
     held_out = corpus.data_path(name, "eval")

@@ -90,8 +90,9 @@ def _first(arrays: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
 
 
 def _demo(quick: bool) -> Case:
+    from zoo.training.train_digits import load_split
+
     from graphopt.cli.demo import demo_files
-    from graphopt.models.train_digits import load_split
 
     model, npz = demo_files()
     with np.load(npz) as f:
@@ -112,7 +113,7 @@ def _demo(quick: bool) -> Case:
 
 
 def _crepe(quick: bool) -> Case:
-    from graphopt import zoo
+    import zoo
 
     model = zoo.cached("crepe-full", lambda p: zoo.export_crepe(p, "full"))
     calib, _ = zoo.crepe_frames(np.geomspace(90.0, 900.0, 32 if quick else 128), seed=1)
@@ -134,7 +135,7 @@ def _crepe(quick: bool) -> Case:
 
 
 def _minilm(quick: bool) -> Case:
-    from graphopt import zoo
+    import zoo
 
     model = zoo.cached("minilm-l6-s128", lambda p: zoo.export_minilm(p, seq_len=128))
     corpus = zoo.text_corpus()

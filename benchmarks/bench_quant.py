@@ -158,7 +158,7 @@ def _demo_case(quick: bool) -> Case:
 
 
 def _minilm_case(quick: bool) -> Case:
-    from graphopt import zoo
+    import zoo
 
     model = zoo.cached("minilm-l6-s128", lambda p: zoo.export_minilm(p, seq_len=128))
     calib = zoo.minilm_inputs(CALIB_SENTENCES, seq_len=128)
@@ -181,7 +181,7 @@ def _minilm_case(quick: bool) -> Case:
 
 
 def _crepe_case(quick: bool) -> Case:
-    from graphopt import zoo
+    import zoo
 
     model = zoo.cached("crepe-full", lambda p: zoo.export_crepe(p, "full"))
     calib, _ = zoo.crepe_frames(np.geomspace(90.0, 900.0, 16 if quick else 64), seed=1)

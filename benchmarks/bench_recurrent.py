@@ -42,7 +42,7 @@ def _preset_without_lstm() -> str:
 
 
 def _build(name: str, pipeline: str, out: Path) -> dict[str, Any]:
-    from graphopt.zoo.corpus import optimize_entry
+    from zoo.corpus import optimize_entry
 
     result, seconds = optimize_entry(name, pipeline, out)
     return {
@@ -58,8 +58,7 @@ def _build(name: str, pipeline: str, out: Path) -> dict[str, Any]:
 
 def _ort_dynamic(name: str, out: Path) -> dict[str, Any]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from graphopt.zoo import corpus
+    from zoo import corpus
 
     logging.disable(logging.WARNING)  # its "consider pre-processing" advice, every call
     t0 = time.perf_counter()
@@ -74,9 +73,10 @@ def _ort_dynamic(name: str, out: Path) -> dict[str, Any]:
 
 
 def run_model(name: str, work: Path, rounds: int) -> dict[str, Any]:
+    from zoo import corpus
+
     from graphopt import runtime
     from graphopt.bench.harness import rotated_ratios
-    from graphopt.zoo import corpus
 
     entry = corpus.entries([name])[0]
     assert entry.evaluate is not None

@@ -227,8 +227,7 @@ def _int8_inputs(entry: str) -> tuple[Path, Path]:
     ``name@random``: uniform random images of the split's shape (a user without DATA)."""
     if "@" in entry:
         import numpy as np
-
-        from graphopt.zoo import corpus
+        from zoo import corpus
 
         name, variant = entry.split("@", 1)
         folder = Path.home() / ".cache" / "graphopt" / "bench" / entry
@@ -250,7 +249,7 @@ def _int8_inputs(entry: str) -> tuple[Path, Path]:
             np.savez(calib, **{key: x})
         return corpus.model_path(name), calib
     if entry != BERT_BASE:
-        from graphopt.zoo import corpus
+        from zoo import corpus
 
         return corpus.model_path(entry), corpus.data_path(entry, "calib")
     import numpy as np

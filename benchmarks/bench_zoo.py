@@ -237,7 +237,7 @@ def run_matrix(
     timeout: float = 900.0,
     log: Any = print,
 ) -> list[Cell]:
-    from graphopt.zoo import corpus
+    from zoo import corpus
 
     cells: list[Cell] = []
     for entry in corpus.entries(names):

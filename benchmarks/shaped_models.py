@@ -10,7 +10,7 @@
   exporter, dynamic batch axis). ~100 MB in fp32.
 
 Both are deterministic (fixed seeds). :func:`cached_model` builds each once under
-``$GRAPHOPT_CACHE`` or ``~/.cache/graphopt/models`` (see :func:`graphopt.zoo.cached`).
+``$GRAPHOPT_CACHE`` or ``~/.cache/graphopt/models`` (see :func:`zoo.cached`).
 Only numpy and onnx are imported at module level; torch only inside the ResNet exporter.
 
     python benchmarks/shaped_models.py [resnet50] [bert-base]   # build and cache
@@ -238,8 +238,7 @@ def export_resnet50(path: str | Path, seed: int = 0, **shape: Any) -> Path:
     """Export the ResNet-50-shaped CNN: ``image`` [batch, 3, 224, 224] -> ``logits``
     (``shape``: :func:`_resnet50_module`'s ``base``, ``blocks``, ``size``, ``classes``)."""
     import torch
-
-    from graphopt import zoo
+    import zoo
 
     model = _resnet50_module(seed, **shape)
     size = shape.get("size", 224)
@@ -277,7 +276,7 @@ def int8_floor_off(pipeline: str) -> str:
 
 def cached_model(which: str, cache_dir: str | Path | None = None) -> Path:
     """Path of the cached ``"resnet50"`` or ``"bert-base"`` model, building it once."""
-    from graphopt import zoo
+    import zoo
 
     name, builder = BUILDERS[which]
     return zoo.cached(name, builder, cache_dir)

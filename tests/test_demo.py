@@ -48,8 +48,8 @@ def test_pitch50_is_a_budget_metric(tmp_path: Path) -> None:
 
 
 def test_zoo_uses_the_same_tones() -> None:
-    from graphopt import zoo
-    from graphopt.zoo import metrics
+    import zoo
+    from zoo import metrics
 
     assert zoo.crepe_frames is crepe.tones and metrics.crepe_pitch50 is crepe.pitch50
     assert zoo.CREPE_PITCH_BINS == crepe.PITCH_BINS

@@ -424,9 +424,9 @@ def test_reassociation_tolerance_widens_to_the_models_own_noise() -> None:
 
 def _tf2onnx_digits(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
     """The shipped tf2onnx export and the demo's held-out digits as NHWC DATA."""
-    from graphopt.models import train_digits_keras
+    from zoo.training import train_digits, train_digits_keras
 
-    with np.load(Path(train_digits_keras.__file__).with_name("digits_test.npz")) as npz:
+    with np.load(train_digits.DEFAULT_NPZ) as npz:
         x, label = npz["input"].transpose(0, 2, 3, 1), npz["label"]
     data = tmp_path / "digits_nhwc.npz"
     np.savez(data, input=np.ascontiguousarray(x), label=label)

@@ -16,9 +16,9 @@ from graphopt.passes.target import (
     inferred_attention,
     moments_layernorm,
 )
+from zoo.training import train_digits_transformer_keras as keras_model
 
 from graphopt.core.registry import get_pass
-from graphopt.models import train_digits_transformer_keras as keras_model
 
 
 def _prepared() -> ir.Model:

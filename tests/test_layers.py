@@ -31,7 +31,6 @@ ORDER: list[tuple[str, ...]] = [
     ("bench",),  # measurement and sweeps
     ("tune",),  # the search for the fastest model within a budget
     ("cli", "__main__"),  # the command line, one module per command
-    ("zoo",),  # the model corpus (tooling for tests and benchmarks)
 ]
 LAYER = {unit: i for i, units in enumerate(ORDER) for unit in units}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -18,6 +19,20 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # built from a copy of the files git knows (committed or not, never ignored ones): a
+    # stale build/ folder of the checkout would put modules that moved away into the wheel
+    src = tmp_path_factory.mktemp("src")
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
+    for rel in filter(None, listed):
+        if (ROOT / rel).is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, src / rel)
     proc = subprocess.run(
         [
             sys.executable,
@@ -29,7 +44,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "-q",
             "-w",
             str(out),
-            str(ROOT),
+            str(src),
         ],
         capture_output=True,
         text=True,
@@ -47,6 +62,17 @@ def test_wheel_maps_passes_and_ships_the_demo(wheel: Path) -> None:
     assert "graphopt/models/digits_cnn.onnx" in names
     assert "graphopt/models/digits_test.npz" in names
     assert "graphopt/models/crepe_tiny.onnx" in names  # the demo's model
+    # the corpus (builders, training scripts, corpus-only models) is not installed
+    corpus = [n for n in names if "zoo" in n.split("/") or "/train_" in n or "tf2onnx" in n]
+    assert not corpus, corpus
+    models = {n.rsplit("/", 1)[-1] for n in names if n.startswith("graphopt/models/")}
+    assert models == {
+        "__init__.py",
+        "crepe.py",
+        "crepe_tiny.onnx",
+        "digits_cnn.onnx",
+        "digits_test.npz",
+    }, models
     assert not any(n.startswith(("passes/", "tests/", "benchmarks/")) for n in names)
     # every package in the source tree is in the wheel (pyproject lists them by hand)
     for init in [*ROOT.glob("graphopt/**/__init__.py"), *ROOT.glob("passes/**/__init__.py")]:

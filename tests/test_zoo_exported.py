@@ -1,4 +1,4 @@
-"""The corpus entries of graphopt.zoo.exported: each builds, its DATA loads and runs on ONNX
+"""The corpus entries of zoo.exported: each builds, its DATA loads and runs on ONNX
 Runtime CPU, its tags are true of the file, and trained models reach their measured metric.
 
 Slow (exports with torch, trains small scikit-learn and torch models): run with -m slow.
@@ -71,7 +71,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def corpus():
-    from graphopt.zoo import corpus
+    from zoo import corpus
 
     return corpus
 
@@ -89,7 +89,7 @@ def _built(corpus, name: str, cache: Path) -> tuple[Path, Path, Path]:
 
 
 def test_all_registered(corpus) -> None:
-    from graphopt.zoo import exported  # noqa: F401
+    from zoo import exported  # noqa: F401
 
     known = {e.name for e in corpus.entries()}
     assert set(NAMES) <= known
@@ -287,7 +287,7 @@ def test_gpt2_past_grows_the_cache(corpus, cache: Path) -> None:
 
 
 def test_control_flow_data_takes_both_branches(corpus, cache: Path) -> None:
-    from graphopt.zoo import exported
+    from zoo import exported
 
     _entry(corpus, "control-flow")
     model = onnx.load(str(corpus.model_path("control-flow", cache)))

@@ -56,8 +56,9 @@ def test_zoo_matrix_has_no_crash_no_silent_noop_and_only_documented_reasons(
 def test_cpu_int8_quantizes_the_old_opset_ocr_models_within_accuracy(tmp_path: Path) -> None:
     """ddddocr's OCR (opset 12) and detector (opset 11): cpu-int8 converts, quantizes, and
     keeps the task metric on held-out rendered text / images (latency: bench_zoo)."""
+    from zoo import corpus
+
     from graphopt.cli import main
-    from graphopt.zoo import corpus
 
     for name, metric, slack in (
         ("ddddocr-common", "exact_match", 0.05),

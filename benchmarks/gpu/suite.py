@@ -809,7 +809,7 @@ def _build_cnn(path: Path, shape: dict[str, Any]) -> Path:
 
 def prepare_assets(dest: Path) -> Path:
     """CREPE tiny (trained) and its calib/eval DATA into ``dest``, for carrying to the host."""
-    from graphopt.zoo import corpus
+    from zoo import corpus
 
     dest.mkdir(parents=True, exist_ok=True)
     for src, name in (
@@ -926,7 +926,7 @@ def _accuracy(
     if m.metric == "top1":
         acc["top1"] = float(np.mean(first.argmax(-1) == extras["label"][: len(first)]))
     elif m.metric == "pitch@50c":
-        from graphopt import zoo
+        import zoo
 
         acc["pitch@50c"] = float(zoo.crepe_pitch_accuracy(first, extras["label"][: len(first)]))
     return acc

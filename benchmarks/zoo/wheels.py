@@ -43,9 +43,9 @@ from typing import Any
 
 import numpy as np
 
-from graphopt import zoo
+import zoo
 from graphopt.ir import file_sha256
-from graphopt.zoo.corpus import Entry, feeds_of, register, run_model
+from zoo.corpus import Entry, feeds_of, register, run_model
 
 # --------------------------------------------------------------------------- files
 
@@ -287,7 +287,7 @@ def _font_dir() -> Path:
     """matplotlib's bundled DejaVu fonts (found without importing matplotlib)."""
     spec = importlib.util.find_spec("matplotlib")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("graphopt.zoo.wheels renders text in matplotlib's DejaVu fonts")
+        raise ImportError("zoo.wheels renders text in matplotlib's DejaVu fonts")
     return Path(next(iter(spec.submodule_search_locations))) / "mpl-data" / "fonts" / "ttf"
 
 

@@ -1,6 +1,6 @@
 """Train a small Keras CNN on scikit-learn's 8x8 digits and export it with tf2onnx.
 
-The corpus entry ``digits-tf2onnx`` (graphopt.zoo.exported) ships what this script writes, so
+The corpus entry ``digits-tf2onnx`` (zoo.exported) ships what this script writes, so
 graphopt's tests and benchmarks see a model as TensorFlow users export it: NHWC input, the
 Transposes tf2onnx puts around convolutions, and tf2onnx's own op patterns.
 
@@ -9,7 +9,7 @@ virtual environment, never in graphopt's own (TensorFlow pins protobuf and numpy
 
     python3 -m venv /tmp/tfenv
     /tmp/tfenv/bin/pip install tensorflow-cpu tf2onnx scikit-learn
-    PYTHONPATH=/path/to/graphopt /tmp/tfenv/bin/python -m graphopt.models.train_digits_keras
+    PYTHONPATH=/path/to/graphopt /tmp/tfenv/bin/python -m zoo.training.train_digits_keras
 
 (``PYTHONPATH`` makes ``graphopt.models`` importable, for the demo's data split and to write
 beside this file; graphopt's own dependencies are not needed.) The shipped files were made with
@@ -42,14 +42,14 @@ SEED = 0
 OPSET = 13
 MAX_IR_VERSION = 10
 HERE = Path(__file__).resolve().parent
-DEFAULT_ONNX = HERE / "digits_cnn_tf2onnx.onnx"
+DEFAULT_ONNX = HERE.parent / "models" / "digits_cnn_tf2onnx.onnx"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 
 def load_split_nhwc() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The demo's split (``train_digits.load_split``), images as NHWC [n, 8, 8, 1]."""
-    from graphopt.models.train_digits import load_split
+    from zoo.training.train_digits import load_split
 
     x_tr, x_te, y_tr, y_te = load_split()
     return (

@@ -10,7 +10,7 @@ algorithms).  Produces, next to this file:
 * ``digits_test.npz``  - held-out split: ``input`` float32 [n,1,8,8] and
   ``label`` int64 [n].
 
-Run:  python -m graphopt.models.train_digits   (or python graphopt/models/train_digits.py)
+Run:  python -m zoo.training.train_digits   (or python benchmarks/zoo/training/train_digits.py)
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 
 SEED = 0
-HERE = Path(__file__).resolve().parent
-DEFAULT_ONNX = HERE / "digits_cnn.onnx"
-DEFAULT_NPZ = HERE / "digits_test.npz"
+# the model and its test split ship in the package (the demo and the tests use them)
+SHIPPED = Path(__file__).resolve().parents[3] / "graphopt" / "models"
+DEFAULT_ONNX = SHIPPED / "digits_cnn.onnx"
+DEFAULT_NPZ = SHIPPED / "digits_test.npz"
 
 
 def _seed_everything(seed: int) -> None:

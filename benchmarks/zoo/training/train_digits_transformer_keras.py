@@ -1,6 +1,6 @@
 """Train a small Keras transformer encoder on scikit-learn's 8x8 digits; export it with tf2onnx.
 
-The corpus entry ``digits-transformer-tf2onnx`` (graphopt.zoo.exported) ships what this script
+The corpus entry ``digits-transformer-tf2onnx`` (zoo.exported) ships what this script
 writes, so graphopt sees attention as TensorFlow users export it: Keras' ``MultiHeadAttention``
 (``EinsumDense`` projections), ``LayerNormalization`` and tanh GELU, through tf2onnx's own op
 patterns, which neither ONNX Runtime's session optimizer nor onnxscript's fusion rules match.
@@ -13,7 +13,7 @@ on: run it in a separate virtual environment::
     python3 -m venv /tmp/tfenv
     /tmp/tfenv/bin/pip install tensorflow-cpu tf2onnx scikit-learn
     cd /path/to/graphopt
-    PYTHONPATH=. /tmp/tfenv/bin/python -m graphopt.models.train_digits_transformer_keras
+    PYTHONPATH=. /tmp/tfenv/bin/python -m zoo.training.train_digits_transformer_keras
 
 The shipped file was made with tensorflow-cpu 2.21.0, keras 3.15.1, tf2onnx 1.17.0,
 onnx 1.23.2, numpy 2.4.6, scikit-learn 1.9.1 on Python 3.11, in about a minute on two cores.
@@ -31,12 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from graphopt.models.train_digits_keras import _seed_everything, check_export, export_keras
+from zoo.training.train_digits_keras import _seed_everything, check_export, export_keras
 
 SEED = 0
 OPSET = 15
 HERE = Path(__file__).resolve().parent
-DEFAULT_ONNX = HERE / "digits_transformer_tf2onnx.onnx"
+DEFAULT_ONNX = HERE.parent / "models" / "digits_transformer_tf2onnx.onnx"
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
 TOKENS = 64
@@ -48,7 +48,7 @@ FFN = 128
 
 def load_split_flat() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The demo's split (``train_digits.load_split``), images flattened to [n, 64]."""
-    from graphopt.models.train_digits import load_split
+    from zoo.training.train_digits import load_split
 
     x_tr, x_te, y_tr, y_te = load_split()
     return (

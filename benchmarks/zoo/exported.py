@@ -9,7 +9,7 @@ Each entry is built in seconds on a CPU from packages on PyPI (no download at bu
   encoder), so they have DATA but no task metric;
 * old opsets: MiniLM at opset 12 and CREPE tiny at opset 11 (TorchScript exporter), and MTCNN's
   PNet taken down to opset 11 with ``onnx.version_converter``;
-* a Keras CNN exported by tf2onnx (shipped in ``graphopt/models``; TensorFlow is not needed);
+* a Keras CNN exported by tf2onnx (shipped in ``benchmarks/zoo/models``; TensorFlow is not needed);
 * scikit-learn models through skl2onnx (``ai.onnx.ml`` ops, a ZipMap sequence-of-maps output);
 * structure cases: If/Loop subgraphs with real compute, weights in Constant nodes, float16 end
   to end, external data, a 0-d int64 input, nodes without names.
@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from graphopt import zoo
-from graphopt.zoo import corpus
-from graphopt.zoo.corpus import Entry, feeds_of, register, run_model
+import zoo
+from zoo import corpus
+from zoo.corpus import Entry, feeds_of, register, run_model
 
 # --------------------------------------------------------------------------- helpers
 
@@ -198,7 +198,7 @@ def _mtcnn_module() -> Any:
         stubs[name] = stub
 
     def _unavailable(*_args: Any, **_kwargs: Any) -> Any:
-        raise ImportError("torchvision is stubbed out by graphopt.zoo.exported")
+        raise ImportError("torchvision is stubbed out by zoo.exported")
 
     stubs["torchvision"].transforms = stubs["torchvision.transforms"]  # type: ignore[attr-defined]
     stubs["torchvision"].ops = stubs["torchvision.ops"]  # type: ignore[attr-defined]
@@ -799,7 +799,7 @@ _SKL_REQUIRES = ("sklearn", "skl2onnx")
 
 def _digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The demo's split of scikit-learn's digits: x float32 [n, 1, 8, 8] in [0, 1]."""
-    from graphopt.models import train_digits
+    from zoo.training import train_digits
 
     return train_digits.load_split()
 
@@ -820,7 +820,7 @@ def _digits_nhwc_data(path: Path, split: str) -> dict[str, np.ndarray]:
 
 def _tf2onnx_digits(path: Path) -> Path:
     """The shipped tf2onnx export (TensorFlow is not a dependency: see train_digits_keras)."""
-    from graphopt.models import train_digits_keras
+    from zoo.training import train_digits_keras
 
     return _save(onnx.load(str(train_digits_keras.DEFAULT_ONNX)), path)
 
@@ -834,7 +834,7 @@ def _digits_flat_data(path: Path, split: str) -> dict[str, np.ndarray]:
 
 def _tf2onnx_digits_transformer(path: Path) -> Path:
     """The shipped tf2onnx export (see train_digits_transformer_keras)."""
-    from graphopt.models import train_digits_transformer_keras
+    from zoo.training import train_digits_transformer_keras
 
     return _save(onnx.load(str(train_digits_transformer_keras.DEFAULT_ONNX)), path)
 
@@ -1278,7 +1278,7 @@ def _register_all() -> None:
             name="digits-tf2onnx",
             origin="Keras CNN (Conv/BatchNorm/Dense) trained on scikit-learn's digits, tf2onnx "
             "1.17 from_keras at opset 13: NHWC input, tf2onnx's Transpose and Shape/Slice/"
-            "Concat flatten (graphopt/models/train_digits_keras.py made it)",
+            "Concat flatten (benchmarks/zoo/training/train_digits_keras.py made it)",
             exporter="tf2onnx",
             kind="image",
             build=_tf2onnx_digits,
@@ -1296,7 +1296,7 @@ def _register_all() -> None:
             "trained on scikit-learn's digits, tf2onnx 1.17 from_keras at opset 15: Keras' "
             "MultiHeadAttention einsums lowered to Unsqueeze/Transpose/Reshape/MatMul with "
             "run-time shapes, LayerNormalization as GlobalAveragePool moments, tanh GELU "
-            "(graphopt/models/train_digits_transformer_keras.py made it)",
+            "(benchmarks/zoo/training/train_digits_transformer_keras.py made it)",
             exporter="tf2onnx",
             kind="image",
             build=_tf2onnx_digits_transformer,

