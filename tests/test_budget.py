@@ -94,6 +94,25 @@ def test_python_callback_metric() -> None:
         Budget.parse("python:no_such_module_xyz:f>=0").measure([[np.zeros(1)]], [[np.zeros(1)]])
 
 
+def test_a_metric_module_in_the_current_folder_is_found(tmp_path, monkeypatch) -> None:
+    """The console script's path does not hold the folder a user runs it in; a metric module
+    there (``--budget python:my_metric:score>=0.9``) is looked for there too."""
+    import sys
+
+    (tmp_path / "graphopt_cwd_metric.py").write_text(
+        "def score(outputs, samples):\n    return float(len(outputs))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "graphopt_cwd_metric", raising=False)
+    b = Budget.parse("python:graphopt_cwd_metric:score>=1")
+    assert b.measure([[np.zeros(1)]], [[np.zeros(1)], [np.zeros(1)]], None) == 2.0
+    # a module that imports a missing one is not retried: its own error is the message
+    (tmp_path / "graphopt_cwd_broken.py").write_text("import no_such_dependency_xyz\n")
+    with pytest.raises(ValueError, match="no_such_dependency_xyz"):
+        Budget.parse("python:graphopt_cwd_broken:f>=0").measure([[np.zeros(1)]], [[np.zeros(1)]])
+
+
 # ------------------------------------------------------------------- qdq-insert budget
 def _demo() -> tuple[ir.Model, data.Samples]:
     model_path, data_path = demo.demo_files()

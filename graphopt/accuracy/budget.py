@@ -18,7 +18,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -96,9 +98,22 @@ class Budget:
     def _callback(self) -> Callable[[Outputs, Any], float]:
         _, module, func = self.metric.split(":")
         try:
-            return getattr(importlib.import_module(module), func)
+            return getattr(_import_here_too(module), func)
         except (ImportError, AttributeError) as exc:
             raise ValueError(f"budget metric {self.metric}: cannot load it ({exc})") from None
+
+
+def _import_here_too(module: str) -> Any:
+    """Import ``module``; one not on the path is looked for in the current folder too (the
+    console script's path does not hold it, yet that is where a user's metric file is)."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        here = os.getcwd()
+        if exc.name != module.split(".")[0] or here in sys.path:
+            raise
+        sys.path.append(here)
+        return importlib.import_module(module)
 
 
 def top1(outputs: Outputs, samples: Any) -> float:
