@@ -92,7 +92,9 @@ def test_large_models_switch_to_external_data(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Past the 2 GB threshold (lowered here) the output is written with external data."""
-    monkeypatch.setattr(gir, "EXTERNAL_DATA_THRESHOLD", 1000)
+    from graphopt.ir import save
+
+    monkeypatch.setattr(save, "EXTERNAL_DATA_THRESHOLD", 1000)
     model = ir.serde.deserialize_model(_matmul_model())
     written = gir.save_model(model, tmp_path / "big.onnx")
     assert [p.name for p in written] == ["big.onnx", "big.onnx.data"]
@@ -252,3 +254,22 @@ def test_old_opsets_are_taken_where_onnxruntime_runs_them(tmp_path: Path) -> Non
     onnx.save(proto, tmp_path / "new.onnx")
     with pytest.raises(UnsupportedModelError, match="not supported"):
         gir.load_model(tmp_path / "new.onnx")
+
+
+def test_the_package_exports_every_public_helper() -> None:
+    """``gir.X`` is how the code reaches every helper: each public name of the ir package's
+    modules is importable from the package itself."""
+    import importlib
+
+    for name in ("load", "graph", "save", "summary"):
+        mod = importlib.import_module(f"graphopt.ir.{name}")
+        own = {
+            k
+            for k, v in vars(mod).items()
+            if not k.startswith("_")
+            and getattr(v, "__module__", mod.__name__) == mod.__name__
+            and not isinstance(v, type(importlib))
+        }
+        own = {k for k in own if k.isupper() or callable(getattr(mod, k))}
+        assert own <= set(gir.__all__), sorted(own - set(gir.__all__))
+        assert all(getattr(gir, k) is getattr(mod, k) for k in own)

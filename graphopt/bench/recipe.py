@@ -190,7 +190,7 @@ def model_files(path: Path, proto: Any) -> list[Path]:
     from graphopt import ir as gir
 
     out = [path]
-    for tensor in gir._iter_tensor_protos(proto):
+    for tensor in gir.iter_tensor_protos(proto):
         for entry in tensor.external_data:
             if entry.key == "location":
                 p = path.parent / entry.value

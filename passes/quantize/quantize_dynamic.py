@@ -44,7 +44,7 @@ from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
 from graphopt.ir import attr_value as _attr
 from graphopt.ir import const_array as _const
-from graphopt.ir import not_constant
+from graphopt.ir import float_weight
 
 _OP_TYPES = ("MatMul", "Gemm")
 
@@ -126,19 +126,9 @@ class QuantizeDynamicPass(GraphoptPass):
             return None
         if len(node.inputs) < 2 or node.inputs[0] is None or node.inputs[1] is None:
             return None
-        a, w = node.inputs[0], node.inputs[1]
-        wa = _const(w)
-        if wa is None or not w.is_initializer():  # an outer scope's initializer too
-            self.leave(node, not_constant(w))
-            return None
-        if wa.dtype != np.float32:
-            self.leave(node, "weight_dtype")
-            return None
-        if wa.ndim != 2:
-            self.leave(node, "weight_rank")
-            return None
-        if _const(a) is not None or (a.dtype is not None and a.dtype != ir.DataType.FLOAT):
-            self.leave(node, "activation_dtype")
+        wa, why = float_weight(node.inputs[0], node.inputs[1])
+        if wa is None:
+            self.leave(node, why)
             return None
         if node.op_type == "MatMul":
             return False, 1.0, None

@@ -52,7 +52,7 @@ from graphopt.core.build import (
 from graphopt.core.pass_base import GraphoptPass, Tolerance
 from graphopt.core.registry import option, register_pass
 from graphopt.ir import const_array as _const
-from graphopt.ir import not_constant
+from graphopt.ir import float_weight
 
 _BITS = (4, 8)
 _ACCURACY_LEVELS = (0, 1, 2, 3, 4)
@@ -211,18 +211,9 @@ class QuantizeWeightsPass(GraphoptPass):
         a, w = node.inputs[0], node.inputs[1]
         if a is None or w is None:
             return False
-        wa = _const(w)
-        if wa is None or not w.is_initializer():  # an outer scope's initializer too
-            self.leave(node, not_constant(w))
-            return False
-        if wa.dtype != np.float32:
-            self.leave(node, "weight_dtype")
-            return False
-        if wa.ndim != 2:
-            self.leave(node, "weight_rank")
-            return False
-        if _const(a) is not None or (a.dtype is not None and a.dtype != ir.DataType.FLOAT):
-            self.leave(node, "activation_dtype")
+        wa, why = float_weight(a, w)
+        if wa is None:
+            self.leave(node, why)
             return False
         return True
 
