@@ -19,7 +19,7 @@ is then classified:
   those too.)
 
 Declines and refusals must give one of the documented reasons (:data:`DOCUMENTED`, also in
-docs/corpus.md); any other reason is flagged ``undocumented``. ``tests/test_zoo_matrix.py``
+docs/corpus.md); any other reason is flagged ``undocumented``. ``tests/zoo/test_zoo_matrix.py``
 (slow) runs this and fails on crashes, silent no-ops and undocumented reasons.
 
     python benchmarks/bench_zoo.py [--models a,b] [--pipelines cpu-int8,sparsify]

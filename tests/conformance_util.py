@@ -1,4 +1,4 @@
-"""Helpers for the ONNX node-test conformance check (tests/test_conformance.py).
+"""Helpers for the ONNX node-test conformance check (tests/passes/test_conformance.py).
 
 The ``onnx`` wheel ships the generators of its backend node tests (about 1,900 single-operator
 models with inputs and expected outputs) but not the generated files. This module writes them

@@ -28,7 +28,7 @@ What it measures (README's "GPU: the prepared run" says why and how the transfer
 * device facts: GPU, driver, CUDA, ORT version and the providers each session really used.
 
 ``--dry-run`` runs the same steps on this CPU (CPU EP in place of CUDA, tiny shapes, a smaller
-time budget) so the script never reaches a GPU untried; ``tests/test_gpu_suite.py`` runs it.
+time budget) so the script never reaches a GPU untried; ``tests/bench/test_gpu_suite.py`` runs it.
 
 Every step is timed and guarded: a variant that fails (a model ONNX Runtime will not load, a
 build past its time) is recorded with its reason and the run goes on; the JSON and markdown are

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quant.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_quant.py"
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SUITE = ROOT / "benchmarks" / "gpu" / "suite.py"
 GRAPHOPT_VARIANTS = ("ap-fp16", "ap-bf16", "ap-auto", "cuda-int8", "int8+fp16")
 

@@ -18,14 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_prune_channels import assert_prune_exact
 
 from graphopt import ir as gir
 from graphopt import runtime
 from graphopt.cli import main
 from graphopt.core import run_pipeline
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_prune_channels import assert_prune_exact
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +49,7 @@ def test_crepe_and_minilm_rewrites_are_exact(zoo) -> None:
 def test_resnet50_shaped_rewrite_is_exact() -> None:
     if importlib.util.find_spec("torch") is None:
         pytest.skip("torch is not installed")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
     from shaped_models import cached_model
 
     model = _cleaned(cached_model("resnet50"))

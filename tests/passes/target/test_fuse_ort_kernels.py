@@ -19,7 +19,7 @@ from graphopt.core.registry import get_pass
 from graphopt.core.runner import run_pipeline
 from graphopt.errors import PipelineError
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 
 
 def _model(name: str, exporter: str = "dynamo") -> ir.Model:
