@@ -24,7 +24,7 @@ from graphopt.calib import (
     model_hash,
     save_stats,
 )
-from graphopt.calib.stats import kl_divergences
+from graphopt.calib.search import kl_divergences
 from graphopt.errors import DataError, UsageError
 from graphopt.inputs.data import Samples, load_data
 
