@@ -135,7 +135,7 @@ def run_model(name: str, work: Path, rounds: int) -> dict[str, Any]:
     from zoo import corpus
 
     from graphopt import runtime
-    from graphopt.bench.harness import rotated_ratios
+    from graphopt.bench.timing import rotated_ratios
 
     entry = corpus.entries([name])[0]
     held_out = corpus.data_path(name, "eval")
@@ -184,7 +184,7 @@ def _fmt_ops(ops: dict[str, int]) -> str:
 
 
 def markdown(results: list[dict[str, Any]], env: dict[str, Any], rounds: int) -> str:
-    from graphopt.bench.harness import machine_line
+    from graphopt.bench.machine import machine_line
 
     lines = [
         "# Fusions ONNX Runtime misses (issue 24)",

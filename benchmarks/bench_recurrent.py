@@ -76,7 +76,7 @@ def run_model(name: str, work: Path, rounds: int) -> dict[str, Any]:
     from zoo import corpus
 
     from graphopt import runtime
-    from graphopt.bench.harness import rotated_ratios
+    from graphopt.bench.timing import rotated_ratios
 
     entry = corpus.entries([name])[0]
     assert entry.evaluate is not None
@@ -116,7 +116,7 @@ def run_model(name: str, work: Path, rounds: int) -> dict[str, Any]:
 
 
 def markdown(results: list[dict[str, Any]], env: dict[str, Any], rounds: int) -> str:
-    from graphopt.bench.harness import machine_line
+    from graphopt.bench.machine import machine_line
 
     lines = [
         "# int8 recurrent layers (issue 22, parts 2 and 3)",

@@ -268,7 +268,7 @@ class Suite:
         import onnxruntime as ort
 
         from graphopt import runtime
-        from graphopt.bench import harness
+        from graphopt.bench.machine import gpu_info
 
         facts: dict[str, Any] = {
             "python": platform.python_version(),
@@ -278,7 +278,7 @@ class Suite:
             "onnxruntime_file": str(Path(ort.__file__).parent),
             "available_providers": ort.get_available_providers(),
             "gpu_libraries": runtime.load_gpu_libraries(),
-            "gpus": harness.gpu_info(),
+            "gpus": gpu_info(),
         }
         for mod in ("onnx", "onnx_ir", "onnxscript", "numpy", "torch", "onnxconverter_common"):
             facts[mod] = _version(mod)

@@ -27,8 +27,6 @@ How the numbers are taken, and why:
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,7 +36,19 @@ import numpy as np
 
 from graphopt import ir as gir
 from graphopt import runtime
-from graphopt.accuracy.metrics import cosine_rows
+from graphopt.bench.compare import compare, task_metric
+from graphopt.bench.machine import (
+    gpu_memory_bytes,
+    machine,
+    peak_rss_bytes,
+    reset_peak_rss,
+    rss_bytes,
+)
+from graphopt.bench.timing import (
+    latency_stats,
+    ratio_to_reference,
+    time_round_robin,
+)
 from graphopt.errors import DataError, GraphoptError, RuntimeFailure, UsageError
 from graphopt.inputs import data as gdata
 
@@ -98,100 +108,6 @@ def check_metric(metric: str | None, data: str | None) -> None:
         raise UsageError(f"--metric: {exc}".replace(f"{op}0", "")) from None
     if metric == "top1" and not data:
         raise UsageError("--metric top1 needs labels: pass --data with a 'label' array")
-
-
-# ----------------------------------------------------------------------------- machine facts
-
-
-def _status_kb(key: str) -> int | None:
-    """A ``Vm*`` line of /proc/self/status in bytes (None off Linux)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def rss_bytes() -> int | None:
-    return _status_kb("VmRSS")
-
-
-def peak_rss_bytes() -> int | None:
-    return _status_kb("VmHWM")
-
-
-def reset_peak_rss() -> bool:
-    """Reset the process high-water mark (Linux: write 5 to clear_refs); False if not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _nvidia_smi(*args: str) -> str | None:
-    """nvidia-smi's stdout, or None where there is no such tool or it fails."""
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return None
-    try:
-        return subprocess.run(
-            [smi, *args], capture_output=True, text=True, timeout=10, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def gpu_info() -> list[dict[str, str]]:
-    """Name, memory and driver of each NVIDIA GPU (empty where there is none)."""
-    out = _nvidia_smi("--query-gpu=name,memory.total,driver_version", "--format=csv,noheader")
-    if out is None:
-        return []
-    gpus = []
-    for line in out.strip().splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 3:
-            gpus.append({"name": parts[0], "memory": parts[1], "driver": parts[2]})
-    return gpus
-
-
-def gpu_memory_bytes(device: int = 0) -> int | None:
-    """Device memory this process holds on GPU ``device`` (NVML, else nvidia-smi; else None)."""
-    import os
-
-    pid = os.getpid()
-    try:
-        import pynvml  # type: ignore[import-not-found]
-
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(device)
-        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-            if proc.pid == pid:
-                return int(proc.usedGpuMemory)
-        return 0
-    except Exception:  # not installed, no driver, no permission: try nvidia-smi
-        pass
-    out = _nvidia_smi("--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits")
-    if out is None:
-        return None
-    for line in out.strip().splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 2 and parts[0] == str(pid) and parts[1].isdigit():
-            return int(parts[1]) * 1024 * 1024
-    return 0
-
-
-def machine() -> dict[str, Any]:
-    from graphopt.runtime.target import detect_cpu
-
-    env = runtime.environment()
-    env["cpu_features"] = detect_cpu().summary()
-    env["gpus"] = gpu_info()
-    return env
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -360,39 +276,7 @@ def ep_unavailable(ep: str) -> str | None:
     return None
 
 
-# ----------------------------------------------------------------------------- timing
-
-
-def time_round_robin(
-    runners: Sequence[Runner], *, warmup: int, repeat: int, rounds: int
-) -> list[list[list[float]]]:
-    """Seconds of every timed run: ``[model][round][run]``; models take turns each round."""
-    for r in runners:
-        for _ in range(warmup):
-            r.run()
-    times: list[list[list[float]]] = [[[] for _ in range(rounds)] for _ in runners]
-    n = len(runners)
-    clock = time.perf_counter
-    for rnd in range(rounds):
-        for k in range(n):
-            i = (rnd + k) % n  # rotate who goes first
-            run = runners[i].run
-            bucket = times[i][rnd]
-            for _ in range(repeat):
-                t0 = clock()
-                run()
-                bucket.append(clock() - t0)
-    return times
-
-
-def machine_line(env: dict[str, Any]) -> str:
-    """'Machine: <cpu> (<isa>, AMX|no AMX); onnxruntime <version> CPU EP' for a results page."""
-    features = env.get("cpu_features") or {}
-    amx = ", AMX" if any("amx" in f for f in features.get("flags", [])) else ", no AMX"
-    return (
-        f"Machine: {env.get('cpu', '?')} ({features.get('isa', '?')}{amx}); onnxruntime "
-        f"{env.get('onnxruntime', '?')} CPU EP"
-    )
+# ----------------------------------------------------------------------------- corpus benchmarks
 
 
 def corpus_bench_main(
@@ -431,142 +315,6 @@ def corpus_bench_main(
         (args.out / f"{stem}.md").write_text(md)
     print(md)
     return 0
-
-
-def rotated_ratios(
-    sessions: dict[str, Any], feed: dict[str, np.ndarray], rounds: int, base: str
-) -> list[dict[str, float]]:
-    """Per round, each session's median seconds per run divided by ``base``'s, the order of
-    the sessions rotated every round (the benchmarks' side-by-side protocol); each round's
-    dict also holds ``base``'s own seconds under ``"seconds"``."""
-    from graphopt import runtime
-
-    names = list(sessions)
-    out = []
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        secs = runtime.interleaved_latency([sessions[k] for k in order], feed, rounds=1)[0]
-        times = dict(zip(order, secs, strict=True))
-        out.append({k: times[k] / times[base] for k in names} | {"seconds": times[base]})
-    return out
-
-
-def latency_stats(per_round: list[list[float]], batch: int) -> dict[str, Any]:
-    flat = np.asarray([t for rnd in per_round for t in rnd]) * 1000.0
-    medians = [float(np.median(rnd)) * 1000.0 for rnd in per_round]
-    p50, p90, p99 = (float(x) for x in np.percentile(flat, [50, 90, 99]))
-    mid = float(np.median(medians))
-    return {
-        "latency_ms": {
-            "p50": p50,
-            "p90": p90,
-            "p99": p99,
-            "mean": float(flat.mean()),
-            "min": float(flat.min()),
-            "max": float(flat.max()),
-            "round_medians": medians,
-            "spread": {
-                "min": min(medians),
-                "max": max(medians),
-                "rel": (max(medians) - min(medians)) / mid if mid > 0 else 0.0,
-            },
-        },
-        "runs": int(flat.size),
-        "throughput_per_s": batch / (p50 / 1000.0) if p50 > 0 else None,
-    }
-
-
-def ratio_to_reference(per_round: list[list[float]], ref: list[list[float]]) -> dict[str, Any]:
-    ratios = [
-        float(np.median(m)) / float(np.median(r))
-        for m, r in zip(per_round, ref, strict=True)
-        if np.median(r) > 0
-    ]
-    return {
-        "median": float(np.median(ratios)) if ratios else None,
-        "per_round": ratios,
-    }
-
-
-# ----------------------------------------------------------------------------- accuracy
-
-
-def _stack(parts: Sequence[np.ndarray]) -> np.ndarray:
-    """One output over all feeds: joined on the first axis, else flattened and joined."""
-    parts = [np.asarray(p) for p in parts]
-    if all(p.ndim >= 1 for p in parts) and len({p.shape[1:] for p in parts}) == 1:
-        return np.concatenate(parts, axis=0)
-    return np.concatenate([p.reshape(-1) for p in parts])
-
-
-def _topk_agreement(ref: np.ndarray, got: np.ndarray, k: int) -> float:
-    """Mean over rows of |top-k(ref) ∩ top-k(got)| / k (k=1: argmax agreement)."""
-    if k == 1:
-        return float(np.mean(ref.argmax(-1) == got.argmax(-1)))
-    tr = np.argpartition(-ref, k - 1, axis=-1)[:, :k]
-    tg = np.argpartition(-got, k - 1, axis=-1)[:, :k]
-    hits = [len(set(a) & set(b)) for a, b in zip(tr.tolist(), tg.tolist(), strict=True)]
-    return float(np.mean(hits)) / k
-
-
-def compare_output(name: str, ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": name, "shape": list(ref.shape)}
-    if ref.dtype == object or got.dtype == object:
-        out["error"] = "non-numeric output, not compared"
-        return out
-    if ref.shape != got.shape:
-        out["error"] = f"shape {list(got.shape)} differs from the reference's {list(ref.shape)}"
-        return out
-    a, b = ref.astype(np.float64), got.astype(np.float64)
-    diff = np.abs(a - b)
-    max_abs = float(diff.max(initial=0.0))
-    scale = float(np.abs(a).max(initial=0.0))
-    out["max_abs"] = max_abs
-    out["max_rel"] = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
-    cos = cosine_rows(b, a)
-    out["cosine"] = float(cos.mean()) if cos.size else 1.0
-    out["cosine_min"] = float(cos.min()) if cos.size else 1.0
-    if ref.ndim == 2 and np.issubdtype(ref.dtype, np.floating) and ref.shape[1] >= 5:
-        for k in TOPK:
-            out[f"top{k}_agreement"] = _topk_agreement(a, b, k)
-    return out
-
-
-def compare(
-    names: Sequence[str], ref: list[list[np.ndarray]], got: list[list[np.ndarray]]
-) -> dict[str, Any]:
-    """Per output and worst over outputs: max_abs, max_rel, cosine, top-k agreement."""
-    per_output = [
-        compare_output(name, _stack([f[i] for f in ref]), _stack([f[i] for f in got]))
-        for i, name in enumerate(names)
-    ]
-    summary: dict[str, Any] = {"outputs": per_output}
-    numeric = [o for o in per_output if "error" not in o]
-    if numeric:
-        summary["max_abs"] = max(o["max_abs"] for o in numeric)
-        summary["max_rel"] = max(o["max_rel"] for o in numeric)
-        summary["cosine"] = min(o["cosine"] for o in numeric)
-        summary["cosine_min"] = min(o["cosine_min"] for o in numeric)
-        for k in TOPK:
-            vals = [o[f"top{k}_agreement"] for o in numeric if f"top{k}_agreement" in o]
-            if vals:
-                summary[f"top{k}_agreement"] = min(vals)
-    errs = [f"{o['name']}: {o['error']}" for o in per_output if "error" in o]
-    if errs:
-        summary["errors"] = errs
-    return summary
-
-
-def task_metric(
-    metric: str, ref: list[list[np.ndarray]], got: list[list[np.ndarray]], samples: Any
-) -> float:
-    from graphopt.accuracy.budget import _BUILTIN, Budget
-
-    budget = Budget(metric, _BUILTIN.get(metric, ">="), 0.0)
-    try:
-        return budget.measure(ref, got, samples)
-    except ValueError as exc:
-        raise UsageError(f"--metric: {exc}") from None
 
 
 # ----------------------------------------------------------------------------- the run

@@ -572,7 +572,7 @@ def build_report(
 ) -> dict[str, Any]:
     """The sweep report (schema ``graphopt.sweep/1``) from the stored results of the recipe's
     cells; results stored under other keys (older definitions) are not part of it."""
-    from graphopt.bench.harness import machine
+    from graphopt.bench.machine import machine
 
     cells = [cell_summary(c, store.read_cell(c.key), run_id) for c in recipe.cells]
     optimized = []
