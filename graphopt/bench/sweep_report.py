@@ -8,12 +8,17 @@ pipelines and p50 per batch size, from the same plotting code.
 from __future__ import annotations
 
 import html
+import os
 from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
 
 from graphopt.bench import report as brep
+from graphopt.bench.recipe import Cell, Recipe, timing_passes
+from graphopt.bench.sweep_store import Store
+from graphopt.bench.sweep_task import SweepOptions
+from graphopt.bench.sweep_worker import OPTIMIZED_NAME, now
 from graphopt.core.report import human_bytes
 
 COLUMNS = (
@@ -104,7 +109,6 @@ def _file_bytes(report: dict[str, Any]) -> dict[str, int | None]:
 
 
 def _size(path: str) -> int | None:
-    import os
 
     try:
         return os.path.getsize(path)
@@ -324,3 +328,154 @@ def html_page(report: dict[str, Any], *, plots: bool = True) -> str:
                 )
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------- the report
+
+SCHEMA = "graphopt.sweep/1"
+
+
+def result_rows(
+    bench: dict[str, Any] | None,
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(original row, optimized row) of a cell's bench report."""
+    if not bench:
+        return None, None
+    rows = {r["model_index"]: r for r in bench.get("results", [])}
+    return rows.get(0), rows.get(1)
+
+
+def cell_summary(cell: Cell, result: dict[str, Any] | None, run_id: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "key": cell.key,
+        "id": cell.id,
+        "model": cell.model.name,
+        "pipeline": cell.pipeline.name,
+        "pipeline_text": cell.pipeline.normalized or "none",
+        "ep": cell.ep,
+        "batch": cell.batch,
+        "optimize_key": cell.optimize_key,
+        "definition": cell.definition,
+    }
+    if result is None:
+        out["status"] = "pending"
+        return out
+    bench = result.get("bench")
+    original, optimized = result_rows(bench)
+    out.update(
+        status=result.get("status"),
+        reason=result.get("reason"),
+        error=result.get("error"),
+        reused=result.get("run_id") != run_id,
+        run_id=result.get("run_id"),
+        started=result.get("started"),
+        finished=result.get("finished"),
+        seconds=result.get("seconds"),
+        host=result.get("host"),
+    )
+    if bench:
+        eps = bench.get("eps") or [{}]
+        out["providers"] = eps[0].get("providers")
+        out["inputs"] = bench.get("inputs")
+        out["machine"] = bench.get("machine")
+        out["memory"] = bench.get("memory")
+        out["row"] = optimized if cell.optimize_key else original
+        out["original"] = original if cell.optimize_key else None
+    return out
+
+
+def build_report(
+    recipe: Recipe,
+    store: Store,
+    *,
+    run_id: str,
+    options: SweepOptions,
+    seconds: float,
+    interrupted: bool,
+) -> dict[str, Any]:
+    """The sweep report (schema ``graphopt.sweep/1``) from the stored results of the recipe's
+    cells; results stored under other keys (older definitions) are not part of it."""
+    from graphopt.bench.machine import machine
+
+    cells = [cell_summary(c, store.read_cell(c.key), run_id) for c in recipe.cells]
+    optimized = []
+    for t in recipe.optimize_tasks:
+        res = store.read_optimized(t.key) or {}
+        optimized.append(
+            {
+                "key": t.key,
+                "id": t.id,
+                "model": t.model.name,
+                "pipeline": t.pipeline.name,
+                "pipeline_text": t.pipeline.normalized,
+                "target": t.pipeline.target,
+                "status": res.get("status", "pending"),
+                "error": res.get("error"),
+                "reused": bool(res) and res.get("run_id") != run_id,
+                "seconds": res.get("seconds"),
+                "summary": res.get("summary"),
+                "timing_passes": timing_passes(t.pipeline),
+                "path": str(store.optimized_dir(t.key) / OPTIMIZED_NAME),
+                "report": str(store.optimized_dir(t.key) / "report.json"),
+                "definition": t.definition,
+            }
+        )
+    counts = {
+        s: sum(c["status"] == s for c in cells) for s in ("ok", "error", "skipped", "pending")
+    }
+    timing = (
+        "each cell alone (one process, no other sweep work running)"
+        if options.bench_jobs == 1
+        else f"up to {options.bench_jobs} cells at a time (latencies disturb each other)"
+    )
+    return {
+        "schema": SCHEMA,
+        "created": now(),
+        "recipe": recipe.to_dict(),
+        "machine": machine(),
+        "run": {
+            "run_id": run_id,
+            "backend": options.backend,
+            "ray_address": options.ray_address,
+            "jobs": options.jobs,
+            "bench_jobs": options.bench_jobs,
+            "resume": options.resume,
+            "out": str(store.root),
+            "seconds": seconds,
+            "interrupted": interrupted,
+            "timing": (
+                f"optimizations: up to {options.jobs} at a time, pipelines with passes that time "
+                f"the model alone; benchmarks after all optimizations, {timing}; every cell runs "
+                "its optimized model interleaved round-robin with the original, so × original is "
+                "a paired per-round ratio"
+            ),
+        },
+        "summary": {
+            "cells": len(cells),
+            **counts,
+            "reused": sum(bool(c.get("reused")) for c in cells),
+            "hosts": sorted({c["host"] for c in cells if c.get("host")}),
+        },
+        "optimized": optimized,
+        "cells": cells,
+    }
+
+
+def failure_message(report: dict[str, Any]) -> str | None:
+    """One line naming the failed cells, or None when none failed."""
+    bad = [c for c in report["cells"] if c["status"] == "error"]
+    bad_opt = [o for o in report["optimized"] if o["status"] == "error"]
+    skipped = [c for c in report["cells"] if c["status"] == "skipped"]
+    if not bad and skipped and len(skipped) == len(report["cells"]):
+        # as graphopt bench: a skipped EP is a note, but a sweep that measured nothing fails
+        return f"no cell could run: all {len(skipped)} were skipped ({skipped[0]['reason']})"
+    if not bad:
+        return None
+    first = bad[0]["error"] or {}
+    msg = str(first.get("message", "?")).splitlines()[0]
+    where = f" (reports: {', '.join(report.get('written', []))})" if report.get("written") else ""
+    extra = f"; {len(bad_opt)} optimization(s) failed" if bad_opt else ""
+    return (
+        f"{len(bad)} of {len(report['cells'])} cells failed{extra}; first: {bad[0]['id']}: "
+        f"{msg}{where}"
+    )

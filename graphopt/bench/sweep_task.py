@@ -4,6 +4,7 @@ result a task could not store itself is stored: shared by the scheduler and ever
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -70,3 +71,21 @@ def store_result(
             store.commit_optimized(task.key, result, None)
     else:
         store.write_cell(result)
+
+
+def default_jobs() -> int:
+    """Optimize processes at a time: half the cores (2 at least, 4 at most, never more than
+    the cores), leaving room for the ONNX Runtime threads each optimization starts."""
+    cores = os.cpu_count() or 2
+    return max(1, min(cores, max(2, min(4, cores // 2))))
+
+
+@dataclasses.dataclass
+class SweepOptions:
+    out: Path
+    jobs: int = dataclasses.field(default_factory=default_jobs)
+    bench_jobs: int = 1
+    backend: str = "local"
+    ray_address: str | None = None
+    ray_shared_fs: bool | None = None  # None: ship files when ray_address is given
+    resume: bool = True

@@ -570,7 +570,7 @@ def test_schedule_rules(tmp_path: Path, bench_jobs: int, timed: bool) -> None:
     cells += [_task("bench", "y", bench_jobs == 1, "b"), _task("bench", "z", bench_jobs == 1)]
     backend = FakeBackend(failing={"b"})
     options = sw.SweepOptions(out=store.root, jobs=2, bench_jobs=bench_jobs)
-    sw._schedule(backend, opts, cells, options, store, sw._Quiet())
+    sw._schedule(backend, opts, cells, options, store, sw.Quiet())
     starts = dict(backend.starts)
     order = [name for name, _ in backend.starts]
     assert max(len(w) for n, w in backend.starts if n in "abc") == 2  # --jobs 2
