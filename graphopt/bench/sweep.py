@@ -37,7 +37,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from graphopt.bench.recipe import Cell, OptimizeTask, Recipe, timing_passes
+from graphopt.bench.recipe import timing_passes
+from graphopt.bench.recipe_model import Cell, OptimizeTask, Recipe
 from graphopt.bench.sweep_local import InlineBackend, LocalBackend
 from graphopt.bench.sweep_progress import Listener, ProgressDisplay, Quiet
 from graphopt.bench.sweep_report import SCHEMA, build_report, cell_summary, failure_message

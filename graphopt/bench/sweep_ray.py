@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from graphopt.bench.recipe import Recipe, data_files, model_files
+from graphopt.bench.recipe_model import Recipe, data_files, model_files
 from graphopt.bench.sweep_store import Store
 from graphopt.bench.sweep_task import Task, crash_result, store_result
 from graphopt.bench.sweep_worker import OPTIMIZED_NAME

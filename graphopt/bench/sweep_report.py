@@ -15,7 +15,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from graphopt.bench import report as brep
-from graphopt.bench.recipe import Cell, Recipe, timing_passes
+from graphopt.bench.recipe import timing_passes
+from graphopt.bench.recipe_model import Cell, Recipe
 from graphopt.bench.sweep_store import Store
 from graphopt.bench.sweep_task import SweepOptions
 from graphopt.bench.sweep_worker import OPTIMIZED_NAME, now
