@@ -27,6 +27,7 @@ import onnx_ir as ir
 from graphopt import errors
 from graphopt import ir as gir
 from graphopt.core.callable import make_callable
+from graphopt.core.instruments import PassRecord
 
 Listener = Callable[[str, dict[str, Any]], None]
 
@@ -38,6 +39,8 @@ class Result:
     model: ir.Model
     report: dict[str, Any]
     output: Path | None = None
+    #: the typed pass records (the report's ``passes`` are their dicts)
+    records: list[PassRecord] = dataclasses.field(default_factory=list)
 
     @property
     def passes(self) -> list[dict[str, Any]]:
@@ -47,7 +50,7 @@ class Result:
     @property
     def notes(self) -> list[str]:
         """Every pass's one-line findings, prefixed with the pass name."""
-        return [f"{r['pass']}: {n}" for r in self.passes for n in r.get("notes", [])]
+        return [f"{r.name}: {n}" for r in self.records for n in r.notes]
 
     def save(self, path: str | os.PathLike[str], *, external_data: bool | None = None) -> Path:
         """Write the model atomically to ``path``; returns it."""
@@ -191,7 +194,7 @@ def optimize(
         raise errors.GraphoptError(f"internal error: input model {model_path} changed on disk")
     if rep_path is not None:
         write_json(rep_path, report)
-    return Result(result.model, report, out)
+    return Result(result.model, report, out, result.records)
 
 
 make_callable(__name__, optimize)

@@ -133,15 +133,15 @@ def build_and_score(spec: dict[str, Any], files: dict[str, bytes] | None = None)
         "notes": res.notes,
         "file_bytes": res.report.get("output", {}).get("bytes"),
     }
-    for rec in res.passes:
-        macs = (rec.get("details") or {}).get("macs")
-        if rec["pass"] == "prune-channels" and isinstance(macs, dict):
+    for rec in res.records:
+        macs = rec.details.get("macs")
+        if rec.name == "prune-channels" and isinstance(macs, dict):
             out["macs"] = [macs.get("before"), macs.get("after")]
-        if rec["pass"] == "qdq-insert":
-            out["smoothed"] = int((rec.get("stats") or {}).get("smoothed_matmuls", 0))
-    acted = [r for r in res.passes if r["modified"] and r["pass"] not in CLEANUP_PASSES]
+        if rec.name == "qdq-insert":
+            out["smoothed"] = int(rec.stats.get("smoothed_matmuls", 0))
+    acted = [r for r in res.records if r.modified and r.name not in CLEANUP_PASSES]
     if not acted and not spec.get("float_form"):
-        declined = [f"{r['pass']}: {r['unchanged']}" for r in res.passes if r.get("unchanged")]
+        declined = [f"{r.name}: {r.unchanged}" for r in res.records if r.unchanged]
         out["status"] = "failed"
         out["why"] = "not applicable: " + ("; ".join(declined) or "no pass changed the model")
         return out

@@ -93,13 +93,15 @@ def test_zero_d_and_one_d_inputs_round_trip_through_the_reproducer(
     np.savez(data, x=np.arange(8, dtype=np.float32).reshape(2, 4), rate=np.array([2, 3]))
     model = _ir(scalar_model)
     samples = gdata.load_data(model, data)
+    from graphopt.core.instruments import PassRecord, Reproducers
     from graphopt.core.pipeline import parse
     from graphopt.core.runner import Runner
 
     runner = Runner(parse("cleanup"), samples=samples, dump_dir=tmp_path / "dump")
-    runner._snapshot = runtime.Snapshot.of(model)
+    runner.snapshot = runtime.Snapshot.of(model)
     step = next(parse("eliminate-dead-code").steps())
-    folder = runner._write_reproducer(1, step, "test", None)
+    record = PassRecord(1, step.name, str(step), None, {})
+    folder = Reproducers(tmp_path / "dump", samples).write(runner, record, "test")
     again = gdata.load_data(model, folder / "inputs.npz")
     for a, b in zip(samples.feeds, again.feeds, strict=True):
         for k in a:
