@@ -199,6 +199,16 @@ def dims_option(
     return click.option("--dim", "dims", multiple=True, metavar="NAME=N", help=help)
 
 
+def batch_option() -> Callable[[F], F]:
+    return click.option(
+        "--batch",
+        type=click.IntRange(min=1),
+        default=1,
+        show_default=True,
+        help="Batch size when DATA's sample axis is the model's batch axis.",
+    )
+
+
 def seed_option(help: str = "Seed of random inputs.") -> Callable[[F], F]:
     return click.option("--seed", default=0, show_default=True, help=help)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from graphopt.cli.common import (
+    batch_option,
     cli,
     dims_option,
     model_arg,
@@ -46,13 +47,7 @@ from graphopt.cli.common import (
     show_default=True,
     help="Feeds used by verify-each (0: all of DATA).",
 )
-@click.option(
-    "--batch",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Batch size when DATA's sample axis is the model's batch axis.",
-)
+@batch_option()
 @seed_option("Seed of random verification inputs.")
 @click.option(
     "--external-data/--single-file",

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from graphopt.cli.common import (
     backend_options,
+    batch_option,
     check_backend,
     cli,
     console,
@@ -48,7 +49,7 @@ from graphopt.cli.common import (
     "at a time). Latency is always measured here.",
     "Ray cluster for --backend ray (default: a local one).",
 )
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
+@batch_option()
 @click.option(
     "--rounds",
     type=click.IntRange(min=3),
