@@ -106,6 +106,7 @@ def test_fresh_venv_imports_graphopt_passes(wheel: Path, tmp_path: Path) -> None
         "print(len(all_passes()))"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TMPDIR"] = str(tmp_path)  # the demo's folder stays in the test's
     proc = subprocess.run(
         [str(py), "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120
     )

@@ -598,9 +598,19 @@ def test_passes_text_shows_list_options(
 # ----------------------------------------------------------------------------- demo, version
 
 
-def test_demo(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+@pytest.fixture
+def demo_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The demo keeps its folder for the tune command it prints: here, in the test's."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path
+
+
+def test_demo(capsys: pytest.CaptureFixture[str], demo_tmp: Path) -> None:
     """The walk-through: cleanup, then cpu-int8 within the pitch budget, then the table of
     pitch on held-out tones and measured speed, and the tune command to run next."""
+    tmp_path = demo_tmp
     out, report = tmp_path / "demo.onnx", tmp_path / "demo.json"
     res = cli(capsys, "demo", "-o", out, "--report", report)
     assert res.code == 0, res.err
@@ -619,9 +629,9 @@ def test_demo(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
 
 
 def test_demo_with_a_pipeline_prints_its_table(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+    capsys: pytest.CaptureFixture[str], demo_tmp: Path
 ) -> None:
-    res = cli(capsys, "demo", "-p", "cleanup", "-o", tmp_path / "c.onnx")
+    res = cli(capsys, "demo", "-p", "cleanup", "-o", demo_tmp / "c.onnx")
     assert res.code == 0, res.err
     assert "fold-constants" in res.out  # the per-pass table
     assert re.search(r"cleanup\s+100\.0%", res.flat_out), res.out
