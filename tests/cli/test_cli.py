@@ -638,6 +638,15 @@ def test_demo_with_a_pipeline_prints_its_table(
     assert "cpu-int8" not in res.flat_out.split("pipeline:")[0]
 
 
+def test_demo_refuses_a_missing_folder_before_the_work(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    for flag in ("-o", "--report"):
+        res = cli(capsys, "demo", flag, tmp_path / "nope" / "x")
+        assert_user_error(res, errors.EXIT_USAGE, "folder does not exist", "nope")
+        assert "cleanup ..." not in res.out  # refused before any step ran
+
+
 def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     res = cli(capsys, "--version")
     assert res.code == 0 and graphopt.__version__ in res.out
