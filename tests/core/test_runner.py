@@ -189,6 +189,24 @@ def test_crashing_pass_is_a_pass_failure_with_reproducer(demo_model: ir.Model) -
     assert failure["pass"] == "crash-test" and "Traceback" in failure["traceback"]
 
 
+def test_debug_shows_the_failing_pass_own_traceback(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Where users look: ``--debug`` after the command prints the pass's own frames (the
+    chained exception), not only the runner's; without it, one line with the reproducer."""
+    from cli_testing import cli
+
+    model = demo_files()[0]
+    args = ("optimize", model, "-o", tmp_path / "o.onnx", "-p", "crash-test", "--no-verify")
+    plain = cli(capsys, *args)
+    assert plain.code != 0 and "Traceback" not in plain.err
+    assert "pass 'crash-test' failed: KeyError" in plain.err and "reproducer" in plain.err
+    debug = cli(capsys, *args, "--debug")
+    assert debug.code == plain.code
+    assert 'raise KeyError("boom")' in debug.err  # CrashPass.run's frame
+    assert "The above exception was the direct cause" in debug.err
+
+
 def test_unloadable_result_is_caught(demo_model: ir.Model) -> None:
     samples = random_feeds(demo_model, count=1)
     with pytest.raises(VerificationError, match="no longer runs on ONNX Runtime"):
