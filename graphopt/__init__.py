@@ -72,6 +72,11 @@ MOVED = {
     "graphopt.tune_report": "graphopt.tune.report",
     "graphopt.demo": "graphopt.cli.demo",
 }
+#: Modules that left the installed package: importing them says where they went.
+GONE = {
+    "graphopt.zoo": "the model corpus moved out of the installed package to benchmarks/zoo "
+    "in the repository: put benchmarks/ on the path and 'import zoo'",
+}
 
 
 class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -80,6 +85,9 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(
         self, fullname: str, path: object = None, target: object = None
     ) -> importlib.machinery.ModuleSpec | None:
+        root = ".".join(fullname.split(".")[:2])
+        if root in GONE:
+            raise ModuleNotFoundError(f"{fullname}: {GONE[root]}", name=fullname)
         if fullname not in MOVED:
             return None
         return importlib.machinery.ModuleSpec(fullname, self)

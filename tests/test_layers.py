@@ -239,3 +239,10 @@ def test_old_import_paths_still_work(old: str, monkeypatch: pytest.MonkeyPatch) 
         assert importlib.import_module(old) is new
     parent, _, leaf = old.rpartition(".")
     assert getattr(importlib.import_module(parent), leaf) is new
+
+
+def test_a_module_that_left_the_package_says_where_it_went() -> None:
+    import importlib
+
+    with pytest.raises(ModuleNotFoundError, match="benchmarks/zoo"):
+        importlib.import_module("graphopt.zoo.metrics")
