@@ -23,13 +23,28 @@ class RegistryError(ValueError):
     """A pass was declared wrongly (a bug in the pass, not a user error)."""
 
 
-def option(default: Any, doc: str) -> Any:
-    """A documented option field, e.g. ``ratio: float = option(0.5, "fraction zeroed")``."""
+def option(default: Any, doc: str, *, minimum: float | None = None) -> Any:
+    """A documented option field, e.g. ``ratio: float = option(0.5, "fraction zeroed")``;
+    ``minimum`` is checked by :class:`CheckedOptions` when the options are made."""
+    meta: dict[str, Any] = {"doc": doc}
+    if minimum is not None:
+        meta["minimum"] = minimum
     if isinstance(default, (list, dict, set)):
-        return dataclasses.field(
-            default_factory=lambda: type(default)(default), metadata={"doc": doc}
-        )
-    return dataclasses.field(default=default, metadata={"doc": doc})
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckedOptions:
+    """Options whose fields' ``minimum`` is enforced when they are made (a pipeline text
+    or a Python call): one check instead of a ``__post_init__`` per pass."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            low = f.metadata.get("minimum")
+            value = getattr(self, f.name)
+            if low is not None and value < low:
+                raise ValueError(f"{f.name} must be >= {low:g}, got {value}")
 
 
 def register_pass(cls: type[GraphoptPass]) -> type[GraphoptPass]:

@@ -8,16 +8,12 @@ import onnx_ir as ir
 
 from graphopt.core.adapter import IrPassAdapter
 from graphopt.core.pass_base import Tolerance
-from graphopt.core.registry import option, register_pass
+from graphopt.core.registry import CheckedOptions, option, register_pass
 
 
 @dataclasses.dataclass(frozen=True)
-class EliminateCommonSubexpressionsOptions:
-    size_limit: int = option(10, "largest tensor attribute (elements) compared by value")
-
-    def __post_init__(self) -> None:
-        if self.size_limit < 0:
-            raise ValueError("size_limit must be >= 0")
+class EliminateCommonSubexpressionsOptions(CheckedOptions):
+    size_limit: int = option(10, "largest tensor attribute (elements) compared by value", minimum=0)
 
 
 @register_pass

@@ -8,19 +8,15 @@ import onnx_ir as ir
 
 from graphopt.core.adapter import IrPassAdapter
 from graphopt.core.pass_base import Tolerance
-from graphopt.core.registry import option, register_pass
+from graphopt.core.registry import CheckedOptions, option, register_pass
 
 
 @dataclasses.dataclass(frozen=True)
-class LiftConstantsOptions:
+class LiftConstantsOptions(CheckedOptions):
     lift_all: bool = option(
         True, "also lift value_int(s)/value_float(s) Constants, not only 'value'"
     )
-    size_limit: int = option(0, "lift only tensors with at least this many elements")
-
-    def __post_init__(self) -> None:
-        if self.size_limit < 0:
-            raise ValueError("size_limit must be >= 0")
+    size_limit: int = option(0, "lift only tensors with at least this many elements", minimum=0)
 
 
 @register_pass

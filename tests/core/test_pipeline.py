@@ -172,3 +172,14 @@ def test_presets_and_pass_names_do_not_collide() -> None:
     assert not set(PRESETS) & set(registry.all_passes())
     for text in PRESETS.values():
         parse(text)
+
+
+def test_an_option_minimum_is_checked_however_the_options_are_made() -> None:
+    """``option(..., minimum=0)`` is enforced by CheckedOptions: in pipeline text (with the
+    pass name) and in a direct Python call alike."""
+    with pytest.raises(PipelineError, match="lift-constants: size_limit must be >= 0, got -1"):
+        parse("lift-constants{size_limit=-1}")
+    options = registry.get_pass("eliminate-common-subexpressions").Options
+    with pytest.raises(ValueError, match="size_limit must be >= 0, got -3"):
+        options(size_limit=-3)
+    assert options(size_limit=0).size_limit == 0
